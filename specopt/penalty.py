@@ -1,0 +1,164 @@
+r"""The paper's coupled form (a differentiable loss term) and per-layer spectral norms.
+
+.. math::
+    R(\theta) = \sum_W (\sigma_1(W)^k - 1)^2 + \sum_b \lVert b\rVert_2^{2k} + \sum_\gamma \sum_i (\gamma_i - 1)^2
+
+The coupled objective is :math:`J(\theta) + \lambda R(\theta)`. σ1 is estimated by warm-started power iteration
+under ``no_grad``; the differentiable estimate is then :math:`\hat\sigma = u^\top W v` with u, v held fixed, whose
+gradient is :math:`u v^\top` — the gradient of the true σ1 at convergence (Yoshida & Miyato, 2017). Computing
+σ̂ itself under ``no_grad`` would silently drop the matrix terms from the gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.weak import WeakTensorKeyDictionary
+
+from . import functional as F
+from .roles import ROLES, check_role, param_groups, resolve_role
+
+_Groups = Iterable[Mapping[str, Any]]
+
+
+def _as_groups(model_or_groups: nn.Module | torch.optim.Optimizer | _Groups) -> list[Mapping[str, Any]]:
+    if isinstance(model_or_groups, nn.Module):
+        return param_groups(model_or_groups)
+    if isinstance(model_or_groups, torch.optim.Optimizer):
+        return list(model_or_groups.param_groups)
+    groups = list(model_or_groups)
+    if groups and isinstance(groups[0], torch.Tensor):
+        return [{"params": groups}]
+    return groups
+
+
+class SpectralPenalty:
+    """The coupled regularizer R with its own warm-started power-iteration vectors.
+
+    ``penalty = SpectralPenalty(model); loss = criterion(out, y) + lam * penalty()``.
+    ``state_dict()`` / ``load_state_dict()`` carry the vectors (keyed by parameter order).
+    """
+
+    def __init__(
+        self,
+        model_or_groups: nn.Module | torch.optim.Optimizer | _Groups,
+        k: float = 2,
+        power_iterations: int = 1,
+        init_iterations: int = 16,
+    ) -> None:
+        F.check_hyperparameters(0.0, k, power_iterations)
+        self.groups = _as_groups(model_or_groups)
+        for group in self.groups:
+            check_role(group.get("role", "auto"))
+        self.k = k
+        self.power_iterations = power_iterations
+        self.init_iterations = init_iterations
+        self.vectors: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.groups for p in group["params"]]
+
+    def __call__(self) -> Tensor:
+        return _penalty(self.groups, self.k, self.power_iterations, self.init_iterations, self.vectors)
+
+    def state_dict(self) -> dict[int, tuple[Tensor, Tensor]]:
+        return {i: self.vectors[p] for i, p in enumerate(self._params()) if p in self.vectors}
+
+    def load_state_dict(self, state: Mapping[int, tuple[Tensor, Tensor]]) -> None:
+        params = self._params()
+        for i, (u, v) in state.items():
+            p = params[i]
+            self.vectors[p] = (u.to(p.device, torch.float32), v.to(p.device, torch.float32))
+
+
+_DEFAULT_VECTORS: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+
+def spectral_penalty(
+    model_or_groups: nn.Module | torch.optim.Optimizer | _Groups,
+    k: float = 2,
+    power_iterations: int = 1,
+) -> Tensor:
+    r"""The paper's regularizer R as a differentiable scalar: ``loss = J + λ·spectral_penalty(model)``.
+
+    ``model_or_groups`` is a model (roles inferred by :func:`specopt.param_groups`), a list of parameter groups
+    (their ``role`` and ``k`` keys are honoured; no role → matrices only) or an optimizer. Power-iteration vectors
+    are warm-started across calls from a cache keyed weakly by parameter; use :class:`SpectralPenalty` to own them
+    (e.g. to checkpoint them).
+    """
+    F.check_hyperparameters(0.0, k, power_iterations)
+    return _penalty(_as_groups(model_or_groups), k, power_iterations, 16, _DEFAULT_VECTORS)
+
+
+def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_iterations: int, vectors) -> Tensor:
+    terms: list[Tensor] = []
+    device = None
+    for group in groups:
+        role = check_role(group.get("role", "auto"))
+        gk = group.get("k", k)
+        for p in group["params"]:
+            device = p.device
+            concrete = resolve_role(role, p)
+            if p.numel() == 0 or concrete == "none":
+                continue
+            if concrete == "matrix":
+                w = p.reshape(p.shape[0], -1).float()
+                with torch.no_grad():
+                    if p in vectors:
+                        u, v = vectors[p]
+                        n = iterations
+                    else:
+                        u, v = F.initial_vectors(w.shape[0], w.shape[1], w.device)
+                        n = max(iterations, init_iterations)
+                    u, v, _, _ = F.power_iteration(w.detach(), u, v, n)
+                    vectors[p] = (u, v)
+                sigma = torch.dot(u, torch.mv(w, v))  # differentiable in W, u and v fixed
+                terms.append((sigma.pow(gk) - 1.0).pow(2))
+            elif concrete == "bias":
+                terms.append(p.float().pow(2).sum().pow(gk))
+            else:
+                terms.append((p.float() - 1.0).pow(2).sum())
+    if not terms:
+        return torch.zeros((), device=device)
+    return torch.stack(terms).sum()
+
+
+def _matrix_params(obj: Any) -> list[tuple[str, Tensor]]:
+    if isinstance(obj, nn.Module):
+        return [(name, p) for g in param_groups(obj) if g["role"] == "matrix" for name, p in zip(g["param_names"], g["params"])]
+    groups = _as_groups(obj)
+    out = []
+    for gi, group in enumerate(groups):
+        names = group.get("param_names") or [f"group{gi}.param{j}" for j in range(len(group["params"]))]
+        role = group.get("role", "auto")
+        out += [(n, p) for n, p in zip(names, group["params"]) if resolve_role(role, p) == "matrix" and p.numel() > 0]
+    return out
+
+
+@torch.no_grad()
+def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool | None = None) -> dict[str, Tensor]:
+    """σ1 of every matrix-role parameter (conv kernels reshaped to out × in·kh·kw), as 0-dim float32 tensors.
+
+    * ``exact=True`` (default for a model or groups): ``torch.linalg.matrix_norm(W, ord=2)``, an SVD per layer.
+    * ``exact=False`` (default for an optimizer): the cheap estimate stored by the optimizer's last power iteration
+      (``spectral_sigma``, taken at the weights *before* that step); tensors not yet stepped are omitted.
+    """
+    if exact is None:
+        exact = not isinstance(obj, torch.optim.Optimizer)
+    params = _matrix_params(obj)
+    if exact:
+        return {n: torch.linalg.matrix_norm(F.as_matrix(p), ord=2) for n, p in params}
+    if not isinstance(obj, torch.optim.Optimizer):
+        raise ValueError("exact=False reads an optimizer's power-iteration state; pass the optimizer")
+    out = {}
+    for name, p in params:
+        st = obj.state.get(p)
+        if st and "spectral_sigma" in st:
+            out[name] = st["spectral_sigma"]
+    return out
+
+
+__all__ = ["ROLES", "SpectralPenalty", "spectral_norms", "spectral_penalty"]

@@ -1,0 +1,319 @@
+"""Behaviour of SpectralAdam and Spectral(optimizer) as PyTorch optimizers."""
+
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+
+import specopt
+
+
+def make_model(seed=0, layernorm=True):
+    torch.manual_seed(seed)
+    layers = [nn.Linear(10, 32)] + ([nn.LayerNorm(32)] if layernorm else []) + [nn.ReLU(), nn.Linear(32, 4)]
+    return nn.Sequential(*layers)
+
+
+def batch(step):
+    g = torch.Generator().manual_seed(step)
+    return torch.randn(16, 10, generator=g), torch.randint(0, 4, (16,), generator=g)
+
+
+def train(model, opt, steps, start=0, closure=False):
+    for t in range(start, start + steps):
+        x, y = batch(t)
+
+        def loss_fn():
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        if closure:
+            opt.step(loss_fn)
+        else:
+            loss_fn()
+            opt.step()
+
+
+@pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}, {"fused": True}])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_strength_zero_matches_torch_adam_over_hundreds_of_steps(impl, weight_decay):
+    a, b = make_model(), make_model()
+    ref = torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=weight_decay, **impl)
+    opt = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-3, weight_decay=weight_decay, spectral_strength=0.0, **impl)
+    train(a, ref, 300)
+    train(b, opt, 300)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_adam_update_is_torch_adam_when_no_role_is_regularized():
+    a, b = make_model(), make_model()
+    ref = torch.optim.Adam(a.parameters(), lr=1e-3)
+    opt = specopt.SpectralAdam([{"params": b.parameters(), "role": "none"}], lr=1e-3, spectral_strength=1.0)
+    train(a, ref, 50)
+    train(b, opt, 50)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_spectral_step_changes_the_trajectory_and_pulls_sigma_toward_one():
+    a, b = make_model(), make_model()
+    with torch.no_grad():
+        for m in (a[0], b[0]):
+            m.weight.mul_(5.0)
+    train(a, torch.optim.Adam(a.parameters(), lr=1e-3), 100)
+    train(b, specopt.SpectralAdam(specopt.param_groups(b), lr=1e-3, spectral_strength=1.0), 100)
+    sa = torch.linalg.matrix_norm(a[0].weight, ord=2)
+    sb = torch.linalg.matrix_norm(b[0].weight, ord=2)
+    assert abs(sb - 1) < abs(sa - 1)
+
+
+def _roundtrip(sd):
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda m: specopt.SpectralAdam(specopt.param_groups(m), lr=1e-3),
+        lambda m: specopt.Spectral(torch.optim.SGD(specopt.param_groups(m), lr=0.05, momentum=0.9)),
+        lambda m: specopt.Spectral(torch.optim.RMSprop(m.parameters(), lr=1e-3), strength=2.0),
+    ],
+    ids=["SpectralAdam", "Spectral(SGD)", "Spectral(RMSprop)"],
+)
+def test_checkpoint_restore_continue_equals_never_stopping(make_opt):
+    m1 = make_model()
+    o1 = make_opt(m1)
+    train(m1, o1, 20)
+    ckpt = _roundtrip({"model": m1.state_dict(), "opt": o1.state_dict()})
+    assert any("spectral_u" in s for s in ckpt["opt"]["state"].values())
+    train(m1, o1, 20, start=20)
+
+    m2 = make_model(seed=123)
+    o2 = make_opt(m2)
+    m2.load_state_dict(ckpt["model"])
+    o2.load_state_dict(ckpt["opt"])
+    train(m2, o2, 20, start=20)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_power_iteration_vectors_stay_float32_for_bf16_parameters_across_checkpoints():
+    model = make_model().to(torch.bfloat16)
+    opt = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)
+    x, y = batch(0)
+    nn.functional.cross_entropy(model(x.bfloat16()).float(), y).backward()
+    opt.step()
+    state = opt.state[model[0].weight]
+    assert state["spectral_u"].dtype == torch.float32 and state["spectral_v"].dtype == torch.float32
+    opt2 = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)
+    opt2.load_state_dict(_roundtrip(opt.state_dict()))
+    restored = opt2.state[model[0].weight]
+    assert restored["spectral_u"].dtype == torch.float32
+    assert torch.equal(restored["spectral_u"], state["spectral_u"])
+    assert restored["exp_avg"].dtype == torch.bfloat16  # Adam's own state follows the parameter as in torch
+
+
+def test_lr_scheduler_drives_the_wrapper_and_scales_the_spectral_step():
+    model = make_model()
+    opt = specopt.Spectral(torch.optim.SGD(model.parameters(), lr=0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 0.0 if epoch >= 1 else 1.0)
+    train(model, opt, 1)
+    sched.step()
+    assert opt.optimizer.param_groups[0]["lr"] == 0.0
+    before = [p.detach().clone() for p in model.parameters()]
+    train(model, opt, 1, start=1)  # lr 0: neither the base nor the spectral step may move anything
+    for p, q in zip(before, model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_grad_scaler_steps_like_unscaled_training_and_skips_inf_steps():
+    a, b = make_model(), make_model()
+    oa = specopt.Spectral(torch.optim.SGD(a.parameters(), lr=0.05))
+    ob = specopt.Spectral(torch.optim.SGD(b.parameters(), lr=0.05))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    x, y = batch(0)
+    nn.functional.cross_entropy(a(x), y).backward()
+    oa.step()
+    scaler.scale(nn.functional.cross_entropy(b(x), y)).backward()
+    scaler.step(ob)
+    scaler.update()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q)
+    before = [p.detach().clone() for p in b.parameters()]
+    ob.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(b(x), y) * float("inf")).backward()
+    scaler.step(ob)  # inf gradients: GradScaler skips the whole step, spectral part included
+    scaler.update()
+    for p, q in zip(before, b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_found_inf_from_grad_scaler_skips_the_spectral_step_of_fused_adam():
+    model = make_model()
+    opt = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = batch(0)
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(model(x), y) * float("inf")).backward()
+    scaler.step(opt)
+    for p, q in zip(before, model.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("wrap", [True, False])
+def test_step_with_closure_returns_the_loss_and_equals_step_without(wrap):
+    def make(m):
+        if wrap:
+            return specopt.Spectral(torch.optim.AdamW(specopt.param_groups(m), lr=1e-3))
+        return specopt.SpectralAdam(specopt.param_groups(m), lr=1e-3)
+
+    a, b = make_model(), make_model()
+    oa, ob = make(a), make(b)
+    train(a, oa, 5)
+    train(b, ob, 5, closure=True)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    x, y = batch(99)
+    expected = nn.functional.cross_entropy(b(x), y).item()
+
+    def closure():
+        ob.zero_grad()
+        loss = nn.functional.cross_entropy(b(x), y)
+        loss.backward()
+        return loss
+
+    assert ob.step(closure).item() == pytest.approx(expected)
+
+
+def test_lbfgs_is_rejected_with_a_pointer_to_the_coupled_form():
+    with pytest.raises(TypeError, match="spectral_penalty"):
+        specopt.Spectral(torch.optim.LBFGS(make_model().parameters()))
+
+
+@pytest.mark.parametrize("wrapper", [True, False])
+def test_param_group_added_later_is_regularized_with_defaults(wrapper):
+    base, extra = nn.Linear(4, 4), nn.Linear(4, 3)
+    with torch.no_grad():
+        extra.weight.mul_(10)
+    if wrapper:
+        opt = specopt.Spectral(torch.optim.SGD(base.parameters(), lr=0.01), strength=0.5)
+    else:
+        opt = specopt.SpectralAdam(base.parameters(), lr=0.01, spectral_strength=0.5)
+    opt.add_param_group({"params": [extra.weight], "lr": 0.01})
+    group = opt.param_groups[-1]
+    assert group["spectral_strength"] == 0.5 and group["k"] == 2 and group["role"] == "auto"
+    sigma = torch.linalg.matrix_norm(extra.weight, ord=2).item()
+    extra.weight.grad = torch.zeros_like(extra.weight)
+    opt.step()
+    assert torch.linalg.matrix_norm(extra.weight, ord=2).item() < sigma
+
+
+def test_parameters_without_grad_are_skipped():
+    model = make_model()
+    opt = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)
+    frozen = model[0].weight
+    before = frozen.detach().clone()
+    model[3].weight.grad = torch.randn_like(model[3].weight)
+    opt.step()
+    assert torch.equal(frozen, before)
+    assert frozen not in opt.state or "spectral_u" not in opt.state[frozen]
+
+
+def test_nan_and_inf_never_poison_the_stored_vectors():
+    layer = nn.Linear(6, 5)
+    opt = specopt.Spectral(torch.optim.SGD([layer.weight], lr=0.01))
+    layer.weight.grad = torch.full_like(layer.weight, float("nan"))
+    opt.step()  # ∇R is taken at the finite pre-step weights; SGD then makes them NaN
+    assert torch.isnan(layer.weight).all()
+    st = opt.state[layer.weight]
+    u, v = st["spectral_u"].clone(), st["spectral_v"].clone()
+    assert torch.isfinite(u).all() and torch.isfinite(v).all()
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            layer.weight.fill_(bad)
+        layer.weight.grad = torch.zeros_like(layer.weight)
+        opt.step()  # non-finite weights: the spectral step is skipped and the vectors kept
+        assert torch.equal(st["spectral_u"], u) and torch.equal(st["spectral_v"], v)
+        assert st["spectral_sigma"].item() == 0.0
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 6))  # recovers as soon as the weights are finite again
+    opt.step()
+    sigma = opt.state[layer.weight]["spectral_sigma"]
+    assert torch.isfinite(sigma) and sigma > 0
+
+
+def test_zero_matrix_one_by_one_and_empty_parameters():
+    zero = nn.Parameter(torch.zeros(4, 3))
+    one = nn.Parameter(torch.tensor([[3.0]]))
+    empty = nn.Parameter(torch.zeros(0, 5))
+    opt = specopt.SpectralAdam([zero, one, empty], lr=1e-2, spectral_strength=1.0)
+    for p in (zero, one, empty):
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert torch.equal(zero, torch.zeros(4, 3))  # σ=0 is a stationary point of (σ²-1)²
+    assert all(torch.isfinite(t).all() for t in opt.state[zero].values())
+    # 1×1: σ1 = |w| and the step is lr·λ·2k·w(w²-1) exactly
+    assert one.item() == pytest.approx(3.0 - 1e-2 * 4 * 3.0 * 8.0, rel=1e-5)
+    assert empty.shape == (0, 5)
+
+
+def test_sparse_gradients_raise_a_clear_error():
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = specopt.Spectral(torch.optim.SparseAdam(emb.parameters(), lr=1e-3))
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"spectral_strength": -1.0}, "strength must be"),
+        ({"spectral_strength": float("nan")}, "strength must be"),
+        ({"k": 0.5}, "k must be"),
+        ({"power_iterations": 0}, "power_iterations must be"),
+    ],
+)
+def test_invalid_hyperparameters_give_one_line_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match) as err:
+        specopt.SpectralAdam(nn.Linear(2, 2).parameters(), **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_role_and_wrong_wrap_target_are_rejected():
+    with pytest.raises(ValueError, match="unknown role 'weights'"):
+        specopt.SpectralAdam([{"params": nn.Linear(2, 2).parameters(), "role": "weights"}])
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        specopt.Spectral(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="already takes the spectral step"):
+        specopt.Spectral(specopt.SpectralAdam(nn.Linear(2, 2).parameters()))
+
+
+def test_step_hooks_run_once_per_step():
+    torch.optim.Adam(nn.Linear(2, 2).parameters())  # makes Adam.step the hooked wrapper
+    model = make_model()
+    for opt in (specopt.SpectralAdam(model.parameters()), specopt.Spectral(torch.optim.Adam(model.parameters()))):
+        calls = []
+        opt.register_step_post_hook(lambda *a: calls.append(1))
+        train(model, opt, 1)
+        assert len(calls) == 1
+
+
+def test_optimizer_can_be_deep_copied_and_pickled():
+    model = make_model()
+    for opt in (specopt.SpectralAdam(model.parameters()), specopt.Spectral(torch.optim.SGD(model.parameters(), lr=0.1))):
+        train(model, opt, 2)
+        clone = copy.deepcopy(opt)
+        assert len(clone.state_dict()["state"]) == len(opt.state_dict()["state"])
