@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .roles import check_role, resolve_role
+from .roles import group_roles
 
 _TINY = 1e-30
 INIT_SEED = 0
@@ -41,12 +41,13 @@ INIT_SEED = 0
 
 @dataclass
 class Pending:
-    """Directions computed before the base step, to apply after it (one list entry per tensor)."""
+    """Directions computed before the base step, to apply after it (batched per group and role)."""
 
-    matrices: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor, float, dict]] = field(default_factory=list)
-    # (param, u, v, coefficient, sigma, scale, group)
-    vectors: list[tuple[Tensor, Tensor, float, dict]] = field(default_factory=list)
-    # (param, direction, scale, group)
+    matrices: list[tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, Tensor, float, dict]] = field(
+        default_factory=list
+    )  # (params, us, vs, coefficients (n,), sigmas (n,), strength, group)
+    vectors: list[tuple[list[Tensor], list[Tensor], float, dict]] = field(default_factory=list)
+    # (params, directions, strength, group)
 
 
 def check_hyperparameters(strength: Any, k: Any, power_iterations: Any) -> None:
@@ -61,7 +62,7 @@ def check_hyperparameters(strength: Any, k: Any, power_iterations: Any) -> None:
 
 def as_matrix(param: Tensor) -> Tensor:
     """``param`` viewed as out × in (conv kernels: out × in·kh·kw), float32."""
-    w = param.detach().reshape(param.shape[0], -1)
+    w = param.reshape(param.shape[0], -1)  # callers hold no_grad: no autograd history, no detach needed
     return w if w.dtype == torch.float32 else w.float()
 
 
@@ -102,7 +103,10 @@ def power_iteration(w: Tensor, u: Tensor, v: Tensor, iterations: int) -> tuple[T
 
 def matrix_coefficient(sigma: Tensor, k: float) -> Tensor:
     r""":math:`\partial R/\partial\sigma = 2k\,\sigma^{k-1}(\sigma^k - 1)` for :math:`R = (\sigma^k - 1)^2`."""
-    return 2.0 * k * sigma.pow(k - 1) * (sigma.pow(k) - 1.0)
+    if k == 1:
+        return 2.0 * (sigma - 1.0)
+    pk1 = sigma.pow(k - 1)
+    return (2.0 * k) * pk1 * (pk1 * sigma - 1.0)
 
 
 def bias_direction(b: Tensor, k: float) -> Tensor:
@@ -116,17 +120,79 @@ def scale_direction(gamma: Tensor) -> Tensor:
     return 2.0 * (gamma.detach().float() - 1.0)
 
 
-def _finite_or_zero(x: Tensor) -> Tensor:
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-
-def group_settings(group: dict, defaults: dict) -> tuple[str, float, float, int]:
-    role = check_role(group.get("role", defaults.get("role", "auto")))
+def group_settings(group: dict, defaults: dict) -> tuple[float, float, int]:
+    """(strength, k, power_iterations) of a group, validated."""
     strength = group.get("spectral_strength", defaults["spectral_strength"])
     k = group.get("k", defaults["k"])
     iterations = group.get("power_iterations", defaults["power_iterations"])
     check_hyperparameters(strength, k, iterations)
-    return role, strength, k, iterations
+    return strength, k, iterations
+
+
+def power_iteration_foreach(
+    ws: list[Tensor], us: list[Tensor], vs: list[Tensor], iterations: int
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+    """:func:`power_iteration` on a list of matrices at once (foreach ops; two ``mv`` per matrix and iteration).
+
+    Returns ``(us, vs, σ̂ (n,), ok (n,))``. A non-finite or zero norm in any iteration propagates to the last
+    one, so checking the final norms is enough to decide which tensors keep their previous vectors.
+    """
+    us_new, vs_new = us, vs
+    for _ in range(iterations):
+        ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
+        nv = torch.stack(torch._foreach_norm(ts))
+        vs_new = list(torch._foreach_div(ts, list(nv.clamp_min(_TINY).unbind())))
+        ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
+        sigma = torch.stack(torch._foreach_norm(ss))
+        us_new = list(torch._foreach_div(ss, list(sigma.clamp_min(_TINY).unbind())))
+    prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
+    ok = (prod > _TINY) & (prod < float("inf"))
+    oks = ok.unbind()
+    us_out = [torch.where(o, a, b) for o, a, b in zip(oks, us_new, us)]
+    vs_out = [torch.where(o, a, b) for o, a, b in zip(oks, vs_new, vs)]
+    return us_out, vs_out, torch.where(ok, sigma, 0.0), ok
+
+
+def _matrix_batch(ps: list[Tensor], state: dict, k: float, iterations: int, init_iterations: int):
+    """Power-iterate every matrix in ``ps`` (fresh ones from the deterministic start with more iterations)."""
+    ws = [as_matrix(p) for p in ps]
+    warm = [i for i, p in enumerate(ps) if "spectral_u" in (state.get(p) or {})]
+    warm_set = set(warm)
+    fresh = [i for i in range(len(ps)) if i not in warm_set]
+    us: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
+    vs: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
+    sig = torch.zeros(len(ps), device=ws[0].device)
+    okv = torch.zeros(len(ps), dtype=torch.bool, device=ws[0].device)
+    for idx, n in ((warm, iterations), (fresh, max(iterations, init_iterations))):
+        if not idx:
+            continue
+        if idx is warm:
+            u0 = [state[ps[i]]["spectral_u"] for i in idx]
+            v0 = [state[ps[i]]["spectral_v"] for i in idx]
+        else:
+            u0, v0 = map(list, zip(*(initial_vectors(*ws[i].shape, ws[i].device) for i in idx)))
+        u1, v1, s1, ok1 = power_iteration_foreach([ws[i] for i in idx], u0, v0, n)
+        if len(idx) == len(ps):
+            us, vs, sig, okv = u1, v1, s1, ok1
+        else:
+            where = torch.tensor(idx, device=sig.device)
+            sig, okv = sig.index_copy(0, where, s1), okv.index_copy(0, where, ok1)
+            for j, i in enumerate(idx):
+                us[i], vs[i] = u1[j], v1[j]
+    coef = torch.nan_to_num(matrix_coefficient(sig, k), nan=0.0, posinf=0.0, neginf=0.0) * okv
+    return us, vs, coef, sig
+
+
+def _vector_batch(ps: list[Tensor], role: str, k: float) -> list[Tensor]:
+    """∇R for a list of biases (‖b‖^{2k}) or scales (Σ(γ−1)²), float32, via foreach ops."""
+    xs = ps if ps[0].dtype == torch.float32 else [p.float() for p in ps]
+    if role == "scale":
+        return list(torch._foreach_mul(torch._foreach_sub(xs, 1.0), 2.0))
+    if k == 1:
+        return list(torch._foreach_mul(xs, 2.0))
+    norms = torch.stack(torch._foreach_norm(xs))
+    coef = torch.nan_to_num(norms.pow(2 * k - 2).mul_(2.0 * k), nan=0.0, posinf=0.0, neginf=0.0)
+    return list(torch._foreach_mul(xs, list(coef.unbind())))
 
 
 @torch.no_grad()
@@ -144,34 +210,39 @@ def prepare(
     """
     pending = Pending()
     for group in param_groups:
-        role, strength, k, iterations = group_settings(group, defaults)
-        if strength == 0.0 or role == "none":
+        strength, k, iterations = group_settings(group, defaults)
+        if strength == 0.0:
             continue
-        for p in group["params"]:
-            if p.numel() == 0 or (only_with_grad and p.grad is None):
+        by_role: dict[str, list[Tensor]] = {"matrix": [], "bias": [], "scale": [], "none": []}
+        for p, concrete in zip(group["params"], group_roles(group, defaults.get("role", "auto"))):
+            if concrete == "none" or p.numel() == 0:
                 continue
-            if p.grad is not None and p.grad.is_sparse:
+            grad = p.grad
+            if grad is None:
+                if only_with_grad:
+                    continue
+            elif grad.is_sparse:
                 raise RuntimeError(
                     "spectral regularization does not support sparse gradients; give this parameter role 'none' "
                     "(specopt.param_groups(model, roles={'<name>': 'none'})) or use dense gradients"
                 )
-            concrete = resolve_role(role, p)
-            if concrete == "none":
+            by_role[concrete].append(p)
+        for concrete in ("matrix", "bias", "scale"):
+            ps = by_role[concrete]
+            if not ps:
                 continue
-            if concrete == "matrix":
-                w = as_matrix(p)
-                st = state.get(p) or {}
-                u, v = st.get("spectral_u"), st.get("spectral_v")
-                n = iterations
-                if u is None or v is None:
-                    u, v = initial_vectors(w.shape[0], w.shape[1], w.device)
-                    n = max(iterations, init_iterations)
-                u, v, sigma, ok = power_iteration(w, u, v, n)
-                coef = torch.where(ok, _finite_or_zero(matrix_coefficient(sigma, k)), torch.zeros_like(sigma))
-                pending.matrices.append((p, u, v, coef, sigma, strength, group))
-            else:
-                d = bias_direction(p, k) if concrete == "bias" else scale_direction(p)
-                pending.vectors.append((p, _finite_or_zero(d), strength, group))
+            batches = [ps]  # foreach ops need one device and dtype per batch
+            if any(p.device != ps[0].device or p.dtype != ps[0].dtype for p in ps):
+                keyed: dict[tuple, list[Tensor]] = {}
+                for p in ps:
+                    keyed.setdefault((p.device, p.dtype), []).append(p)
+                batches = list(keyed.values())
+            for batch in batches:
+                if concrete == "matrix":
+                    us, vs, coef, sig = _matrix_batch(batch, state, k, iterations, init_iterations)
+                    pending.matrices.append((batch, us, vs, coef, sig, strength, group))
+                else:
+                    pending.vectors.append((batch, _vector_batch(batch, concrete, k), strength, group))
     return pending
 
 
@@ -188,28 +259,42 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
 
     ``found_inf`` (set by ``torch.amp.GradScaler`` on optimizers that unscale themselves) zeroes the step.
     """
-    for p, u, v, coef, sigma, strength, group in pending.matrices:
-        if p.grad is None:
+    for ps, us, vs, coef, sig, strength, group in pending.matrices:
+        scaled_vs = torch._foreach_mul(vs, list((coef * _step_scale(group["lr"], strength, found_inf)).unbind()))
+        for p, u, v, sv, s in zip(ps, us, vs, scaled_vs, sig.unbind()):
+            if p.grad is None:
+                continue
+            st = state[p]
+            st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, s
+            if p.dtype == torch.float32 and p.is_contiguous():  # under no_grad: in place on the leaf
+                p.view(p.shape[0], -1).addr_(u, sv)
+            else:
+                p.add_(torch.outer(u, sv).reshape(p.shape).to(p.dtype))
+    for ps, ds, strength, group in pending.vectors:
+        keep = [i for i, p in enumerate(ps) if p.grad is not None]
+        if len(keep) < len(ps):
+            ps, ds = [ps[i] for i in keep], [ds[i] for i in keep]
+        if not ps:
             continue
-        st = state[p]
-        st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, sigma
-        scaled_v = v * (coef * _step_scale(group["lr"], strength, found_inf))
-        w = p.detach()
-        if p.dtype == torch.float32 and w.is_contiguous():
-            w.view(w.shape[0], -1).addr_(u, scaled_v)
+        scale = _step_scale(group["lr"], strength, found_inf)
+        if ps[0].dtype == torch.float32:
+            if isinstance(scale, Tensor):
+                torch._foreach_add_(ps, torch._foreach_mul(ds, scale))
+            else:
+                torch._foreach_add_(ps, ds, alpha=scale)
         else:
-            w.add_(torch.outer(u, scaled_v).reshape(w.shape).to(w.dtype))
-    for p, d, strength, group in pending.vectors:
-        if p.grad is None:
-            continue
-        p.detach().add_((d * _step_scale(group["lr"], strength, found_inf)).to(p.dtype))
+            for p, d in zip(ps, ds):
+                p.add_((d * scale).to(p.dtype))
 
 
 def fill_group_defaults(group: dict, defaults: dict) -> None:
-    """Give ``group`` the spectral keys it lacks (``role``, ``spectral_strength``, ``k``, ``power_iterations``)."""
-    for key in ("role", "spectral_strength", "k", "power_iterations"):
+    """Give ``group`` the spectral keys it lacks (``spectral_strength``, ``k``, ``power_iterations``, and ``role``
+    unless it has per-parameter ``roles``), and validate them."""
+    keys = ("spectral_strength", "k", "power_iterations") + (() if "roles" in group else ("role",))
+    for key in keys:
         group.setdefault(key, defaults[key])
-    group_settings(group, defaults)  # validate
+    group_settings(group, defaults)
+    group_roles(group)
 
 
 SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma")

@@ -78,10 +78,6 @@ class SpectralAdam(Adam):
     ) -> None:
         spectral = _spectral_defaults(spectral_strength, k, power_iterations)
         self._init_iterations = init_iterations
-        params = list(params)
-        if params and isinstance(params[0], dict):
-            for group in params:
-                F.check_role(group.get("role", "auto"))
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,

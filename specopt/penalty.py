@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import functional as F
-from .roles import ROLES, check_role, param_groups, resolve_role
+from .roles import ROLES, group_roles, param_groups
 
 _Groups = Iterable[Mapping[str, Any]]
 
@@ -52,7 +52,7 @@ class SpectralPenalty:
         F.check_hyperparameters(0.0, k, power_iterations)
         self.groups = _as_groups(model_or_groups)
         for group in self.groups:
-            check_role(group.get("role", "auto"))
+            group_roles(group)  # validate
         self.k = k
         self.power_iterations = power_iterations
         self.init_iterations = init_iterations
@@ -97,11 +97,9 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
     terms: list[Tensor] = []
     device = None
     for group in groups:
-        role = check_role(group.get("role", "auto"))
         gk = group.get("k", k)
-        for p in group["params"]:
+        for p, concrete in zip(group["params"], group_roles(group)):
             device = p.device
-            concrete = resolve_role(role, p)
             if p.numel() == 0 or concrete == "none":
                 continue
             if concrete == "matrix":
@@ -127,14 +125,10 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
 
 
 def _matrix_params(obj: Any) -> list[tuple[str, Tensor]]:
-    if isinstance(obj, nn.Module):
-        return [(name, p) for g in param_groups(obj) if g["role"] == "matrix" for name, p in zip(g["param_names"], g["params"])]
-    groups = _as_groups(obj)
     out = []
-    for gi, group in enumerate(groups):
+    for gi, group in enumerate(_as_groups(obj)):
         names = group.get("param_names") or [f"group{gi}.param{j}" for j in range(len(group["params"]))]
-        role = group.get("role", "auto")
-        out += [(n, p) for n, p in zip(names, group["params"]) if resolve_role(role, p) == "matrix" and p.numel() > 0]
+        out += [(n, p) for n, p, r in zip(names, group["params"], group_roles(group)) if r == "matrix" and p.numel() > 0]
     return out
 
 

@@ -103,47 +103,64 @@ def param_groups(
     strength: float | None = None,
     k: float | None = None,
     roles: Mapping[str, str] | None = None,
+    split_roles: bool = False,
     **group_options: Any,
 ) -> list[dict[str, Any]]:
-    """Parameter groups of ``model`` tagged with their spectral-regularization role.
+    """Parameter groups of ``model`` tagged with their spectral-regularization roles.
 
-    Returns one group per non-empty role, in the order matrix, bias, scale, none, each a dict with ``params``,
-    ``param_names`` and ``role``. ``strength`` and ``k`` (when given) become the groups' ``spectral_strength`` and
-    ``k``; any other keyword (``lr``, ``weight_decay``, ...) is copied into every group. Pass the result to any
-    optimizer::
+    By default returns a single group with ``params``, ``param_names`` and ``roles`` (one role per parameter):
+    one group keeps the base optimizer's per-group overhead as low as plain ``model.parameters()``. With
+    ``split_roles=True`` returns one group per non-empty role (order matrix, bias, scale, none), each with a
+    ``role`` key, so that strength, k, lr, ... can differ per role. ``strength`` and ``k`` (when given) become the
+    groups' ``spectral_strength`` and ``k``; any other keyword (``lr``, ``weight_decay``, ...) is copied into every
+    group. Pass the result to any optimizer::
 
         opt = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)
         opt = specopt.Spectral(torch.optim.SGD(specopt.param_groups(model), lr=0.1))
     """
-    by_role: dict[str, tuple[list[torch.Tensor], list[str]]] = {role: ([], []) for role in ROLES}
-    for name, param, role in named_roles(model, roles):
-        by_role[role][0].append(param)
-        by_role[role][1].append(name)
+    tagged = named_roles(model, roles)
+    if not tagged:
+        raise ValueError("the model has no parameters")
+    extra: dict[str, Any] = dict(group_options)
+    if strength is not None:
+        extra["spectral_strength"] = strength
+    if k is not None:
+        extra["k"] = k
+    if not split_roles:
+        return [{
+            "params": [p for _, p, _ in tagged],
+            "param_names": [n for n, _, _ in tagged],
+            "roles": [r for _, _, r in tagged],
+            **extra,
+        }]
     groups = []
     for role in ROLES:
-        params, names = by_role[role]
-        if not params:
-            continue
-        group: dict[str, Any] = {"params": params, "param_names": names, "role": role, **group_options}
-        if strength is not None:
-            group["spectral_strength"] = strength
-        if k is not None:
-            group["k"] = k
-        groups.append(group)
-    if not groups:
-        raise ValueError("the model has no parameters")
+        members = [(n, p) for n, p, r in tagged if r == role]
+        if members:
+            groups.append({"params": [p for _, p in members], "param_names": [n for n, _ in members],
+                           "role": role, **extra})
     return groups
+
+
+def group_roles(group: Mapping[str, Any], default: str = AUTO) -> list[str]:
+    """The concrete role of every parameter of ``group`` (its ``roles`` list, else its ``role`` or ``default``)."""
+    params = group["params"]
+    roles = group.get("roles")
+    if roles is not None:
+        if len(roles) != len(params):
+            raise ValueError(f"a group's 'roles' has {len(roles)} entries for {len(params)} parameters")
+        return [resolve_role(check_role(r), p) for r, p in zip(roles, params)]
+    role = check_role(group.get("role", default))
+    return [resolve_role(role, p) for p in params]
 
 
 def _rows(groups: Iterable[Mapping[str, Any]], defaults: Mapping[str, Any]) -> list[tuple[str, ...]]:
     rows = []
     for gi, group in enumerate(groups):
         names = group.get("param_names") or [f"group{gi}.param{j}" for j in range(len(group["params"]))]
-        role = group.get("role", defaults.get("role", AUTO))
         strength = group.get("spectral_strength", defaults.get("spectral_strength", "-"))
         k = group.get("k", defaults.get("k", "-"))
-        for name, param in zip(names, group["params"]):
-            concrete = resolve_role(role, param)
+        for name, param, concrete in zip(names, group["params"], group_roles(group, defaults.get("role", AUTO))):
             shape = "×".join(map(str, param.shape)) or "scalar"
             if concrete == "matrix" and param.ndim > 2:
                 shape += f" (as {param.shape[0]}×{param[0].numel()})"
@@ -158,7 +175,7 @@ def describe(obj: Any) -> str:
     ``print(specopt.describe(optimizer))`` shows what is regularized: name, shape, role, strength and k.
     """
     if isinstance(obj, nn.Module):
-        groups: list[Mapping[str, Any]] = param_groups(obj)
+        groups: list[Mapping[str, Any]] = param_groups(obj, split_roles=True)
         defaults: Mapping[str, Any] = {}
     elif isinstance(obj, torch.optim.Optimizer):
         groups, defaults = obj.param_groups, obj.defaults

@@ -20,7 +20,11 @@ class Block(nn.Module):
 
 
 def roles_by_name(groups):
-    return {n: g["role"] for g in groups for n in g["param_names"]}
+    out = {}
+    for g in groups:
+        roles = g.get("roles") or [g["role"]] * len(g["params"])
+        out.update(zip(g["param_names"], roles))
+    return out
 
 
 def test_param_groups_tags_every_parameter_by_module():
@@ -32,8 +36,19 @@ def test_param_groups_tags_every_parameter_by_module():
     }
 
 
+def test_default_is_one_group_and_split_roles_gives_one_group_per_role():
+    model = Block()
+    (single,) = specopt.param_groups(model)
+    assert len(single["params"]) == len(single["roles"]) == len(list(model.parameters()))
+    split = specopt.param_groups(model, split_roles=True)
+    assert [g["role"] for g in split] == ["matrix", "bias", "scale", "none"]
+    assert roles_by_name(split) == roles_by_name([single])
+
+
 def test_overrides_strength_k_and_extra_group_options():
-    groups = specopt.param_groups(Block(), strength=0.5, k=4, roles={"fc.*": "none", "emb.weight": "none"}, lr=0.1)
+    groups = specopt.param_groups(
+        Block(), strength=0.5, k=4, roles={"fc.*": "none", "emb.weight": "none"}, split_roles=True, lr=0.1
+    )
     roles = roles_by_name(groups)
     assert roles["fc.weight"] == "none" and roles["fc.bias"] == "none" and roles["emb.weight"] == "none"
     assert all(g["spectral_strength"] == 0.5 and g["k"] == 4 and g["lr"] == 0.1 for g in groups)
