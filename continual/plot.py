@@ -1,0 +1,81 @@
+"""Accuracy versus task per mitigator (mean ± standard error across seeds), and a markdown summary table."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
+    rows = []
+    for d in run_dirs:
+        path = d / "results.csv" if d.is_dir() else d
+        if not path.exists():
+            raise FileNotFoundError(f"no results.csv in {d}")
+        with open(path, newline="") as f:
+            rows += list(csv.DictReader(f))
+    if not rows:
+        raise ValueError("the results hold no rows yet")
+    return rows
+
+
+def label(row: dict[str, str]) -> str:
+    ln = " +LN" if row.get("layernorm") == "1" else ""
+    return f"{row['mitigator']} ({float(row['strength']):g}){ln}" if row["mitigator"] != "none" else f"none{ln}"
+
+
+def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """label → (tasks, mean, standard error, seeds) of ``metric`` across seeds."""
+    by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        value = float(r[metric]) if r.get(metric) not in (None, "") else math.nan
+        by[label(r)][int(r["task"])].append(value)
+    out = {}
+    for name, per_task in by.items():
+        tasks = np.array(sorted(per_task))
+        vals = [np.array(per_task[t]) for t in tasks]
+        mean = np.array([v.mean() for v in vals])
+        sem = np.array([v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals])
+        out[name] = (tasks, mean, sem, max(len(v) for v in vals))
+    return out
+
+
+def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
+    lines = [f"| mitigator | seeds | tasks | first task | last task | mean of last 5 tasks |",
+             "|---|---|---|---|---|---|"]
+    for name, (tasks, mean, sem, seeds) in sorted(curves(rows, metric).items()):
+        last5 = mean[-5:].mean()
+        lines.append(f"| {name} | {seeds} | {len(tasks)} | {mean[0]:.3f} | {mean[-1]:.3f} ± {sem[-1]:.3f} "
+                     f"| {last5:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy") -> str:
+    """Draw ``metric`` versus task for every mitigator in ``run_dirs`` into ``output``; return the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_rows(run_dirs)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (tasks, mean, sem, seeds) in sorted(curves(rows, metric).items()):
+        ax.plot(tasks, mean, label=f"{name}, {seeds} seed{'s' if seeds > 1 else ''}")
+        ax.fill_between(tasks, mean - sem, mean + sem, alpha=0.2)
+    r = rows[0]
+    ax.set_title(f"{r['dataset']}, {r['nonstationarity']}, {r['model']}")
+    ax.set_xlabel("task")
+    ax.set_ylabel(metric.replace("_", " ") + " at task end")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    fig.savefig(tmp, dpi=120, format=output.suffix.lstrip(".") or "png")
+    os.replace(tmp, output)
+    plt.close(fig)
+    return table(rows, metric)

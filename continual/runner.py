@@ -1,0 +1,209 @@
+"""The continual-learning run: data → task stream → model → mitigator/optimizer → metrics → results.
+
+One run is (dataset, non-stationarity, model, mitigator, strength, seed); an experiment loops over mitigators and
+seeds. Per step: ``zero_grad; loss = CE(model(x), y) [+ penalty]; backward; step; after_step``. At every task end
+the runner records train accuracy/loss on the task's own training data (trainability), test accuracy where the
+task has a test split, and the plasticity diagnostics, then checkpoints atomically; ``resume`` continues a killed
+experiment and produces exactly the rows an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import Dataset, load_dataset
+from .diagnostics import DIAGNOSTICS, task_end_diagnostics
+from .mitigators import DEFAULT_STRENGTHS, build_mitigator, model_activation
+from .models import build_model
+from .streams import Task, make_task
+
+BASE_COLUMNS = ["dataset", "nonstationarity", "model", "layernorm", "mitigator", "strength", "seed", "task",
+                "step", "train_accuracy", "train_loss", "test_accuracy"]
+COLUMNS = BASE_COLUMNS + list(DIAGNOSTICS)
+
+
+@dataclass
+class RunConfig:
+    dataset: str = "digits"
+    nonstationarity: str = "random-labels"
+    model: str = "mlp"
+    mitigators: list[str] = field(default_factory=lambda: ["none", "spectral"])
+    strength: float | None = None  # None → each mitigator's default
+    seeds: list[int] = field(default_factory=lambda: [0])
+    tasks: int = 10
+    epochs: int = 10
+    batch_size: int = 128
+    train_size: int | None = None
+    lr: float = 1e-3
+    layernorm: bool = False
+    width: int = 256
+    data_dir: str | None = None
+    device: str = "cpu"
+    diagnostics: bool = True
+    probe_size: int = 256
+    out: str = "runs/default"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then rename: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, chunk: int = 2048) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss = 0.0, 0.0
+    for i in range(0, x.shape[0], chunk):
+        logits = model(x[i: i + chunk])
+        correct += (logits.argmax(1) == y[i: i + chunk]).sum().item()
+        loss += nn.functional.cross_entropy(logits, y[i: i + chunk], reduction="sum").item()
+    model.train(was_training)
+    return correct / x.shape[0], loss / x.shape[0]
+
+
+def batch_generator(seed: int, task: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(7_919 * (seed + 1) + 104_729 * task + epoch)
+
+
+class Run:
+    """One (mitigator, seed) run; its state is everything a checkpoint needs."""
+
+    def __init__(self, cfg: RunConfig, ds: Dataset, mitigator: str, seed: int) -> None:
+        self.cfg, self.ds, self.name, self.seed = cfg, ds, mitigator, seed
+        self.strength = DEFAULT_STRENGTHS[mitigator] if cfg.strength is None else cfg.strength
+        torch.manual_seed(seed)
+        self.model = build_model(cfg.model, ds.in_shape, ds.num_classes, cfg.layernorm,
+                                 model_activation(mitigator), width=cfg.width).to(cfg.device)
+        self.init_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self.mit = build_mitigator(mitigator, self.model, cfg.lr, self.strength, seed=seed)
+        self.step, self.next_task = 0, 0
+        self.prev_rep: Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.mit.optimizer.state_dict(),
+                "mitigator": self.mit.state_dict(), "step": self.step, "next_task": self.next_task,
+                "prev_rep": self.prev_rep, "init_params": self.init_params}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.model.load_state_dict(s["model"])
+        self.mit.optimizer.load_state_dict(s["optimizer"])
+        self.mit.load_state_dict(s["mitigator"])
+        self.step, self.next_task, self.prev_rep = s["step"], s["next_task"], s["prev_rep"]
+        self.init_params = s["init_params"]
+
+    def train_task(self, task: Task, progress=None) -> dict[str, Any]:
+        cfg, model, mit = self.cfg, self.model, self.mit
+        opt = mit.optimizer
+        model.train()
+        n = task.x_train.shape[0]
+        for epoch in range(cfg.epochs):
+            perm = torch.randperm(n, generator=batch_generator(self.seed, task.index, epoch)).to(cfg.device)
+            for i in range(0, n, cfg.batch_size):
+                idx = perm[i: i + cfg.batch_size]
+                x, y = task.x_train[idx], task.y_train[idx]
+                opt.zero_grad(set_to_none=True)
+                loss = nn.functional.cross_entropy(model(x), y)
+                penalty = mit.penalty(model)
+                if penalty is not None:
+                    loss = loss + penalty
+                loss.backward()
+                opt.step()
+                mit.after_step(self.step, x)
+                self.step += 1
+            if progress is not None:
+                progress.set_postfix_str(f"{self.name} seed {self.seed} task {task.index + 1} epoch {epoch + 1}"
+                                         f"/{cfg.epochs} loss {loss.item():.3f}", refresh=False)
+                progress.refresh()
+        return self.measure(task)
+
+    def measure(self, task: Task) -> dict[str, Any]:
+        cfg = self.cfg
+        acc, loss = evaluate(self.model, task.x_train, task.y_train)
+        test_acc = evaluate(self.model, task.x_test, task.y_test)[0] if task.x_test is not None and \
+            task.x_test.shape[0] else math.nan
+        row: dict[str, Any] = {"dataset": cfg.dataset, "nonstationarity": cfg.nonstationarity, "model": cfg.model,
+                               "layernorm": int(cfg.layernorm), "mitigator": self.name, "strength": self.strength,
+                               "seed": self.seed, "task": task.index + 1, "step": self.step,
+                               "train_accuracy": round(acc, 6), "train_loss": round(loss, 6),
+                               "test_accuracy": round(test_acc, 6)}
+        if cfg.diagnostics:
+            probe = slice(0, cfg.probe_size)
+            diag, self.prev_rep = task_end_diagnostics(self.model, self.init_params, task.x_train[probe],
+                                                       task.y_train[probe], self.prev_rep)
+            row.update({k: round(float(v), 6) for k, v in diag.items()})
+        else:
+            row.update({k: math.nan for k in DIAGNOSTICS})
+        return row
+
+
+def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every (mitigator, seed) of ``cfg``, writing ``results.csv``, ``config.json`` and a checkpoint to
+    ``cfg.out`` after every task; with ``resume``, continue from that checkpoint."""
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    config = asdict(cfg)
+    rows: list[dict[str, Any]] = []
+    saved: dict[str, Any] | None = None
+    if resume and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        if saved["config"] != config:
+            diff = sorted(k for k in config if config[k] != saved["config"].get(k))
+            raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
+        rows = saved["rows"]
+    elif (out / "results.csv").exists() and not resume:
+        raise ValueError(f"{out} already holds results: pass --resume to continue, or choose another --out")
+    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    total = len(cfg.mitigators) * len(cfg.seeds) * cfg.tasks
+    bar = tqdm(total=total, initial=len(rows), unit="task", disable=not progress, dynamic_ncols=True)
+    t0 = time.time()
+    for mitigator in cfg.mitigators:
+        for seed in cfg.seeds:
+            done = sum(1 for r in rows if r["mitigator"] == mitigator and r["seed"] == seed)
+            if done >= cfg.tasks:
+                continue
+            run = Run(cfg, ds, mitigator, seed)
+            if saved is not None and saved.get("current") == (mitigator, seed):
+                run.load_state_dict(saved["run"])
+            elif done:
+                raise RuntimeError(f"checkpoint in {out} lacks the state of ({mitigator}, seed {seed})")
+            for t in range(run.next_task, cfg.tasks):
+                row = run.train_task(make_task(ds, cfg.nonstationarity, seed, t), bar)
+                rows.append(row)
+                run.next_task = t + 1
+                state = {"config": config, "rows": rows, "current": (mitigator, seed), "run": run.state_dict()}
+                atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+                write_csv(out / "results.csv", rows)
+                bar.update(1)
+                bar.set_description(f"{mitigator} s{seed} t{t + 1} acc {row['train_accuracy']:.3f}")
+    bar.close()
+    if progress:
+        print(f"{len(rows)} rows in {out / 'results.csv'} ({time.time() - t0:.0f} s)")
+    return rows

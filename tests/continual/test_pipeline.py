@@ -1,0 +1,187 @@
+"""The continual pipeline end to end: data, task streams, models, runner, resume, CLI and plots."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from continual import data as data_mod
+from continual import runner as runner_mod
+from continual.cli import main
+from continual.data import DataError, load_dataset, read_idx
+from continual.models import build_model
+from continual.runner import COLUMNS, RunConfig, run_experiment
+from continual.streams import make_task
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_idx_folder(folder: Path, n: int = 60, compress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 28, 28))
+    y = rng.integers(0, 10, n)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_idx(folder / "train-images-idx3-ubyte", x, compress)
+    write_idx(folder / "train-labels-idx1-ubyte", y, compress)
+    write_idx(folder / "t10k-images-idx3-ubyte", x[:20], compress)
+    write_idx(folder / "t10k-labels-idx1-ubyte", y[:20], compress)
+    return x, y
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_files_load_exactly_gz_or_raw(tmp_path, compress):
+    x, y = make_idx_folder(tmp_path, compress=compress)
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path, train_size=50)
+    assert ds.x_train.shape == (50, 1, 28, 28) and ds.x_test.shape == (20, 1, 28, 28)
+    assert torch.allclose(ds.x_train[:, 0] * 255, torch.tensor(x[:50], dtype=torch.float32))
+    assert torch.equal(ds.y_train, torch.tensor(y[:50]))
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    (tmp_path / "bad").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "bad")
+
+
+def test_failed_download_leaves_nothing_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECOPT_CACHE", str(tmp_path / "cache"))
+
+    def fake_split(name, root, train, download):
+        if download:
+            Path(root, "partial.bin").write_bytes(b"half")  # a download that breaks midway
+            raise ConnectionError("no route to host")
+        raise RuntimeError("Dataset not found")
+
+    monkeypatch.setattr(data_mod, "_torchvision_split", fake_split)
+    with pytest.raises(DataError, match="dataset 'cifar10' not found.*download failed: no route to host"):
+        load_dataset("cifar10")
+    leftovers = list((tmp_path / "cache").rglob("*"))
+    assert leftovers == []
+
+
+def test_missing_dataset_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "continual", "run", "--dataset", "mnist", "--data-dir",
+                           str(tmp_path / "none"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "dataset 'mnist' not found" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_bad_flag_lists_valid_values_in_one_line():
+    proc = subprocess.run([sys.executable, "-m", "continual", "run", "--mitigator", "dropout", "--out", "x"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "invalid choice: 'dropout'" in proc.stderr and "spectral-coupled" in proc.stderr
+
+
+def test_task_streams_are_seeded_and_have_their_properties():
+    ds = load_dataset("digits")
+    a, b = make_task(ds, "random-labels", 0, 3), make_task(ds, "random-labels", 0, 3)
+    assert torch.equal(a.y_train, b.y_train) and not torch.equal(a.y_train, make_task(ds, "random-labels", 0, 4).y_train)
+    assert not torch.equal(a.y_train, make_task(ds, "random-labels", 1, 3).y_train)
+    p = make_task(ds, "pixel-permutation", 0, 1)
+    assert torch.equal(p.y_train, ds.y_train)
+    assert torch.equal(p.x_train.flatten(1).sort(1).values, ds.x_train.flatten(1).sort(1).values)
+    assert not torch.equal(p.x_train, ds.x_train)
+    f = make_task(ds, "label-flip", 0, 1)
+    mapping = {}
+    for old, new in zip(ds.y_train.tolist(), f.y_train.tolist()):
+        assert mapping.setdefault(old, new) == new  # one consistent permutation of the class ids
+    assert sorted(mapping.values()) == list(range(10))
+    counts = [int(make_task(ds, "class-incremental", 0, t).y_train.max()) + 1 for t in range(3)]
+    assert counts == [5, 10, 10]
+
+
+@pytest.mark.parametrize("name, shape", [("mlp", (1, 8, 8)), ("resnet18", (3, 16, 16)), ("vit-tiny", (1, 8, 8))])
+def test_models_expose_features_and_head(name, shape):
+    model = build_model(name, shape, 7)
+    x = torch.randn(3, *shape)
+    assert model(x).shape == (3, 7)
+    assert torch.allclose(model.head(model.features(x)), model(x), atol=1e-5)
+
+
+def test_crelu_mlp_matches_the_parameter_count():
+    relu = sum(p.numel() for p in build_model("mlp", (1, 28, 28), 10).parameters())
+    crelu = sum(p.numel() for p in build_model("mlp", (1, 28, 28), 10, activation="crelu").parameters())
+    assert abs(crelu - relu) / relu < 0.02
+
+
+def tiny_config(out: Path, **kw) -> RunConfig:
+    settings = dict(dataset="digits", nonstationarity="random-labels", model="mlp", mitigators=["spectral",
+                    "shrink-perturb"], seeds=[0], tasks=3, epochs=1, batch_size=64, train_size=256, width=32,
+                    probe_size=64, out=str(out))
+    settings.update(kw)
+    return RunConfig(**settings)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_rows(tmp_path, monkeypatch):
+    run_experiment(tiny_config(tmp_path / "full"), progress=False)
+    calls = {"n": 0}
+    real = runner_mod.make_task
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # killed during the second mitigator's second task
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "make_task", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_config(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(runner_mod, "make_task", real)
+    assert len(read_csv(tmp_path / "resumed" / "results.csv")) == 4
+    run_experiment(tiny_config(tmp_path / "resumed"), resume=True, progress=False)
+    full, resumed = read_csv(tmp_path / "full" / "results.csv"), read_csv(tmp_path / "resumed" / "results.csv")
+    assert len(full) == 6 and full == resumed
+
+
+def test_run_refuses_to_overwrite_and_to_resume_with_other_settings(tmp_path):
+    run_experiment(tiny_config(tmp_path, mitigators=["none"], tasks=1), progress=False)
+    with pytest.raises(ValueError, match="already holds results"):
+        run_experiment(tiny_config(tmp_path, mitigators=["none"], tasks=1), progress=False)
+    with pytest.raises(ValueError, match="different settings.*epochs"):
+        run_experiment(tiny_config(tmp_path, mitigators=["none"], tasks=1, epochs=2), resume=True, progress=False)
+
+
+def test_cli_run_writes_results_config_and_plot_prints_a_table(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--dataset", "digits", "--nonstationarity", "label-flip", "--model", "mlp", "--layernorm",
+                 "--width", "32", "--mitigator", "none", "spectral", "--tasks", "2", "--epochs", "1",
+                 "--batch-size", "64", "--train-size", "200", "--seeds", "0", "1", "--no-progress",
+                 "--out", str(out)])
+    assert code == 0
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == COLUMNS and len(rows) == 2 * 2 * 2
+    assert {r["mitigator"] for r in rows} == {"none", "spectral"} and all(r["layernorm"] == "1" for r in rows)
+    assert all(0 <= float(r["test_accuracy"]) <= 1 and float(r["sigma_max"]) > 0 for r in rows)
+    config = json.loads((out / "config.json").read_text())
+    assert config["nonstationarity"] == "label-flip" and config["seeds"] == [0, 1]
+    capsys.readouterr()
+    assert main(["plot", str(out), "-o", str(tmp_path / "fig.png")]) == 0
+    table = capsys.readouterr().out
+    assert "| spectral (1) +LN | 2 | 2 |" in table and "| none +LN | 2 | 2 |" in table
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
