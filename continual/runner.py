@@ -99,6 +99,7 @@ class Run:
         self.model = build_model(cfg.model, ds.in_shape, ds.num_classes, cfg.layernorm,
                                  model_activation(mitigator), width=cfg.width).to(cfg.device)
         self.init_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.mit = build_mitigator(mitigator, self.model, cfg.lr, self.strength, seed=seed)
         self.step, self.next_task = 0, 0
         self.prev_rep: Tensor | None = None
@@ -124,6 +125,8 @@ class Run:
             perm = torch.randperm(n, generator=batch_generator(self.seed, task.index, epoch)).to(cfg.device)
             for i in range(0, n, cfg.batch_size):
                 idx = perm[i: i + cfg.batch_size]
+                if idx.numel() == 1 and self.has_batchnorm:  # batch norm cannot train on one example: skip it
+                    continue
                 x, y = task.x_train[idx], task.y_train[idx]
                 opt.zero_grad(set_to_none=True)
                 loss = nn.functional.cross_entropy(model(x), y)
@@ -152,8 +155,14 @@ class Run:
                                "test_accuracy": round(test_acc, 6)}
         if cfg.diagnostics:
             probe = slice(0, cfg.probe_size)
-            diag, self.prev_rep = task_end_diagnostics(self.model, self.init_params, task.x_train[probe],
-                                                       task.y_train[probe], self.prev_rep)
+            x_probe, y_probe = task.x_train[probe], task.y_train[probe]
+            if cfg.nonstationarity == "class-incremental":
+                # Task t's data grow with t; the first task's images (its classes stay in every task) are the
+                # same probe at every task end, so the representation change compares like with like.
+                first = make_task(self.ds, cfg.nonstationarity, self.seed, 0)
+                x_probe, y_probe = first.x_train[probe], first.y_train[probe]
+            diag, self.prev_rep = task_end_diagnostics(self.model, self.init_params, x_probe, y_probe,
+                                                       self.prev_rep)
             row.update({k: round(float(v), 6) for k, v in diag.items()})
         else:
             row.update({k: math.nan for k in DIAGNOSTICS})

@@ -185,3 +185,10 @@ def test_cli_run_writes_results_config_and_plot_prints_a_table(tmp_path, capsys)
     table = capsys.readouterr().out
     assert "| spectral (1) +LN | 2 | 2 |" in table and "| none +LN | 2 | 2 |" in table
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_compares_adam_and_spectral_and_writes_a_png(tmp_path, capsys):
+    assert main(["demo", "--tasks", "2", "--epochs", "1", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "| none | 1 | 2 |" in out and "| spectral (1) | 1 | 2 |" in out
+    assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,124 @@
+"""Every hyper-parameter of a run, in one dataclass, with its default and where the default comes from.
+
+Sources (see docs/rl.md and /work/shared/rl-reference.md):
+  paper   Lewandowski et al., ICLR 2025, Section 5.4 and Appendix B ("Reinforcement Learning")
+  jaxrl   Kostrikov's jaxrl/jaxrl2 SAC (the lineage of D'Oro et al. and Nikishin et al.)
+  D'Oro   D'Oro et al. 2022, "Breaking the Replay Ratio Barrier" (SR-SAC)
+  Nikishin Nikishin et al. 2022, "The Primacy Bias in Deep RL"
+  BRO     Nauman et al. 2024 (LayerNorm placement)
+  CleanRL sac_continuous_action.py (and its PR #414 on the temperature loss)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import specopt
+
+MITIGATORS = ("none", "resets", "spectral", "l2", "l2-init")
+
+# The paper's Figure 16 shows seven DMC environments without naming them (Appendix C.8). This set spans easy to
+# hard and is drawn from the tasks with public high-replay-ratio SAC references (rl-reference.md).
+PAPER7_ENVS = (
+    "cheetah-run",  # easy-medium, dense reward
+    "finger-turn_hard",  # medium, exploration
+    "walker-run",  # medium
+    "hopper-hop",  # hard, primacy bias visible
+    "quadruped-run",  # hard; no-reset SAC collapses at high RR
+    "fish-swim",  # hard; resets help a lot
+    "humanoid-run",  # very hard, 21-dim actions
+)
+
+
+@dataclass
+class Config:
+    # --- run -------------------------------------------------------------------------------------------------
+    env: str = "cheetah-run"  # DMC "<domain>-<task>"
+    mitigator: str = "none"  # one of MITIGATORS; "none" is SAC + LayerNorm (the paper's Baseline)
+    seed: int = 0
+    steps: int = 100_000  # env (agent) steps; each covers `action_repeat` simulator control steps
+    out: str = "runs/default"
+    device: str = "cpu"
+    threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
+    compile: bool = False  # torch.compile the actor and critic modules
+    progress: bool = True  # tqdm progress bar
+
+    # --- environment -----------------------------------------------------------------------------------------
+    action_repeat: int = 1  # rl-reference: 1 for state-based DMC (jaxrl, D'Oro)
+
+    # --- SAC -------------------------------------------------------------------------------------------------
+    hidden: int = 256  # paper: 2 layers x 256 for actor and critic
+    layers: int = 2  # paper
+    layer_norm: bool = True  # paper: every method uses LayerNorm (Dense -> LayerNorm -> ReLU; BRO/RLPD)
+    critics: int = 1  # paper: a single critic; 2 = clipped double Q (min), as jaxrl/CleanRL
+    actor_lr: float = 3e-4  # jaxrl
+    critic_lr: float = 3e-4  # jaxrl
+    temperature_lr: float = 3e-4  # jaxrl
+    gamma: float = 0.99  # jaxrl / all
+    tau: float = 0.005  # jaxrl / all; Polyak update after every gradient step
+    batch_size: int = 256  # jaxrl, D'Oro, Nikishin
+    replay_ratio: int = 16  # paper (D'Oro): updates of critic, actor, temperature and target per env step
+    init_temperature: float = 1.0  # jaxrl / D'Oro / BRO
+    target_entropy_scale: float = 0.5  # target entropy = -scale*|A|; jaxrl/D'Oro/BRO (CleanRL, SB3 use 1.0)
+    log_std_min: float = -10.0  # jaxrl
+    log_std_max: float = 2.0  # jaxrl
+    buffer_size: int = 1_000_000  # paper (the bounded variant uses 250_000)
+    warmup_steps: int = 10_000  # paper: 10,000 random-policy transitions before learning
+
+    # --- mitigators ------------------------------------------------------------------------------------------
+    reset_interval: int = 2_560_000  # updates between full resets (D'Oro: 160k env steps at RR16)
+    spectral_strength: float = specopt.DEFAULT_STRENGTH  # decoupled λ of SpectralAdam (docs/rl.md: vs paper 1e-4)
+    spectral_k: float = 2  # paper
+    spectral_heads: bool = True  # paper: every layer; False leaves the output layers (Q value, mean/log-std) alone
+    l2_strength: float = 1e-4  # coupled L2 (toward 0 or toward the initialization); paper's baselines, not tuned
+
+    # --- measurement -----------------------------------------------------------------------------------------
+    eval_interval: int = 10_000  # env steps (rl-reference: 10k; jaxrl/D'Oro 5k)
+    eval_episodes: int = 10  # rl-reference
+    eval_seed_offset: int = 42  # evaluation env seeded seed + 42
+    recent_episodes: int = 10  # training returns averaged in the log
+    diagnostic_batch: int = 1024  # replay samples for mean Q and gradient norms at each evaluation
+    checkpoint_interval: int = 10_000  # env steps; taken at the first episode boundary at or after each multiple
+
+    def validate(self) -> None:
+        """Raise a one-line ValueError for any inconsistent setting."""
+        if self.mitigator not in MITIGATORS:
+            raise ValueError(f"unknown mitigator {self.mitigator!r}; choose from {', '.join(MITIGATORS)}")
+        positive = ("steps", "action_repeat", "hidden", "layers", "critics", "batch_size", "buffer_size",
+                    "eval_interval", "eval_episodes", "reset_interval", "checkpoint_interval", "recent_episodes",
+                    "diagnostic_batch")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("replay_ratio", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.spectral_strength < 0 or self.l2_strength < 0:
+            raise ValueError("strengths must be >= 0")
+        if self.warmup_steps < 1 and self.replay_ratio > 0:
+            raise ValueError("warmup_steps must be >= 1 (the replay buffer must hold a transition before updating)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+# Settings that may differ between a run and its --resume (everything else must match the saved config).
+RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "progress")
+
+__all__ = ["Config", "MITIGATORS", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]

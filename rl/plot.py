@@ -1,0 +1,100 @@
+"""Return vs env steps per (environment, mitigator): mean over seeds with a standard-error band, plus a markdown
+table of the last evaluation. ``python -m rl plot runs/A runs/B ... -o fig.png``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run directories (holding config.json and metrics.csv) among ``paths`` and, recursively, below them."""
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"no such run directory: {p}")
+        if (p / "metrics.csv").exists() and (p / "config.json").exists():
+            runs.append(p)
+        else:
+            runs += sorted(m.parent for m in p.rglob("metrics.csv") if (m.parent / "config.json").exists())
+    if not runs:
+        raise FileNotFoundError(f"no runs (config.json + metrics.csv) under {', '.join(paths)}")
+    return runs
+
+
+def label(cfg: dict) -> str:
+    """Curve label: the mitigator, plus what distinguishes variants (bounded buffer, replay ratio, strength)."""
+    name = cfg["mitigator"]
+    if cfg["mitigator"] == "spectral":
+        name += f" λ={cfg['spectral_strength']:g}"
+    if cfg["buffer_size"] != 1_000_000:
+        name += f" buffer {cfg['buffer_size'] // 1000}k"
+    return f"{name} RR{cfg['replay_ratio']}"
+
+
+def load(paths: list[str]) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
+    """{env: {label: [(steps, returns) per seed]}}"""
+    groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for run in find_runs(paths):
+        cfg = json.loads((run / "config.json").read_text())
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows:
+            steps = np.array([int(r["step"]) for r in rows])
+            returns = np.array([float(r["eval_return_mean"]) for r in rows])
+            groups[cfg["env"]][label(cfg)].append((steps, returns))
+    return groups
+
+
+def mean_se(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per evaluation step: mean, standard error (std/√n, ddof 1; 0 where one seed) and n, over the seeds that
+    reached that step (a stopped or still-running seed ends its contribution early)."""
+    steps = np.array(sorted({int(s) for st, _ in curves for s in st}))
+    mean, se, n = (np.zeros(len(steps)) for _ in range(3))
+    for i, step in enumerate(steps):
+        y = np.array([r[st == step][0] for st, r in curves if (st == step).any()])
+        mean[i], n[i] = y.mean(), len(y)
+        se[i] = y.std(ddof=1) / math.sqrt(len(y)) if len(y) > 1 else 0.0
+    return steps, mean, se, n
+
+
+def plot(paths: list[str], output: str) -> str:
+    """Draw the figure to ``output`` and return the markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = load(paths)
+    envs = sorted(groups)
+    cols = min(len(envs), 4)
+    rows_n = math.ceil(len(envs) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.4 * rows_n), squeeze=False)
+    table = ["| env | mitigator | seeds | env steps | return (mean ± s.e.) |", "|---|---|---|---|---|"]
+    # one row per curve, at its last evaluation; "seeds" = how many seeds reached that step
+    for ax, env in zip(axes.flat, envs):
+        for name in sorted(groups[env]):
+            steps, mean, se, n = mean_se(groups[env][name])
+            ax.plot(steps, mean, label=f"{name} (seeds={len(groups[env][name])})")
+            ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
+            table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {mean[-1]:.1f} ± {se[-1]:.1f} |")
+        ax.set_title(env)
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("evaluation return")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(envs):]:
+        ax.axis("off")
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return "\n".join(table)
+
+
+__all__ = ["find_runs", "load", "mean_se", "plot"]

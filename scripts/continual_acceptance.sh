@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Acceptance for the continual package (issue 3): real Fashion-MNIST, random labels, 12,800 images, MLP 4×256,
+# Adam 1e-3, batch 512, 40 epochs per task, 30 tasks, seeds 0 1 2; every mitigator, without and with LayerNorm.
+#
+#   bash scripts/continual_acceptance.sh [JOBS] [OUT]        # JOBS parallel processes (default 2), OUT runs/accept
+#   bash scripts/continual_acceptance.sh --report [OUT]      # figures + tables from whatever has finished
+#
+# Every run is its own folder OUT/{noln,ln}/MITIGATOR-sSEED and is started with --resume, so re-running the script
+# continues killed runs and skips finished ones. Jobs are ordered by priority: the two runs the acceptance criteria
+# name (none, spectral; 3 seeds; without then with LayerNorm) first, then every other mitigator at seed 0, then
+# seeds 1 and 2. `none` trains its three seeds in one process (--vectorize-seeds).
+# Needs the real data: apt-get install -y dataset-fashion-mnist (or --data-dir / internet for torchvision).
+# One run takes ~8-10 minutes with one CPU thread on a 2-core machine (measured 2026-11-25).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--report" ]; then
+  out=${2:-runs/accept}
+  mkdir -p docs/figures
+  for v in noln ln; do
+    dirs=$(ls -d "$out/$v"/*/ 2>/dev/null || true)
+    [ -z "$dirs" ] && continue
+    echo "## $v"
+    python -m continual plot $dirs -o "docs/figures/acceptance-$v.png"
+  done
+  exit 0
+fi
+
+jobs=${1:-2}
+out=${2:-runs/accept}
+common=(--preset fmnist-random-labels --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3
+        --threads 1 --no-progress --resume)
+others=(l2 l2-init shrink-perturb redo crelu wasserstein ewc spectral-coupled cbp)
+
+list() {
+  for v in noln ln; do
+    echo "$v none 0 1 2"
+    for s in 0 1 2; do echo "$v spectral $s"; done
+  done
+  for s in 0 1 2; do
+    for v in noln ln; do
+      for m in "${others[@]}"; do echo "$v $m $s"; done
+    done
+  done
+}
+
+run_one() {  # variant mitigator seed...
+  local v=$1 m=$2; shift 2
+  local name="$m-s$(echo "$@" | tr ' ' '-')"
+  local dir="$out/$v/$name"
+  local extra=()
+  [ "$v" = ln ] && extra+=(--layernorm)
+  [ "$m" = none ] && extra+=(--vectorize-seeds)
+  mkdir -p "$dir"
+  if python -m continual run "${common[@]}" "${extra[@]}" --mitigator "$m" --seeds "$@" --out "$dir" \
+      > "$dir/log.txt" 2>&1; then
+    echo "done $v $name"
+  else
+    echo "FAILED $v $name (see $dir/log.txt)"
+  fi
+}
+export -f run_one
+export out
+export common_str="${common[*]}"
+
+list | while read -r line; do echo "$line"; done | \
+  xargs -P "$jobs" -L 1 bash -c 'common=($common_str); run_one "$@"' _
