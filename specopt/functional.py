@@ -140,13 +140,16 @@ def power_iteration_foreach(
     us_new, vs_new = us, vs
     for _ in range(iterations):
         ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
-        nv = torch.stack(torch._foreach_norm(ts))
-        vs_new = list(torch._foreach_div(ts, list(nv.clamp_min(_TINY).unbind())))
+        nvs = torch._foreach_norm(ts)
+        vs_new = torch._foreach_div(ts, torch._foreach_clamp_min(nvs, _TINY))
         ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
-        sigma = torch.stack(torch._foreach_norm(ss))
-        us_new = list(torch._foreach_div(ss, list(sigma.clamp_min(_TINY).unbind())))
+        sigmas = torch._foreach_norm(ss)
+        us_new = torch._foreach_div(ss, torch._foreach_clamp_min(sigmas, _TINY))
+    sigma, nv = torch.stack(sigmas), torch.stack(nvs)
     prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
     ok = (prod > _TINY) & (prod < float("inf"))
+    if ws[0].device.type == "cpu" and bool(ok.all()):  # the common case; on CPU the check costs no device sync
+        return list(us_new), list(vs_new), sigma, ok
     oks = ok.unbind()
     us_out = [torch.where(o, a, b) for o, a, b in zip(oks, us_new, us)]
     vs_out = [torch.where(o, a, b) for o, a, b in zip(oks, vs_new, vs)]
@@ -161,8 +164,7 @@ def _matrix_batch(ps: list[Tensor], state: dict, k: float, iterations: int, init
     fresh = [i for i in range(len(ps)) if i not in warm_set]
     us: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
     vs: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
-    sig = torch.zeros(len(ps), device=ws[0].device)
-    okv = torch.zeros(len(ps), dtype=torch.bool, device=ws[0].device)
+    sig, okv = None, None
     for idx, n in ((warm, iterations), (fresh, max(iterations, init_iterations))):
         if not idx:
             continue
@@ -175,6 +177,9 @@ def _matrix_batch(ps: list[Tensor], state: dict, k: float, iterations: int, init
         if len(idx) == len(ps):
             us, vs, sig, okv = u1, v1, s1, ok1
         else:
+            if sig is None:
+                sig = torch.zeros(len(ps), device=ws[0].device)
+                okv = torch.zeros(len(ps), dtype=torch.bool, device=ws[0].device)
             where = torch.tensor(idx, device=sig.device)
             sig, okv = sig.index_copy(0, where, s1), okv.index_copy(0, where, ok1)
             for j, i in enumerate(idx):
@@ -260,16 +265,21 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
     ``found_inf`` (set by ``torch.amp.GradScaler`` on optimizers that unscale themselves) zeroes the step.
     """
     for ps, us, vs, coef, sig, strength, group in pending.matrices:
-        scaled_vs = torch._foreach_mul(vs, list((coef * _step_scale(group["lr"], strength, found_inf)).unbind()))
-        for p, u, v, sv, s in zip(ps, us, vs, scaled_vs, sig.unbind()):
+        scale = _step_scale(group["lr"], strength, found_inf)
+        if coef.device.type == "cpu" and not isinstance(scale, Tensor):
+            # CPU: read the coefficients once (no device to synchronise) and fold them into addr_'s alpha
+            scaled_vs, alphas = vs, (coef * scale).tolist()
+        else:
+            scaled_vs, alphas = torch._foreach_mul(vs, list((coef * scale).unbind())), [1.0] * len(ps)
+        for p, u, v, sv, alpha, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
             if p.grad is None:
                 continue
             st = state[p]
             st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, s
             if p.dtype == torch.float32 and p.is_contiguous():  # under no_grad: in place on the leaf
-                p.view(p.shape[0], -1).addr_(u, sv)
+                p.view(p.shape[0], -1).addr_(u, sv, alpha=alpha)
             else:
-                p.add_(torch.outer(u, sv).reshape(p.shape).to(p.dtype))
+                p.add_(torch.outer(u, sv * alpha).reshape(p.shape).to(p.dtype))
     for ps, ds, strength, group in pending.vectors:
         keep = [i for i, p in enumerate(ps) if p.grad is not None]
         if len(keep) < len(ps):
