@@ -46,7 +46,7 @@ def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarra
 
 
 def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
-    lines = [f"| mitigator | seeds | tasks | first task | last task | mean of last 5 tasks |",
+    lines = ["| mitigator | seeds | tasks | first task | last task | mean of last 5 tasks |",
              "|---|---|---|---|---|---|"]
     for name, (tasks, mean, sem, seeds) in sorted(curves(rows, metric).items()):
         last5 = mean[-5:].mean()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Short CPU comparison for docs/results-rl.md: cheetah-run, 20k env steps, replay ratio 4 (16 does not fit a shared
+# Short CPU comparison for docs/results.md: cheetah-run, 20k env steps, replay ratio 4 (16 does not fit a shared
 # 2-core CPU in the time available), warm-up 5k random steps, evaluation every 2.5k steps (5 episodes), 1 thread
 # per run. Runs: SAC+LayerNorm (none) seeds 0 and 1; spectral λ=1 (the default) seeds 0 and 1; spectral λ=0.1 seed 0.
 # Usage: bash scripts/rl_short_cheetah.sh [OUT_ROOT]   (runs in the background; logs in OUT_ROOT/*.log)

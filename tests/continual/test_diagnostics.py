@@ -24,30 +24,9 @@ from continual.diagnostics import (
     task_end_diagnostics,
 )
 
+from tests.continual.toy_models import MLP
+
 torch.set_num_threads(1)
-
-
-class CReLU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([F.relu(x), F.relu(-x)], dim=-1)
-
-
-class MLP(nn.Module):
-    def __init__(self, d_in: int = 6, width: int = 8, n_out: int = 3, layer_norm: bool = True, crelu: bool = False):
-        super().__init__()
-        m = 2 if crelu else 1
-        act = CReLU if crelu else nn.ReLU
-        norm = (lambda: nn.LayerNorm(width)) if layer_norm else nn.Identity
-        self.body = nn.Sequential(
-            nn.Flatten(), nn.Linear(d_in, width), norm(), act(), nn.Linear(width * m, width), norm(), act()
-        )
-        self.head = nn.Linear(width * m, n_out)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class ConvBN(nn.Module):
@@ -161,7 +140,7 @@ def test_dormant_fraction_on_a_hand_built_network():
 
 def test_dormant_fraction_crelu_counts_units_not_halves():
     torch.manual_seed(6)
-    model = MLP(layer_norm=False, crelu=True)
+    model = MLP("crelu", layer_norm=False)
     with torch.no_grad():
         model.body[1].weight[0] = 0.0
         model.body[1].bias[0] = 0.0  # pre-activation exactly 0: both halves silent → one dormant unit of 8

@@ -47,7 +47,7 @@ def test_action_repeat_sums_rewards_like_raw_dm_control():
     env = make_env("cheetah-run", seed=5, action_repeat=3)
     raw = suite.load("cheetah", "run", task_kwargs={"random": 5})
     obs, _ = env.reset()
-    ts = raw.reset()
+    raw.reset()
     rng = np.random.default_rng(0)
     for _ in range(20):
         a = rng.uniform(-1, 1, 6)
