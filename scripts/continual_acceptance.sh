@@ -11,36 +11,42 @@
 # LayerNorm; then seeds 1 and 2 of the other mitigators. `none` trains its three seeds in one process (--vectorize-seeds).
 # Needs the real data: apt-get install -y dataset-fashion-mnist (or --data-dir / internet for torchvision).
 # One run takes ~13 minutes with one CPU thread on a 2-core machine, the vectorized three seeds of none ~40
-# (measured 2026-11-25, two runs in parallel).
+# (measured 2026-11-25, two runs in parallel). Exits non-zero if any run failed (its log.txt says why).
+#
+# Environment overrides (the tests run a tiny version of this same path with them):
+#   ACCEPT_EXTRA   flags appended to every run, e.g. "--tasks 2 --epochs 1 --data-dir DIR" (later flags win)
+#   ACCEPT_SEEDS   seeds (default "0 1 2"); ACCEPT_OTHERS   the mitigators besides none and spectral
+#   ACCEPT_FIGURES where --report writes its PNGs (default docs/figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--report" ]; then
   out=${2:-runs/accept}
-  mkdir -p docs/figures
+  figures=${ACCEPT_FIGURES:-docs/figures}
+  mkdir -p "$figures"
   for v in noln ln; do
     dirs=$(ls -d "$out/$v"/*/ 2>/dev/null || true)
     [ -z "$dirs" ] && continue
     echo "## $v"
-    python -m continual plot $dirs -o "docs/figures/acceptance-$v.png"
+    python -m continual plot $dirs -o "$figures/acceptance-$v.png"
   done
   exit 0
 fi
 
 jobs=${1:-2}
 out=${2:-runs/accept}
-common=(--preset fmnist-random-labels --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3
-        --threads 1 --no-progress --resume)
-others=(l2 l2-init shrink-perturb redo crelu wasserstein ewc spectral-coupled cbp)
+common="--preset fmnist-random-labels --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3
+        --threads 1 --no-progress --resume ${ACCEPT_EXTRA:-}"
+read -r -a seeds <<< "${ACCEPT_SEEDS:-0 1 2}"
+read -r -a others <<< "${ACCEPT_OTHERS:-l2 l2-init shrink-perturb redo crelu wasserstein ewc spectral-coupled cbp}"
 
 list() {
-  echo "noln none 0 1 2"
-  for s in 0 1 2; do echo "noln spectral $s"; done
-  for m in "${others[@]}"; do echo "noln $m 0"; done
-  echo "ln none 0 1 2"
-  for s in 0 1 2; do echo "ln spectral $s"; done
-  for m in "${others[@]}"; do echo "ln $m 0"; done
-  for s in 1 2; do
+  for v in noln ln; do
+    echo "$v none ${seeds[*]}"
+    for s in "${seeds[@]}"; do echo "$v spectral $s"; done
+    for m in "${others[@]}"; do echo "$v $m ${seeds[0]}"; done
+  done
+  for s in "${seeds[@]:1}"; do
     for v in noln ln; do
       for m in "${others[@]}"; do echo "$v $m $s"; done
     done
@@ -56,17 +62,17 @@ run_one() {  # variant mitigator seed...
   [ "$m" = none ] && extra+=(--vectorize-seeds)
   mkdir -p "$dir"
   exec 9>"$dir/.lock"
-  if ! flock -n 9; then echo "skip $v $name (running in another process)"; return; fi
-  if python -m continual run "${common[@]}" "${extra[@]}" --mitigator "$m" --seeds "$@" --out "$dir" \
+  if ! flock -n 9; then echo "skip $v $name (running in another process)"; return 0; fi
+  # shellcheck disable=SC2086  # $common is a list of flags without spaces inside them
+  if python -m continual run $common "${extra[@]}" --mitigator "$m" --seeds "$@" --out "$dir" \
       > "$dir/log.txt" 2>&1; then
     echo "done $v $name"
   else
-    echo "FAILED $v $name (see $dir/log.txt)"
+    echo "FAILED $v $name: $(tail -n 1 "$dir/log.txt")"
+    return 1
   fi
 }
 export -f run_one
-export out
-export common_str="${common[*]}"
+export out common
 
-list | while read -r line; do echo "$line"; done | \
-  xargs -P "$jobs" -L 1 bash -c 'common=($common_str); run_one "$@"' _
+list | xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _
