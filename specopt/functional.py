@@ -143,10 +143,10 @@ def power_iteration_foreach(
     for _ in range(iterations):
         ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
         nvs = torch._foreach_norm(ts)
-        vs_new = torch._foreach_div(ts, torch._foreach_clamp_min(nvs, _TINY))
+        vs_new = torch._foreach_div(ts, nvs)  # a zero norm gives inf/NaN here, caught by ``ok`` below
         ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
         sigmas = torch._foreach_norm(ss)
-        us_new = torch._foreach_div(ss, torch._foreach_clamp_min(sigmas, _TINY))
+        us_new = torch._foreach_div(ss, sigmas)
     sigma, nv = torch.stack(sigmas), torch.stack(nvs)
     prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
     ok = (prod > _TINY) & (prod < float("inf"))
