@@ -15,7 +15,7 @@
 #
 # Environment overrides (the tests run a tiny version of this same path with them):
 #   ACCEPT_EXTRA   flags appended to every run, e.g. "--tasks 2 --epochs 1 --data-dir DIR" (later flags win)
-#   ACCEPT_SEEDS   seeds (default "0 1 2"); ACCEPT_OTHERS   the mitigators besides none and spectral
+#   ACCEPT_SEEDS   seeds (default "0 1 2"); ACCEPT_OTHERS   the mitigators besides none and spectral (may be empty)
 #   ACCEPT_FIGURES where --report writes its PNGs (default docs/figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ out=${2:-runs/accept}
 common="--preset fmnist-random-labels --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3
         --threads 1 --no-progress --resume ${ACCEPT_EXTRA:-}"
 read -r -a seeds <<< "${ACCEPT_SEEDS:-0 1 2}"
-read -r -a others <<< "${ACCEPT_OTHERS:-l2 l2-init shrink-perturb redo crelu wasserstein ewc spectral-coupled cbp}"
+read -r -a others <<< "${ACCEPT_OTHERS-l2 l2-init shrink-perturb redo crelu wasserstein ewc spectral-coupled cbp}"
 
 list() {
   for v in noln ln; do
