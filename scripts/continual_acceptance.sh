@@ -25,7 +25,7 @@ if [ "${1:-}" = "--report" ]; then
   figures=${ACCEPT_FIGURES:-docs/figures}
   mkdir -p "$figures"
   for v in noln ln; do
-    dirs=$(ls -d "$out/$v"/*/ 2>/dev/null || true)
+    dirs=$(for f in "$out/$v"/*/results.csv; do [ -f "$f" ] && dirname "$f"; done)  # started runs only
     [ -z "$dirs" ] && continue
     echo "## $v"
     python -m continual plot $dirs -o "$figures/acceptance-$v.png"
