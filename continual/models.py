@@ -4,8 +4,15 @@
   activation (as the paper). With ``activation="crelu"`` (CReLU(z) = [relu(z), relu(−z)] doubles the width) the
   hidden width is reduced so that the parameter count matches the ReLU network's.
 * ``resnet18``: torchvision's ResNet-18 (batch norm); ``small_stem`` (default for inputs ≤ 64 px) replaces the 7×7
-  stride-2 stem and max-pool with a 3×3 stride-1 convolution, the usual choice for 32×32 images.
+  stride-2 stem and max-pool with a 3×3 stride-1 convolution, the usual choice for 32×32 images. With
+  ``activation="crelu"`` the stem convolution has half the channels (its CReLU restores them) and every residual
+  block's inner activation is a CReLU over channels, with the block's first convolution narrowed to
+  c' = round(p·(i + p)/(i + 2p)) channels (i in, p out) so that i·c' + 2c'·p = i·p + p·p: the block keeps its
+  parameter count. The activation after the residual sum stays a ReLU (a CReLU there would double the residual
+  stream).
 * ``vit-tiny``: torchvision's ``VisionTransformer`` with a small config (patch 4, 4 layers, 3 heads, width 192).
+  With ``activation="crelu"`` each encoder MLP's GELU becomes a CReLU and its hidden width m becomes
+  h = round(m·(2d + 1)/(3d + 1)) (d the model width), which keeps the MLP's parameter count (512 for m = 768).
 """
 
 from __future__ import annotations
@@ -18,11 +25,22 @@ from torch import Tensor, nn
 MODELS = ("mlp", "resnet18", "vit-tiny")
 
 
+ACTIVATIONS = ("relu", "crelu")
+
+
 class CReLU(nn.Module):
-    """Concatenated ReLU (Abbas et al. 2023): [relu(z), relu(−z)] along the last (feature) dimension."""
+    """Concatenated ReLU (Abbas et al. 2023): [relu(z), relu(−z)] along ``dim`` (the feature dimension: the last
+    one for linear layers and tokens, 1 for the channels of a convolution)."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([torch.relu(x), torch.relu(-x)], dim=-1)
+        return torch.cat([torch.relu(x), torch.relu(-x)], dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 def crelu_width(in_features: int, width: int, depth: int, classes: int) -> int:
@@ -58,17 +76,48 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
+def _conv(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:
+    """A bias-free convolution initialised as torchvision's ResNet initialises its own (Kaiming normal, fan out)."""
+    conv = nn.Conv2d(c_in, c_out, kernel, stride, padding, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+class CReLUBasicBlock(nn.Module):
+    """torchvision's ``BasicBlock`` with a CReLU between its convolutions (see the module docstring)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        c_in, planes, stride = block.conv1.in_channels, block.conv2.out_channels, block.conv1.stride
+        inner = max(1, round(planes * (c_in + planes) / (c_in + 2 * planes)))
+        self.conv1, self.bn1, self.act = _conv(c_in, inner, 3, stride, 1), nn.BatchNorm2d(inner), CReLU(dim=1)
+        self.conv2, self.bn2 = _conv(2 * inner, planes, 3, 1, 1), block.bn2
+        self.downsample, self.relu = block.downsample, nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
 class ResNet18(nn.Module):
-    def __init__(self, in_channels: int, classes: int, small_stem: bool = True) -> None:
+    def __init__(self, in_channels: int, classes: int, small_stem: bool = True, activation: str = "relu") -> None:
         super().__init__()
         import torchvision
 
         net = torchvision.models.resnet18(num_classes=classes)
+        crelu = activation == "crelu"
+        stem = 32 if crelu else 64
         if small_stem:
-            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.conv1 = _conv(in_channels, stem, 3, 1, 1)
             net.maxpool = nn.Identity()
-        elif in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        elif in_channels != 3 or crelu:
+            net.conv1 = _conv(in_channels, stem, 7, 2, 3)
+        if crelu:
+            net.bn1, net.relu = nn.BatchNorm2d(stem), CReLU(dim=1)
+            for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+                for i, block in enumerate(layer):
+                    layer[i] = CReLUBasicBlock(block)
         self.head = net.fc
         net.fc = nn.Identity()
         self.body = net
@@ -82,7 +131,7 @@ class ResNet18(nn.Module):
 
 class ViTTiny(nn.Module):
     def __init__(self, in_shape: tuple[int, ...], classes: int, patch: int = 4, layers: int = 4, heads: int = 3,
-                 width: int = 192) -> None:
+                 width: int = 192, activation: str = "relu") -> None:
         super().__init__()
         from torchvision.models import VisionTransformer
 
@@ -92,6 +141,16 @@ class ViTTiny(nn.Module):
         self.body = VisionTransformer(h, patch, layers, heads, width, 4 * width, num_classes=classes)
         if c != 3:
             self.body.conv_proj = nn.Conv2d(c, width, patch, patch)
+        if activation == "crelu":
+            mlp_dim = 4 * width
+            hidden = round(mlp_dim * (2 * width + 1) / (3 * width + 1))
+            for block in self.body.encoder.layers:
+                dropout = block.mlp[2].p
+                fc1, fc2 = nn.Linear(width, hidden), nn.Linear(2 * hidden, width)
+                for fc in (fc1, fc2):  # torchvision's MLPBlock initialisation
+                    nn.init.xavier_uniform_(fc.weight)
+                    nn.init.normal_(fc.bias, std=1e-6)
+                block.mlp = nn.Sequential(fc1, CReLU(), nn.Dropout(dropout), fc2, nn.Dropout(dropout))
         self.head = self.body.heads.head
         self.body.heads = nn.Identity()
 
@@ -105,14 +164,14 @@ class ViTTiny(nn.Module):
 def build_model(name: str, in_shape: tuple[int, ...], classes: int, layernorm: bool = False,
                 activation: str = "relu", width: int = 256, depth: int = 4) -> nn.Module:
     """One of :data:`MODELS` for inputs of shape ``in_shape`` (C, H, W) and ``classes`` outputs."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; valid names are {', '.join(ACTIVATIONS)}")
     if name == "mlp":
         return MLP(math.prod(in_shape), classes, width, depth, layernorm, activation)
-    if activation != "relu":
-        raise ValueError(f"activation {activation!r} is implemented for the mlp only")
     if layernorm:
         raise ValueError(f"--layernorm applies to the mlp; {name} has its own normalization")
     if name == "resnet18":
-        return ResNet18(in_shape[0], classes, small_stem=max(in_shape[1:]) <= 64)
+        return ResNet18(in_shape[0], classes, small_stem=max(in_shape[1:]) <= 64, activation=activation)
     if name == "vit-tiny":
-        return ViTTiny(in_shape, classes)
+        return ViTTiny(in_shape, classes, activation=activation)
     raise ValueError(f"unknown model {name!r}; valid names are {', '.join(MODELS)}")

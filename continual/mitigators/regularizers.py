@@ -25,8 +25,9 @@ class NoMitigation(Mitigator):
 
 class CReLUMitigator(Mitigator):
     r"""``crelu`` (Abbas et al., 2023; Shang et al., 2016): the model is built with
-    :math:`\mathrm{CReLU}(z) = [\mathrm{relu}(z), \mathrm{relu}(-z)]` (see :func:`model_activation`); plain Adam,
-    no penalty. ``strength`` is unused."""
+    :math:`\mathrm{CReLU}(z) = [\mathrm{relu}(z), \mathrm{relu}(-z)]` at the ReLU model's parameter count (see
+    :func:`model_activation` and :mod:`continual.models`; mlp, resnet18 and vit-tiny); plain Adam, no penalty.
+    ``strength`` is unused."""
 
     name = "crelu"
 

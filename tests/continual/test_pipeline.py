@@ -17,6 +17,7 @@ from continual import data as data_mod
 from continual import runner as runner_mod
 from continual.cli import main
 from continual.data import DataError, load_dataset, read_idx
+from continual.diagnostics import unit_activity
 from continual.models import build_model
 from continual.runner import COLUMNS, RunConfig, run_experiment
 from continual.streams import make_task
@@ -111,18 +112,47 @@ def test_task_streams_are_seeded_and_have_their_properties():
     assert counts == [5, 10, 10]
 
 
-@pytest.mark.parametrize("name, shape", [("mlp", (1, 8, 8)), ("resnet18", (3, 16, 16)), ("vit-tiny", (1, 8, 8))])
-def test_models_expose_features_and_head(name, shape):
-    model = build_model(name, shape, 7)
+MODEL_SHAPES = [("mlp", (1, 8, 8)), ("resnet18", (3, 16, 16)), ("vit-tiny", (1, 8, 8))]
+
+
+@pytest.mark.parametrize("activation", ["relu", "crelu"])
+@pytest.mark.parametrize("name, shape", MODEL_SHAPES)
+def test_models_expose_features_and_head(name, shape, activation):
+    model = build_model(name, shape, 7, activation=activation)
     x = torch.randn(3, *shape)
     assert model(x).shape == (3, 7)
     assert torch.allclose(model.head(model.features(x)), model(x), atol=1e-5)
 
 
-def test_crelu_mlp_matches_the_parameter_count():
-    relu = sum(p.numel() for p in build_model("mlp", (1, 28, 28), 10).parameters())
-    crelu = sum(p.numel() for p in build_model("mlp", (1, 28, 28), 10, activation="crelu").parameters())
+@pytest.mark.parametrize("name, shape", [("mlp", (1, 28, 28)), ("resnet18", (3, 32, 32)), ("vit-tiny", (3, 32, 32))])
+def test_crelu_models_match_the_parameter_count(name, shape):
+    relu_model, crelu_model = build_model(name, shape, 10), build_model(name, shape, 10, activation="crelu")
+    relu, crelu = (sum(p.numel() for p in m.parameters()) for m in (relu_model, crelu_model))
     assert abs(crelu - relu) / relu < 0.02
+    assert not any(type(m).__name__ == "CReLU" for m in relu_model.modules())
+    acts = [m for m in crelu_model.modules() if type(m).__name__ == "CReLU"]
+    assert len(acts) == {"mlp": 4, "resnet18": 9, "vit-tiny": 4}[name]  # resnet18: the stem and 8 blocks
+
+
+def test_crelu_resnet_concatenates_channels_and_dormant_units_are_channels():
+    model = build_model("resnet18", (3, 16, 16), 5, activation="crelu").eval()
+    block = model.body.layer1[0]
+    z = block.bn1(block.conv1(torch.randn(2, 64, 4, 4)))
+    assert torch.equal(block.act(z), torch.cat([z.clamp(min=0), (-z).clamp(min=0)], dim=1))
+    with torch.no_grad():  # kill channel 3 of the block's first convolution: both CReLU halves are then zero
+        block.bn1.weight[3], block.bn1.bias[3] = 0.0, 0.0
+    seen = []
+    handle = block.act.register_forward_hook(lambda m, i, out: seen.append(out))
+    model(torch.randn(4, 3, 16, 16))
+    handle.remove()
+    activity = unit_activity(seen[0], crelu=True)  # what dormant_fraction and ReDo score: one entry per channel
+    assert seen[0].shape[1] == 2 * block.conv1.out_channels and activity.shape == (block.conv1.out_channels,)
+    assert activity[3] == 0 and (activity[torch.arange(activity.numel()) != 3] > 0).all()
+
+
+def test_unknown_activation_is_a_clear_error():
+    with pytest.raises(ValueError, match="valid names are relu, crelu"):
+        build_model("mlp", (1, 8, 8), 3, activation="gelu")
 
 
 def tiny_config(out: Path, **kw) -> RunConfig:
