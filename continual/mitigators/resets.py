@@ -1,17 +1,29 @@
 r"""Mitigators that re-inject randomness: shrink & perturb, ReDo and continual backprop (CBP).
 
-ReDo and CBP recycle *units* of an MLP made of ``Linear[→LayerNorm]→activation`` blocks followed by a ``Linear``
-(the next block or the head), discovered from the model's leaf modules in registration order (the order of an
-``nn.Sequential``). Recycling unit i of a block
+ReDo and CBP recycle *units*: the hidden units of a block ``layer [→ norm] → activation → outgoing``.
+:func:`unit_blocks` finds the blocks of
 
-* re-initialises its incoming row ``linear.weight[i]``, ``linear.bias[i]`` from PyTorch's default ``nn.Linear``
-  initialisation :math:`\mathcal U(-1/\sqrt{\text{fan\_in}}, 1/\sqrt{\text{fan\_in}})` (with the mitigator's generator),
-* resets its LayerNorm entries to γ_i = 1, β_i = 0,
-* zeroes its outgoing column(s) ``next.weight[:, i]`` (and ``[:, H + i]`` after a CReLU, whose output is
+* an MLP made of ``Linear[→LayerNorm]→activation`` blocks followed by a ``Linear`` (the next block or the head),
+  read from the model's leaf modules in registration order (the order of an ``nn.Sequential``): every hidden unit;
+* a ResNet built from torchvision ``BasicBlock``-shaped modules (``conv1 → bn1 → activation → conv2 → bn2``, plus
+  the residual sum): the channels between ``conv1`` and ``conv2`` of every block. The stem and the activations
+  after the residual sums are not recycled: their channels are the residual stream, which every later block reads;
+* a torchvision ``VisionTransformer``: the hidden units of every encoder MLP (``Linear → activation → Dropout →
+  Linear``).
+
+Recycling unit i of a block
+
+* re-initialises its incoming slice ``layer.weight[i]`` (a row of a ``Linear``, a filter of a ``Conv2d``) and
+  ``layer.bias[i]`` from the layer's initial distribution: PyTorch's default
+  :math:`\mathcal U(-1/\sqrt{\text{fan\_in}}, 1/\sqrt{\text{fan\_in}})` for MLPs, torchvision's
+  :math:`\mathcal N(0, 2/\text{fan\_out})` for ResNet convolutions and Xavier-uniform weights with
+  :math:`\mathcal N(0, 10^{-12})` biases for ViT MLPs (with the mitigator's generator),
+* resets its normalization entries to γ_i = 1, β_i = 0 (and a batch norm's running mean and variance to 0 and 1),
+* zeroes its outgoing column(s) ``outgoing.weight[:, i]`` (and ``[:, H + i]`` after a CReLU, whose output is
   ``[relu(z), relu(-z)]``), so the network function is unchanged at the moment of recycling,
 * zeroes Adam's moments (``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) at all of those entries.
 
-Any other architecture (conv, batch norm, attention, ...) raises ``ValueError`` at construction.
+Any other architecture raises ``ValueError`` at construction.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..diagnostics import dormant_scores, is_activation, unit_activity
+from ..diagnostics import dormant_scores, evaluating, is_activation, unit_activity
 from .base import Mitigator, clone_tensors, load_tensors
 
 _PASSTHROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
@@ -85,25 +97,70 @@ class ShrinkPerturb(Mitigator):
 # ------------------------------------------------------------------------------------------------- MLP structure
 @dataclass
 class UnitBlock:
-    """One hidden layer of H units: ``linear`` (H outputs) [→ ``norm``] → ``activation`` → ``outgoing``."""
+    """One hidden layer of H units: ``linear`` (H outputs: a ``Linear`` or a ``Conv2d``) [→ ``norm``] →
+    ``activation`` → ``outgoing``. ``probe`` is the module whose output is hooked to see the units: the activation
+    itself, unless it is shared with other uses (torchvision's ``BasicBlock`` calls one ReLU twice) — then the
+    module before it, and the activation is applied to a copy. ``init`` names the incoming initialisation
+    (``"default"``, ``"kaiming-fan-out"``, ``"xavier"``; see the module docstring)."""
 
-    linear: nn.Linear
-    norm: nn.LayerNorm | None
+    linear: nn.Linear | nn.Conv2d
+    norm: nn.LayerNorm | nn.BatchNorm2d | None
     activation: nn.Module
-    outgoing: nn.Linear
+    outgoing: nn.Linear | nn.Conv2d
     crelu: bool
+    probe: nn.Module | None = None
+    init: str = "default"
 
     @property
     def width(self) -> int:
-        return self.linear.out_features
+        return self.linear.weight.shape[0]
 
-    def unit_activity(self, h: Tensor) -> Tensor:
-        r"""Mean |h| per unit over the batch, shape (H,); after a CReLU the two halves of unit i are averaged
-        (and CBP sums the outgoing mass of both halves)."""
+    @property
+    def hooked(self) -> nn.Module:
+        return self.activation if self.probe is None else self.probe
+
+    def unit_activity(self, out: Tensor) -> Tensor:
+        r"""Mean |h| per unit over the batch (and positions), shape (H,), from the output of :attr:`hooked`;
+        after a CReLU the two halves of unit i are averaged (and CBP sums the outgoing mass of both halves)."""
+        h = out if self.probe is None else self.activation(out.detach().clone())
         return unit_activity(h, self.crelu)
+
+    def outgoing_mass(self) -> Tensor:
+        r""":math:`\sum_k |W^{out}_{k i}|` per unit i (over output units and kernel positions; both CReLU halves)."""
+        w = self.outgoing.weight.abs()
+        mass = w.sum(0) if w.ndim == 2 else w.sum((0, *range(2, w.ndim)))
+        return mass[: self.width] + mass[self.width:] if self.crelu else mass
 
     def outgoing_columns(self, idx: Tensor) -> Tensor:
         return torch.cat([idx, idx + self.width]) if self.crelu else idx
+
+
+def residual_blocks(model: nn.Module) -> list[UnitBlock]:
+    """The inner units of every torchvision-``BasicBlock``-shaped module (``conv1``, ``bn1``, ``conv2`` and an
+    activation ``act`` or the shared ``relu``), and of every ViT encoder MLP; ``[]`` when there is none."""
+    blocks = []
+    for m in model.modules():
+        conv1, bn1, conv2 = (getattr(m, k, None) for k in ("conv1", "bn1", "conv2"))
+        act = getattr(m, "act", getattr(m, "relu", None))
+        if isinstance(conv1, nn.Conv2d) and isinstance(bn1, nn.BatchNorm2d) and isinstance(conv2, nn.Conv2d) \
+                and act is not None and is_activation(act):
+            crelu = type(act).__name__ == "CReLU"
+            if conv2.in_channels != (2 if crelu else 1) * conv1.out_channels:
+                raise ValueError(f"{type(m).__name__}: conv2 has {conv2.in_channels} inputs for "
+                                 f"{conv1.out_channels} units")
+            blocks.append(UnitBlock(conv1, bn1, act, conv2, crelu, probe=bn1, init="kaiming-fan-out"))
+        mlp = getattr(m, "mlp", None)
+        if isinstance(mlp, nn.Sequential) and len(mlp) >= 4 and isinstance(mlp[0], nn.Linear) \
+                and is_activation(mlp[1]) and isinstance(mlp[3], nn.Linear) and hasattr(m, "self_attention"):
+            crelu = type(mlp[1]).__name__ == "CReLU"
+            blocks.append(UnitBlock(mlp[0], None, mlp[1], mlp[3], crelu, init="xavier"))
+    return blocks
+
+
+def unit_blocks(model: nn.Module) -> list[UnitBlock]:
+    """The recyclable blocks of ``model`` (module docstring): residual/ViT blocks if it has any, else
+    :func:`mlp_blocks` (which raises ``ValueError`` for an unsupported architecture)."""
+    return residual_blocks(model) or mlp_blocks(model)
 
 
 def mlp_blocks(model: nn.Module) -> list[UnitBlock]:
@@ -121,8 +178,8 @@ def mlp_blocks(model: nn.Module) -> list[UnitBlock]:
             continue
         if not (isinstance(m, (nn.Linear, nn.LayerNorm)) or is_activation(m)):
             raise ValueError(
-                f"unit recycling supports MLPs of Linear[->LayerNorm]->activation blocks only; "
-                f"found {type(m).__name__} at {name!r}"
+                f"unit recycling supports MLPs of Linear[->LayerNorm]->activation blocks, torchvision-style "
+                f"ResNet blocks and ViT encoder MLPs; found {type(m).__name__} at {name!r}"
             )
         seq.append((name, m))
     blocks = []
@@ -170,13 +227,27 @@ def recycle_units(blocks: list[UnitBlock], indices: list[Tensor], generator: tor
         if idx.numel() == 0:
             continue
         lin = block.linear
-        bound = 1.0 / math.sqrt(lin.in_features) if lin.in_features > 0 else 0.0
-        w = torch.empty((idx.numel(), lin.in_features), device=lin.weight.device, dtype=lin.weight.dtype)
-        lin.weight[idx] = w.uniform_(-bound, bound, generator=generator)
+        shape = (idx.numel(), *lin.weight.shape[1:])
+        w = torch.empty(shape, device=lin.weight.device, dtype=lin.weight.dtype)
+        b = None if lin.bias is None else torch.empty(idx.numel(), device=lin.bias.device, dtype=lin.bias.dtype)
+        fan_in = lin.weight[0].numel()
+        if block.init == "kaiming-fan-out":  # torchvision's ResNet convolutions
+            w.normal_(0.0, math.sqrt(2.0 / (lin.weight.shape[0] * lin.weight[0, 0].numel())), generator=generator)
+            if b is not None:
+                b.zero_()
+        elif block.init == "xavier":  # torchvision's ViT MLP
+            w.uniform_(-1.0, 1.0, generator=generator).mul_(math.sqrt(6.0 / (fan_in + lin.weight.shape[0])))
+            if b is not None:
+                b.normal_(0.0, 1e-6, generator=generator)
+        else:  # PyTorch's default for nn.Linear / nn.Conv2d
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            w.uniform_(-bound, bound, generator=generator)
+            if b is not None:
+                b.uniform_(-bound, bound, generator=generator)
+        lin.weight[idx] = w
         touched.append((lin.weight, (idx,)))
-        if lin.bias is not None:
-            b = torch.empty(idx.numel(), device=lin.bias.device, dtype=lin.bias.dtype)
-            lin.bias[idx] = b.uniform_(-bound, bound, generator=generator)
+        if b is not None:
+            lin.bias[idx] = b
             touched.append((lin.bias, (idx,)))
         if block.norm is not None:
             if block.norm.weight is not None:
@@ -185,6 +256,9 @@ def recycle_units(blocks: list[UnitBlock], indices: list[Tensor], generator: tor
             if block.norm.bias is not None:
                 block.norm.bias[idx] = 0.0
                 touched.append((block.norm.bias, (idx,)))
+            if getattr(block.norm, "running_mean", None) is not None:
+                block.norm.running_mean[idx] = 0.0
+                block.norm.running_var[idx] = 1.0
     for block, idx in zip(blocks, indices):
         if idx.numel() == 0:
             continue
@@ -197,25 +271,25 @@ def recycle_units(blocks: list[UnitBlock], indices: list[Tensor], generator: tor
 
 
 def _record(blocks: list[UnitBlock], model: nn.Module, x: Tensor) -> list[Tensor]:
-    """Per-block unit activity (mean |h|) on batch ``x``, by forward hooks on the activation modules."""
+    """Per-block unit activity (mean |h|) on batch ``x``, by forward hooks on the blocks' hooked modules."""
     out: list[Tensor | None] = [None] * len(blocks)
-    handles = [b.activation.register_forward_hook(
+    handles = [b.hooked.register_forward_hook(
         lambda m, i, o, j=j: out.__setitem__(j, blocks[j].unit_activity(o))) for j, b in enumerate(blocks)]
-    try:
-        with torch.no_grad():
+    try:  # in eval mode: batch norm uses (and does not update) its running statistics, dropout is off
+        with torch.no_grad(), evaluating(model):
             model(x)
     finally:
         for h in handles:
             h.remove()
     if any(a is None for a in out):
-        raise RuntimeError("an activation module was not called in the forward pass")
+        raise RuntimeError("a hooked unit module was not called in the forward pass")
     return out  # type: ignore[return-value]
 
 
 # ------------------------------------------------------------------------------------------------- ReDo
 class ReDo(Mitigator):
     r"""``redo``, recycling dormant neurons (Sokar et al., 2023). Every ``frequency`` steps (at steps
-    ``step > 0, step % frequency == 0``) compute on the current batch x the score
+    ``step > 0, step % frequency == 0``) compute on the current batch x (in eval mode) the score
     :math:`s_i = \mathbb E_x|h_i(x)| / \frac1H\sum_k \mathbb E_x|h_k(x)|` of every hidden unit; units with
     :math:`s_i \le \tau` (τ = ``strength``) are τ-dormant and are recycled (see the module docstring).
     Defaults τ = 0.1, frequency = 1000 steps (τ = 0.1 is aggressive for deep ReLU MLPs with PyTorch's default
@@ -228,7 +302,7 @@ class ReDo(Mitigator):
                  seed: int | None = None) -> None:
         if int(frequency) < 1:
             raise ValueError(f"redo: frequency must be >= 1, got {frequency!r}")
-        self.blocks = mlp_blocks(model)
+        self.blocks = unit_blocks(model)
         super().__init__(model, lr, strength, seed=seed)
         self.frequency = int(frequency)
         self.last_recycled: list[int] = []
@@ -247,7 +321,7 @@ class ReDo(Mitigator):
 class ContinualBackprop(Mitigator):
     r"""``cbp``, continual backpropagation (Dohare et al., 2024). Every step, for every hidden unit i of a block
     (activity :math:`a_i = \mathbb E_x|h_i|` of the training forward pass on the batch, captured by a forward hook;
-    recomputed on x if the hook did not fire),
+    recomputed on x in eval mode if the hook did not fire),
 
     .. math::
         c_i = a_i \sum_k |W^{out}_{k i}|,\quad u_i \leftarrow \eta u_i + (1-\eta) c_i,\quad
@@ -262,7 +336,7 @@ class ContinualBackprop(Mitigator):
 
     def __init__(self, model: nn.Module, lr: float, strength: float, *, decay: float = 0.99,
                  maturity: int = 100, seed: int | None = None) -> None:
-        self.blocks = mlp_blocks(model)
+        self.blocks = unit_blocks(model)
         super().__init__(model, lr, strength, seed=seed)
         self.decay, self.maturity = float(decay), int(maturity)
         dev = self.blocks[0].linear.weight.device
@@ -270,7 +344,7 @@ class ContinualBackprop(Mitigator):
         self.age = {str(j): torch.zeros(b.width, device=dev, dtype=torch.long) for j, b in enumerate(self.blocks)}
         self.budget = [0.0] * len(self.blocks)
         self._captured: list[Tensor | None] = [None] * len(self.blocks)
-        self._handles = [b.activation.register_forward_hook(self._capture_hook(j)) for j, b in enumerate(self.blocks)]
+        self._handles = [b.hooked.register_forward_hook(self._capture_hook(j)) for j, b in enumerate(self.blocks)]
 
     def _capture_hook(self, j: int):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
@@ -292,10 +366,7 @@ class ContinualBackprop(Mitigator):
         indices = []
         for j, (block, a) in enumerate(zip(self.blocks, activity)):
             key = str(j)
-            w_out = block.outgoing.weight.abs()
-            out_mass = w_out[:, : block.width].sum(0)
-            if block.crelu:
-                out_mass = out_mass + w_out[:, block.width:].sum(0)
+            out_mass = block.outgoing_mass()
             u, age = self.utility[key], self.age[key]
             u.mul_(self.decay).add_(a * out_mass, alpha=1.0 - self.decay)
             age.add_(1)

@@ -18,6 +18,7 @@ from continual.mitigators import (
     mlp_blocks,
     model_activation,
 )
+from continual.models import build_model
 
 from tests.continual.toy_models import MLP
 
@@ -411,3 +412,84 @@ def test_load_state_dict_rejects_another_mitigators_state():
     sd = build_mitigator("l2", MLP(), 1e-3).state_dict()
     with pytest.raises(ValueError, match="l2"):
         build_mitigator("l2-init", MLP(), 1e-3).load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------------------------- ReDo / CBP beyond MLPs
+@pytest.mark.parametrize("activation", ["relu", "crelu"])
+def test_redo_recycles_a_dead_resnet_channel_and_keeps_the_function(activation):
+    torch.manual_seed(13)
+    model = build_model("resnet18", (3, 8, 8), 4, activation=activation)
+    mit = build_mitigator("redo", model, lr=1e-3, strength=0.0, frequency=1)
+    assert len(mit.blocks) == 8 and all(b.init == "kaiming-fan-out" for b in mit.blocks)
+    block = model.body.layer2[1]
+    data = [(torch.randn(16, 3, 8, 8), torch.randint(0, 4, (16,))) for _ in range(2)]
+    train(model, mit, data)  # moments become non-zero (ReDo runs at step 1 too)
+    with torch.no_grad():  # channel 5: γ = 0 and β = −1 (relu) / 0 (crelu): its activation is 0 for every input
+        block.bn1.weight[5], block.bn1.bias[5] = 0.0, (-1.0 if activation == "relu" else 0.0)
+    x = torch.randn(16, 3, 8, 8)
+    model.eval()
+    y0 = model(x).detach()
+    model.train()
+    conv1, conv2 = block.conv1.weight.detach().clone(), block.conv2.weight.detach().clone()
+    mit.after_step(2, x)
+    assert mit.last_recycled[3] >= 1
+    assert not torch.equal(block.conv1.weight[5], conv1[5])
+    std = math.sqrt(2 / (block.conv1.out_channels * 9))  # torchvision's kaiming normal, fan out
+    assert 0.5 * std < float(block.conv1.weight[5].detach().std()) < 1.5 * std
+    assert block.bn1.weight[5] == 1 and block.bn1.bias[5] == 0
+    assert block.bn1.running_mean[5] == 0 and block.bn1.running_var[5] == 1
+    width = block.conv1.out_channels
+    cols = [5, 5 + width] if activation == "crelu" else [5]
+    assert (block.conv2.weight[:, cols] == 0).all()
+    assert (mit.optimizer.state[block.conv1.weight]["exp_avg"][5] == 0).all()
+    assert (mit.optimizer.state[block.conv2.weight]["exp_avg_sq"][:, cols] == 0).all()
+    keep = [i for i in range(conv2.shape[1]) if i not in cols]
+    torch.testing.assert_close(block.conv2.weight[:, keep], conv2[:, keep])
+    model.eval()
+    torch.testing.assert_close(model(x).detach(), y0)  # the recycled channel's outgoing weights are zero
+
+
+def test_redo_record_pass_leaves_batch_norm_statistics_alone():
+    torch.manual_seed(14)
+    model = build_model("resnet18", (3, 8, 8), 4)
+    mit = build_mitigator("redo", model, lr=1e-3, strength=0.0, frequency=1)
+    stats = {n: b.clone() for n, b in model.named_buffers()}
+    mit.after_step(1, torch.randn(8, 3, 8, 8))
+    assert model.training
+    for n, b in model.named_buffers():
+        assert torch.equal(b, stats[n]), n
+
+
+def test_redo_and_cbp_recycle_vit_mlp_units():
+    torch.manual_seed(15)
+    model = build_model("vit-tiny", (1, 8, 8), 3, activation="crelu")
+    mlp = model.body.encoder.layers[1].mlp
+    width = mlp[0].out_features
+    with torch.no_grad():
+        mlp[0].weight[7], mlp[0].bias[7] = 0.0, 0.0  # both CReLU halves of unit 7 are 0
+    x = torch.randn(6, 1, 8, 8)
+    y0 = model.eval()(x).detach()
+    model.train()
+    redo = build_mitigator("redo", model, lr=1e-3, strength=0.0, frequency=1)
+    assert len(redo.blocks) == 4 and all(b.init == "xavier" and b.crelu for b in redo.blocks)
+    redo.after_step(1, x)
+    assert redo.last_recycled == [0, 1, 0, 0]
+    bound = math.sqrt(6 / (mlp[0].in_features + width))
+    assert 0 < float(mlp[0].weight[7].abs().max()) <= bound and abs(float(mlp[0].bias[7])) < 1e-4
+    assert (mlp[3].weight[:, [7, 7 + width]] == 0).all()
+    torch.testing.assert_close(model.eval()(x).detach(), y0)
+
+    model.train()
+    cbp = build_mitigator("cbp", model, lr=1e-3, strength=0.0, decay=0.9)
+    y = torch.randint(0, 3, (6,))
+    with torch.no_grad():  # unit activity of the training forward pass (dropout is 0), by hand
+        h = model.body._process_input(x)
+        h = torch.cat([model.body.class_token.expand(6, -1, -1), h], dim=1) + model.body.encoder.pos_embedding
+        layer0 = model.body.encoder.layers[0]
+        z = h + layer0.self_attention(*(3 * [layer0.ln_1(h)]), need_weights=False)[0]
+        pre = layer0.mlp[0](layer0.ln_2(z))
+        a = torch.cat([pre.relu(), (-pre).relu()], -1).abs().mean((0, 1))
+        a = 0.5 * (a[:width] + a[width:])
+        w = layer0.mlp[3].weight.abs().sum(0)
+    train(model, cbp, [(x, y)])
+    torch.testing.assert_close(cbp.utility["0"], 0.1 * a * (w[:width] + w[width:]), rtol=1e-4, atol=1e-6)
