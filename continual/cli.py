@@ -17,6 +17,7 @@ from pathlib import Path
 from .data import DATASETS, DataError
 from .mitigators import MITIGATORS
 from .models import MODELS
+from .plot import METRICS
 from .streams import NONSTATIONARITIES
 
 # The paper's Appendix B settings (tasks, epochs per task, batch size, training images, model).
@@ -97,7 +98,10 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table")
     pl.add_argument("runs", nargs="+", type=Path)
     pl.add_argument("-o", "--output", type=Path, required=True)
-    pl.add_argument("--metric", default="train_accuracy")
+    pl.add_argument("--metric", default="train_accuracy", choices=METRICS, metavar="NAME",
+                    help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")
+    pl.add_argument("--per-seed", action="store_true",
+                    help="also print one line per mitigator and seed (first/last task, last-task diagnostics)")
     d = sub.add_parser("demo", help="a few-minute CPU demo: Adam vs SpectralAdam on digits with random labels")
     d.add_argument("--tasks", type=_positive(int), default=30)
     d.add_argument("--epochs", type=_positive(int), default=30)
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plot":
             from .plot import plot
 
-            print(plot(args.runs, args.output, args.metric))
+            print(plot(args.runs, args.output, args.metric, per_seed=args.per_seed))
             print(f"figure: {args.output}")
         else:
             from .runner import RunConfig, run_experiment

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .diagnostics import DIAGNOSTICS
+
+METRICS = ("train_accuracy", "train_loss", "test_accuracy", *DIAGNOSTICS)
+PER_SEED = ("sigma_max", "dormant_fraction", "grad_erank")  # the per-seed table's diagnostics, at the last task
+
 
 def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
     rows = []
@@ -55,8 +60,31 @@ def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
     return "\n".join(lines)
 
 
-def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy") -> str:
-    """Draw ``metric`` versus task for every mitigator in ``run_dirs`` into ``output``; return the table."""
+def per_seed_table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
+    """One line per (mitigator, seed): ``metric`` at the first and last task, and the :data:`PER_SEED` diagnostics
+    at the last task."""
+    by: dict[tuple[str, int], dict[int, dict[str, str]]] = defaultdict(dict)
+    for r in rows:
+        by[(label(r), int(r["seed"]))][int(r["task"])] = r
+    cols = " | ".join(f"{d} (last)" for d in PER_SEED)
+    lines = [f"| mitigator | seed | tasks | first task | last task | {cols} |", "|---" * (5 + len(PER_SEED)) + "|"]
+
+    def fmt(row: dict[str, str], key: str) -> str:
+        value = row.get(key)
+        return "–" if value in (None, "") or math.isnan(float(value)) else f"{float(value):.3g}"
+
+    for (name, seed), per_task in sorted(by.items()):
+        first, last = per_task[min(per_task)], per_task[max(per_task)]
+        diags = " | ".join(fmt(last, d) for d in PER_SEED)
+        lines.append(f"| {name} | {seed} | {len(per_task)} | {fmt(first, metric)} | {fmt(last, metric)} | {diags} |")
+    return "\n".join(lines)
+
+
+def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per_seed: bool = False) -> str:
+    """Draw ``metric`` versus task for every mitigator in ``run_dirs`` into ``output``; return the table (and the
+    per-seed table after it with ``per_seed``)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid names are {', '.join(METRICS)}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,4 +106,4 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy") -> 
     fig.savefig(tmp, dpi=120, format=output.suffix.lstrip(".") or "png")
     os.replace(tmp, output)
     plt.close(fig)
-    return table(rows, metric)
+    return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "")

@@ -4,6 +4,7 @@
 #
 #   bash scripts/continual_acceptance.sh [JOBS] [OUT]        # JOBS parallel processes (default 2), OUT runs/accept
 #   bash scripts/continual_acceptance.sh --report [OUT]      # figures + tables from whatever has finished
+#       (train accuracy, σ1 max and dormant fraction per task; a per-mitigator and a per-seed table)
 #
 # Every run is its own folder OUT/{noln,ln}/MITIGATOR-sSEED and is started with --resume, so re-running the script
 # continues killed runs and skips finished ones (and runs another instance is working on). Jobs are ordered by
@@ -28,7 +29,10 @@ if [ "${1:-}" = "--report" ]; then
     dirs=$(for f in "$out/$v"/*/results.csv; do [ -f "$f" ] && dirname "$f"; done)  # started runs only
     [ -z "$dirs" ] && continue
     echo "## $v"
-    python -m continual plot $dirs -o "$figures/acceptance-$v.png"
+    python -m continual plot $dirs -o "$figures/acceptance-$v.png" --per-seed
+    for m in sigma_max dormant_fraction; do  # the mechanism: largest singular value, dormant units
+      python -m continual plot $dirs -o "$figures/acceptance-$v-$m.png" --metric "$m" > /dev/null
+    done
   done
   exit 0
 fi

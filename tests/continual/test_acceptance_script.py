@@ -36,6 +36,8 @@ def test_acceptance_script_runs_every_variant_and_reports(tmp_path):
     assert report.returncode == 0, report.stderr
     assert "| none | 1 | 2 |" in report.stdout and "| spectral (1) +LN | 1 | 2 |" in report.stdout
     assert "| redo" in report.stdout
+    assert "| none | 0 | 2 |" in report.stdout and "| spectral (1) +LN | 0 | 2 |" in report.stdout  # per seed
     for variant in ("noln", "ln"):
-        assert (tmp_path / "figures" / f"acceptance-{variant}.png").read_bytes()[:4] == b"\x89PNG"
+        for suffix in ("", "-sigma_max", "-dormant_fraction"):
+            assert (tmp_path / "figures" / f"acceptance-{variant}{suffix}.png").read_bytes()[:4] == b"\x89PNG"
 

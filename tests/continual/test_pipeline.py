@@ -215,6 +215,15 @@ def test_cli_run_writes_results_config_and_plot_prints_a_table(tmp_path, capsys)
     table = capsys.readouterr().out
     assert "| spectral (1) +LN | 2 | 2 |" in table and "| none +LN | 2 | 2 |" in table
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", str(out), "-o", str(tmp_path / "sigma.png"), "--metric", "sigma_max", "--per-seed"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    last = {(r["mitigator"], r["seed"]): r for r in rows if r["task"] == "2"}
+    first = {(r["mitigator"], r["seed"]): r for r in rows if r["task"] == "1"}
+    for (mitigator, seed), r in last.items():  # the per-seed lines carry each run's own first/last values
+        name = "spectral (1) +LN" if mitigator == "spectral" else "none +LN"
+        cells = [f"{float(first[mitigator, seed]['sigma_max']):.3g}", f"{float(r['sigma_max']):.3g}",
+                 f"{float(r['sigma_max']):.3g}", f"{float(r['dormant_fraction']):.3g}", f"{float(r['grad_erank']):.3g}"]
+        assert f"| {name} | {seed} | 2 | " + " | ".join(cells) + " |" in lines
 
 
 def test_demo_runs_compares_adam_and_spectral_and_writes_a_png(tmp_path, capsys):
