@@ -1,9 +1,11 @@
 """Several seeds in one process (``continual.vmap_seeds``, stacked parameters + vmap) vs the sequential runner.
 
-Both run mitigator ``none`` on the same settings (diagnostics off, so training dominates) and must produce the same
-rows; prints wall time, seeds·steps per second, the speed-up and the largest row difference.
+Both run the same mitigator (``none`` or ``spectral``) on the same settings (diagnostics off, so training dominates)
+and must produce the same rows; prints wall time, seeds·steps per second, the speed-up and the largest row
+difference.
 
     python benchmarks/continual_vmap_seeds.py [--threads 1] [--seeds 0 1 2 3] [--tasks 2] [--epochs 5]
+                                              [--mitigator spectral]
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from continual.runner import RunConfig, run_experiment
-from continual.vmap_seeds import max_row_difference, run_vectorized
+from continual.vmap_seeds import VECTORIZABLE, max_row_difference, run_vectorized
 
 
 def main() -> None:
@@ -28,9 +30,10 @@ def main() -> None:
     p.add_argument("--dataset", default="digits")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--width", type=int, default=256)
+    p.add_argument("--mitigator", choices=VECTORIZABLE, default="none")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    settings = dict(dataset=args.dataset, nonstationarity="random-labels", model="mlp", mitigators=["none"],
+    settings = dict(dataset=args.dataset, nonstationarity="random-labels", model="mlp", mitigators=[args.mitigator],
                     seeds=args.seeds, tasks=args.tasks, epochs=args.epochs, batch_size=args.batch_size,
                     width=args.width, diagnostics=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,8 +45,9 @@ def main() -> None:
         vec = run_vectorized(RunConfig(out=str(Path(tmp, "vec")), **settings), progress=False)
         t2 = time.perf_counter()
     steps = int(seq[-1]["step"]) * len(args.seeds)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.dataset}, MLP 4×{args.width}, batch "
-          f"{args.batch_size}, {len(args.seeds)} seeds × {args.tasks} tasks × {args.epochs} epochs")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.dataset}, {args.mitigator}, "
+          f"MLP 4×{args.width}, batch {args.batch_size}, {len(args.seeds)} seeds × {args.tasks} tasks × "
+          f"{args.epochs} epochs")
     print("| loop | wall s | seed-steps/s |")
     print("|---|---|---|")
     print(f"| sequential runner | {t1 - t0:.2f} | {steps / (t1 - t0):.0f} |")

@@ -1,4 +1,4 @@
-"""Several seeds of one unmitigated run in a single process: stacked parameters + ``torch.func.vmap``.
+r"""Several seeds of one run in a single process: stacked parameters + ``torch.func.vmap``.
 
 For mitigator ``none`` the S seeds of a run differ only in their initialisation, their task stream and their batch
 order, so their S models can train as one: every parameter θ of shape (…) becomes a stacked tensor Θ of shape
@@ -13,8 +13,12 @@ same batch order ``batch_generator(seed, task, epoch)``, and the task-end row is
 ``Run.measure`` after copying seed s's slice back into its model. Rows therefore match the sequential runner's up
 to floating-point reduction order (tested), not bit for bit.
 
-Only ``mitigator == "none"`` and the MLP (no buffers) are supported: mitigators with a penalty, resets or their own
-optimizer (SpectralAdam) would each need a stacked version.
+``mitigator == "spectral"`` is supported too (:class:`StackedSpectral`): SpectralAdam is Adam followed by the
+decoupled spectral step, which acts on each seed's slice on its own — a warm-started power iteration per seed
+(``vmap`` of :func:`specopt.functional.power_iteration`, seed s's u_s and v_s stacked to (S, out) and (S, in)),
+then :math:`W_s \leftarrow W_s - \eta\lambda\,2k\hat\sigma_s^{k-1}(\hat\sigma_s^k-1)\,u_s v_s^\top`, and the
+element-wise bias and scale directions. The MLP only (no buffers); other mitigators (a penalty, resets, their
+own randomness) would each need a stacked version.
 """
 
 from __future__ import annotations
@@ -31,15 +35,22 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+import specopt
+from specopt import functional as SF
+
 from .data import load_dataset
+from .mitigators import DEFAULT_STRENGTHS
 from .runner import Run, RunConfig, atomic_write, batch_generator, write_csv
 from .streams import Task, make_task
+
+VECTORIZABLE = ("none", "spectral")
 
 
 def check_vectorizable(cfg: RunConfig) -> None:
     """Raise ValueError (a one-line CLI error) if ``cfg`` cannot run with stacked seeds."""
-    if list(cfg.mitigators) != ["none"]:
-        raise ValueError(f"--vectorize-seeds supports --mitigator none only, got {' '.join(cfg.mitigators)}")
+    if len(cfg.mitigators) != 1 or cfg.mitigators[0] not in VECTORIZABLE:
+        raise ValueError(f"--vectorize-seeds supports one --mitigator of {', '.join(VECTORIZABLE)}, "
+                         f"got {' '.join(cfg.mitigators)}")
     if cfg.model != "mlp":
         raise ValueError(f"--vectorize-seeds supports --model mlp only, got {cfg.model}")
 
@@ -54,18 +65,80 @@ def _stacked_batch(tasks: list[Task], idx: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+class StackedSpectral:
+    r"""The decoupled spectral step of :class:`specopt.SpectralAdam` (defaults k = 2, one power iteration per step,
+    ``init_iterations`` from the deterministic start) on stacked parameters: ``prepare`` computes ∇R at the
+    pre-step weights of every seed, ``apply`` takes :math:`\theta_s \leftarrow \theta_s - \eta\lambda\nabla R(\theta_s)`
+    after Adam's step. Roles come from :func:`specopt.named_roles` of one seed's model."""
+
+    def __init__(self, model: nn.Module, strength: float, lr: float, k: float = 2, power_iterations: int = 1,
+                 init_iterations: int = specopt.optim.DEFAULT_INIT_ITERATIONS) -> None:
+        SF.check_hyperparameters(strength, k, power_iterations)
+        self.roles = {n: r for n, _, r in specopt.named_roles(model) if r != "none"}
+        self.strength, self.lr, self.k = strength, lr, k
+        self.iterations, self.init_iterations = power_iterations, init_iterations
+        self.u: dict[str, Tensor] = {}
+        self.v: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def prepare(self, params: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...]]:
+        pending: dict[str, tuple[Tensor, ...]] = {}
+        for name, role in self.roles.items():
+            p = params[name].detach()
+            if role == "matrix":
+                w = p.reshape(p.shape[0], p.shape[1], -1).float()  # (S, out, in)
+                if name in self.u:
+                    u, v, n = self.u[name], self.v[name], self.iterations
+                else:
+                    u0, v0 = SF.initial_vectors(w.shape[1], w.shape[2], w.device)
+                    u, v = u0.expand(w.shape[0], -1), v0.expand(w.shape[0], -1)
+                    n = max(self.iterations, self.init_iterations)
+                u, v, sigma, ok = vmap(lambda wi, ui, vi: SF.power_iteration(wi, ui, vi, n))(w, u, v)
+                coef = torch.nan_to_num(SF.matrix_coefficient(sigma, self.k), nan=0.0, posinf=0.0, neginf=0.0) * ok
+                pending[name] = (u, v, coef)
+            elif role == "bias":
+                pending[name] = (torch.nan_to_num(vmap(SF.bias_direction, in_dims=(0, None))(p, self.k)),)
+            else:
+                pending[name] = (SF.scale_direction(p),)
+        return pending
+
+    @torch.no_grad()
+    def apply(self, params: dict[str, Tensor], pending: dict[str, tuple[Tensor, ...]]) -> None:
+        scale = -self.lr * self.strength
+        for name, values in pending.items():
+            p = params[name]
+            if len(values) == 3:
+                u, v, coef = values
+                self.u[name], self.v[name] = u, v
+                p.add_((coef[:, None, None] * u[:, :, None] * v[:, None, :]).reshape(p.shape), alpha=scale)
+            else:
+                p.add_(values[0], alpha=scale)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"u": dict(self.u), "v": dict(self.v)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.u, self.v = dict(state["u"]), dict(state["v"])
+
+
 class StackedSeeds:
     """S models of one architecture trained as one; ``runs[s]`` is seed s's sequential-runner ``Run``."""
 
     def __init__(self, cfg: RunConfig, ds, seeds: list[int]) -> None:
+        check_vectorizable(cfg)
         self.cfg, self.ds, self.seeds = cfg, ds, list(seeds)
-        self.runs = [Run(cfg, ds, "none", seed) for seed in self.seeds]  # same init as the sequential runner
+        self.mitigator = cfg.mitigators[0]
+        self.runs = [Run(cfg, ds, self.mitigator, seed) for seed in self.seeds]  # the sequential runner's init
         params, buffers = stack_module_state([r.model for r in self.runs])
         if buffers:
             raise ValueError("--vectorize-seeds needs a model without buffers (the mlp)")
         self.params: dict[str, Tensor] = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
         self.base = copy.deepcopy(self.runs[0].model).to("meta")
         self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.lr)
+        self.spectral: StackedSpectral | None = None
+        if self.mitigator == "spectral":
+            strength = DEFAULT_STRENGTHS["spectral"] if cfg.strength is None else cfg.strength
+            self.spectral = StackedSpectral(self.runs[0].model, strength, cfg.lr)
         self.step, self.next_task = 0, 0
 
         def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -76,13 +149,16 @@ class StackedSeeds:
     def state_dict(self) -> dict[str, Any]:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()},
                 "optimizer": self.optimizer.state_dict(), "step": self.step, "next_task": self.next_task,
-                "prev_reps": [r.prev_rep for r in self.runs], "init_params": [r.init_params for r in self.runs]}
+                "prev_reps": [r.prev_rep for r in self.runs], "init_params": [r.init_params for r in self.runs],
+                "spectral": None if self.spectral is None else self.spectral.state_dict()}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         with torch.no_grad():
             for k, v in s["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(s["optimizer"])
+        if self.spectral is not None:
+            self.spectral.load_state_dict(s["spectral"])
         self.step, self.next_task = s["step"], s["next_task"]
         for run, rep, init in zip(self.runs, s["prev_reps"], s["init_params"]):
             run.prev_rep, run.init_params = rep, init
@@ -103,11 +179,15 @@ class StackedSeeds:
                 # Σ_s mean_b CE: the mean over all S·B terms, times S.
                 loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()) * len(self.seeds)
                 loss.backward()
+                pending = None if self.spectral is None else self.spectral.prepare(self.params)
                 self.optimizer.step()
+                if pending is not None:
+                    self.spectral.apply(self.params, pending)
                 self.step += 1
             if progress is not None:
-                progress.set_postfix_str(f"none seeds {self.seeds} (vectorized) task {t + 1} epoch {epoch + 1}"
-                                         f"/{cfg.epochs} loss {loss.item() / len(self.seeds):.3f}", refresh=False)
+                progress.set_postfix_str(f"{self.mitigator} seeds {self.seeds} (vectorized) task {t + 1} "
+                                         f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item() / len(self.seeds):.3f}",
+                                         refresh=False)
                 progress.refresh()
         rows = []
         with torch.no_grad():
@@ -121,7 +201,7 @@ class StackedSeeds:
 
 
 def run_vectorized(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Like :func:`continual.runner.run_experiment` for ``mitigators == ["none"]``, all seeds at once.
+    """Like :func:`continual.runner.run_experiment` for one mitigator of :data:`VECTORIZABLE`, all seeds at once.
 
     Writes the same ``results.csv`` (rows ordered by seed, then task, as the sequential runner), ``config.json``
     (with ``"vectorize_seeds": true``) and an atomic checkpoint after every task; ``resume`` continues it.
@@ -156,7 +236,7 @@ def run_vectorized(cfg: RunConfig, resume: bool = False, progress: bool = True) 
         write_csv(out / "results.csv", [r for rows in per_seed for r in rows])
         bar.update(1)
         accs = [rows[-1]["train_accuracy"] for rows in per_seed]
-        bar.set_description(f"none ×{len(cfg.seeds)} seeds t{t + 1} acc {sum(accs) / len(accs):.3f}")
+        bar.set_description(f"{cfg.mitigators[0]} ×{len(cfg.seeds)} seeds t{t + 1} acc {sum(accs) / len(accs):.3f}")
     bar.close()
     flat = [r for rows in per_seed for r in rows]
     if progress:

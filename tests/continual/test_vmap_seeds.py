@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 from pathlib import Path
 
 import pytest
 import torch
+
+import specopt
 
 from continual import vmap_seeds
 from continual.runner import COLUMNS, RunConfig, run_experiment
@@ -26,10 +30,14 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("nonstationarity", ["random-labels", "pixel-permutation", "class-incremental"])
-def test_vectorized_seeds_match_the_sequential_runner(tmp_path, nonstationarity):
-    seq = run_experiment(config(tmp_path / "seq", nonstationarity=nonstationarity), progress=False)
-    vec = run_vectorized(config(tmp_path / "vec", nonstationarity=nonstationarity), progress=False)
+@pytest.mark.parametrize("nonstationarity, mitigator, layernorm", [
+    ("random-labels", "none", False), ("pixel-permutation", "none", False), ("class-incremental", "none", False),
+    ("random-labels", "spectral", False), ("label-flip", "spectral", True)])
+def test_vectorized_seeds_match_the_sequential_runner(tmp_path, nonstationarity, mitigator, layernorm):
+    kw = dict(nonstationarity=nonstationarity, mitigators=[mitigator], layernorm=layernorm)
+    seq = run_experiment(config(tmp_path / "seq", **kw), progress=False)
+    vec = run_vectorized(config(tmp_path / "vec", **kw), progress=False)
+    assert {r["mitigator"] for r in vec} == {mitigator}
     assert [(r["seed"], r["task"], r["step"]) for r in vec] == [(r["seed"], r["task"], r["step"]) for r in seq]
     assert max_row_difference(seq, vec, "train_accuracy") <= 0.01
     assert max_row_difference(seq, vec, "train_loss") <= 1e-3
@@ -56,8 +64,42 @@ def test_each_seed_gets_its_own_adam_step(tmp_path):
             torch.testing.assert_close(stacked.params[name][s], p.detach(), rtol=1e-5, atol=1e-6)
 
 
-def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatch):
-    run_vectorized(config(tmp_path / "full", tasks=3), progress=False)
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_each_seed_gets_its_own_spectral_adam_step(tmp_path, layernorm):
+    """Three stacked steps equal three SpectralAdam steps per seed (a matrix, bias and scale step each), and differ
+    from plain Adam's."""
+    cfg = config(tmp_path, epochs=3, train_size=64, mitigators=["spectral"], layernorm=layernorm)
+    from continual.data import load_dataset
+    ds = load_dataset("digits", train_size=64)
+    stacked = StackedSeeds(cfg, ds, cfg.seeds)
+    stacked.train_task(0)
+    assert set(stacked.spectral.u) == {n for n, r in stacked.spectral.roles.items() if r == "matrix"}
+    fresh = StackedSeeds(cfg, ds, cfg.seeds).runs
+    for s, run in enumerate(fresh):
+        task = vmap_seeds.make_task(ds, cfg.nonstationarity, run.seed, 0)
+        adam_model = copy.deepcopy(run.model)
+        spectral = specopt.SpectralAdam(specopt.param_groups(run.model), lr=cfg.lr, spectral_strength=1.0, k=2)
+        adam = torch.optim.Adam(adam_model.parameters(), lr=cfg.lr)
+        for epoch in range(3):
+            idx = torch.randperm(64, generator=vmap_seeds.batch_generator(run.seed, 0, epoch))
+            for model, opt in ((run.model, spectral), (adam_model, adam)):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(task.x_train[idx]), task.y_train[idx]).backward()
+                opt.step()
+        adam_params = dict(adam_model.named_parameters())
+        for name, p in run.model.named_parameters():
+            torch.testing.assert_close(stacked.params[name][s], p.detach(), rtol=1e-5, atol=1e-6)
+            if name in stacked.spectral.roles and stacked.spectral.roles[name] != "scale":
+                assert (p - adam_params[name]).abs().max() > 1e-6, name  # the spectral step did something
+        for name, u in stacked.spectral.u.items():
+            p = dict(run.model.named_parameters())[name]
+            torch.testing.assert_close(u[s], spectral.state[p]["spectral_u"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mitigator", ["none", "spectral"])
+def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatch, mitigator):
+    make = functools.partial(config, mitigators=[mitigator])
+    run_vectorized(make(tmp_path / "full", tasks=3), progress=False)
     real = StackedSeeds.train_task
 
     def dying(self, t, progress=None):
@@ -67,14 +109,15 @@ def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatc
 
     monkeypatch.setattr(StackedSeeds, "train_task", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_vectorized(config(tmp_path / "resumed", tasks=3), progress=False)
+        run_vectorized(make(tmp_path / "resumed", tasks=3), progress=False)
     monkeypatch.setattr(StackedSeeds, "train_task", real)
     assert len(read_csv(tmp_path / "resumed" / "results.csv")) == 4
-    run_vectorized(config(tmp_path / "resumed", tasks=3), resume=True, progress=False)
+    run_vectorized(make(tmp_path / "resumed", tasks=3), resume=True, progress=False)
     assert read_csv(tmp_path / "full" / "results.csv") == read_csv(tmp_path / "resumed" / "results.csv")
 
 
-@pytest.mark.parametrize("change, message", [(dict(mitigators=["spectral"]), "mitigator none only"),
+@pytest.mark.parametrize("change, message", [(dict(mitigators=["l2"]), "one --mitigator of none, spectral"),
+                                             (dict(mitigators=["none", "spectral"]), "one --mitigator of"),
                                              (dict(model="resnet18"), "model mlp only")])
 def test_unsupported_settings_are_refused_with_a_clear_message(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
@@ -90,5 +133,7 @@ def test_cli_vectorize_seeds_writes_the_fixed_columns_and_refuses_other_mitigato
     rows = read_csv(tmp_path / "ok" / "results.csv")
     assert list(rows[0]) == COLUMNS and [(r["seed"], r["task"]) for r in rows] == [("0", "1"), ("0", "2"),
                                                                                     ("1", "1"), ("1", "2")]
-    assert main(args + ["--mitigator", "spectral", "--out", str(tmp_path / "bad")]) == 2
-    assert "supports --mitigator none only" in capsys.readouterr().err
+    assert main(args + ["--mitigator", "spectral", "--out", str(tmp_path / "spectral")]) == 0
+    assert {r["mitigator"] for r in read_csv(tmp_path / "spectral" / "results.csv")} == {"spectral"}
+    assert main(args + ["--mitigator", "redo", "--out", str(tmp_path / "bad")]) == 2
+    assert "supports one --mitigator of none, spectral, got redo" in capsys.readouterr().err
