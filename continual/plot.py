@@ -51,11 +51,20 @@ def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarra
 
 
 def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
+    """Per mitigator: seeds, tasks, the mean over seeds at the first and last task (± standard error) and over the
+    last 5 tasks. When some seeds stopped early, ``seeds`` reads "k of n": k seeds reached the last task."""
+    at_last: dict[str, int] = {}
+    by: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for r in rows:
+        by[label(r)][int(r["task"])] += 1
+    for name, per_task in by.items():
+        at_last[name] = per_task[max(per_task)]
     lines = ["| mitigator | seeds | tasks | first task | last task | mean of last 5 tasks |",
              "|---|---|---|---|---|---|"]
     for name, (tasks, mean, sem, seeds) in sorted(curves(rows, metric).items()):
         last5 = mean[-5:].mean()
-        lines.append(f"| {name} | {seeds} | {len(tasks)} | {mean[0]:.3f} | {mean[-1]:.3f} ± {sem[-1]:.3f} "
+        count = f"{seeds}" if at_last[name] == seeds else f"{at_last[name]} of {seeds}"
+        lines.append(f"| {name} | {count} | {len(tasks)} | {mean[0]:.3f} | {mean[-1]:.3f} ± {sem[-1]:.3f} "
                      f"| {last5:.3f} |")
     return "\n".join(lines)
 

@@ -231,3 +231,15 @@ def test_demo_runs_compares_adam_and_spectral_and_writes_a_png(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "| none | 1 | 2 |" in out and "| spectral (1) | 1 | 2 |" in out
     assert (tmp_path / "demo" / "demo.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_table_says_how_many_seeds_reached_the_last_task():
+    from continual.plot import table
+
+    def row(seed: int, task: int, acc: float) -> dict[str, str]:
+        return {"mitigator": "none", "strength": "0", "layernorm": "0", "seed": str(seed), "task": str(task),
+                "train_accuracy": str(acc)}
+
+    rows = [row(0, 1, 0.4), row(0, 2, 0.2), row(1, 1, 0.6)]  # seed 1 stopped after task 1
+    assert "| none | 1 of 2 | 2 | 0.500 | 0.200 ± 0.000 | 0.350 |" in table(rows)
+    assert "| none | 2 | 2 | 0.500 | 0.300 ± 0.100 |" in table(rows + [row(1, 2, 0.4)])
