@@ -100,15 +100,22 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     import matplotlib.pyplot as plt
 
     rows = read_rows(run_dirs)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, (tasks, mean, sem, seeds) in sorted(curves(rows, metric).items()):
-        ax.plot(tasks, mean, label=f"{name}, {seeds} seed{'s' if seeds > 1 else ''}")
-        ax.fill_between(tasks, mean - sem, mean + sem, alpha=0.2)
+    lines = sorted(curves(rows, metric).items())
+    fig, ax = plt.subplots(figsize=(7 + 2.5 * (len(lines) > 3), 4))
+    colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    for i, (name, (tasks, mean, sem, seeds)) in enumerate(lines):
+        ax.plot(tasks, mean, color=colors(i), lw=2.2 if name.split(" ")[0] in ("none", "spectral") else 1.2,
+                label=f"{name}, {seeds} seed{'s' if seeds > 1 else ''}")
+        ax.fill_between(tasks, mean - sem, mean + sem, color=colors(i), alpha=0.2)
     r = rows[0]
-    ax.set_title(f"{r['dataset']}, {r['nonstationarity']}, {r['model']}")
+    ln = " + LayerNorm" if all(x.get("layernorm") == "1" for x in rows) else ""
+    ax.set_title(f"{r['dataset']}, {r['nonstationarity']}, {r['model']}{ln}")
     ax.set_xlabel("task")
     ax.set_ylabel(metric.replace("_", " ") + " at task end")
-    ax.legend(fontsize=8)
+    if len(lines) > 3:  # many curves: the legend goes beside the axes, not over them
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
