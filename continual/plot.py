@@ -34,8 +34,8 @@ def label(row: dict[str, str]) -> str:
     return f"{row['mitigator']} ({float(row['strength']):g}){ln}" if row["mitigator"] != "none" else f"none{ln}"
 
 
-def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """label → (tasks, mean, standard error, seeds) of ``metric`` across seeds."""
+def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
+    """label → (tasks, mean, standard error, seeds, seeds at the last task) of ``metric`` across seeds."""
     by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         value = float(r[metric]) if r.get(metric) not in (None, "") else math.nan
@@ -46,24 +46,18 @@ def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarra
         vals = [np.array(per_task[t]) for t in tasks]
         mean = np.array([v.mean() for v in vals])
         sem = np.array([v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals])
-        out[name] = (tasks, mean, sem, max(len(v) for v in vals))
+        out[name] = (tasks, mean, sem, max(len(v) for v in vals), len(vals[-1]))
     return out
 
 
 def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
     """Per mitigator: seeds, tasks, the mean over seeds at the first and last task (± standard error) and over the
     last 5 tasks. When some seeds stopped early, ``seeds`` reads "k of n": k seeds reached the last task."""
-    at_last: dict[str, int] = {}
-    by: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    for r in rows:
-        by[label(r)][int(r["task"])] += 1
-    for name, per_task in by.items():
-        at_last[name] = per_task[max(per_task)]
     lines = ["| mitigator | seeds | tasks | first task | last task | mean of last 5 tasks |",
              "|---|---|---|---|---|---|"]
-    for name, (tasks, mean, sem, seeds) in sorted(curves(rows, metric).items()):
+    for name, (tasks, mean, sem, seeds, at_last) in sorted(curves(rows, metric).items()):
         last5 = mean[-5:].mean()
-        count = f"{seeds}" if at_last[name] == seeds else f"{at_last[name]} of {seeds}"
+        count = f"{seeds}" if at_last == seeds else f"{at_last} of {seeds}"
         lines.append(f"| {name} | {count} | {len(tasks)} | {mean[0]:.3f} | {mean[-1]:.3f} ± {sem[-1]:.3f} "
                      f"| {last5:.3f} |")
     return "\n".join(lines)
@@ -103,7 +97,7 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     lines = sorted(curves(rows, metric).items())
     fig, ax = plt.subplots(figsize=(7 + 2.5 * (len(lines) > 3), 4))
     colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
-    for i, (name, (tasks, mean, sem, seeds)) in enumerate(lines):
+    for i, (name, (tasks, mean, sem, seeds, _)) in enumerate(lines):
         ax.plot(tasks, mean, color=colors(i), lw=2.2 if name.split(" ")[0] in ("none", "spectral") else 1.2,
                 label=f"{name}, {seeds} seed{'s' if seeds > 1 else ''}")
         ax.fill_between(tasks, mean - sem, mean + sem, color=colors(i), alpha=0.2)
