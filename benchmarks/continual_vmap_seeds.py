@@ -1,6 +1,6 @@
 """Several seeds in one process (``continual.vmap_seeds``, stacked parameters + vmap) vs the sequential runner.
 
-Both run the same mitigator (``none`` or ``spectral``) on the same settings (diagnostics off, so training dominates)
+Both run the same mitigator (one of ``VECTORIZABLE``: none, spectral, l2, l2-init, wasserstein) on the same settings (diagnostics off, so training dominates)
 and must produce the same rows; prints wall time, seeds·steps per second, the speed-up and the largest row
 difference.
 

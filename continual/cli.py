@@ -94,8 +94,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--threads", type=_positive(int), help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--vectorize-seeds", action="store_true",
-                   help="train all --seeds in one process (stacked parameters + vmap); mitigator none or spectral, "
-                        "mlp only")
+                   help="train all --seeds in one process (stacked parameters + vmap); mitigator none, spectral, l2, "
+                        "l2-init or wasserstein, mlp only")
     pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table")
     pl.add_argument("runs", nargs="+", type=Path)
     pl.add_argument("-o", "--output", type=Path, required=True)

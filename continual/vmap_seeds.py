@@ -13,12 +13,19 @@ same batch order ``batch_generator(seed, task, epoch)``, and the task-end row is
 ``Run.measure`` after copying seed s's slice back into its model. Rows therefore match the sequential runner's up
 to floating-point reduction order (tested), not bit for bit.
 
+The parameter regularizers ``l2``, ``l2-init`` and ``wasserstein`` (:class:`~continual.mitigators.ParameterRegularizer`)
+are supported by summing each seed's own term over its slice: the stacked loss is
+:math:`\sum_s \big(\mathrm{CE}_s + \lambda \sum_p r_p(\Theta_{p,s})\big)` with seed s's own anchors (its θ0), so
+again the gradient with respect to Θ_s is seed s's own (in the decoupled form, each slice takes its own step after
+Adam's).
+
 ``mitigator == "spectral"`` is supported too (:class:`StackedSpectral`): SpectralAdam is Adam followed by the
 decoupled spectral step, which acts on each seed's slice on its own — a warm-started power iteration per seed
 (``vmap`` of :func:`specopt.functional.power_iteration`, seed s's u_s and v_s stacked to (S, out) and (S, in)),
 then :math:`W_s \leftarrow W_s - \eta\lambda\,2k\hat\sigma_s^{k-1}(\hat\sigma_s^k-1)\,u_s v_s^\top`, and the
-element-wise bias and scale directions. The MLP only (no buffers); other mitigators (a penalty, resets, their
-own randomness) would each need a stacked version.
+element-wise bias and scale directions. The MLP only (no buffers); the other mitigators (resets and noise from
+their own generators, EWC's running Fisher, the coupled spectral penalty's per-module power iteration) would each
+need a stacked version.
 """
 
 from __future__ import annotations
@@ -39,11 +46,11 @@ import specopt
 from specopt import functional as SF
 
 from .data import load_dataset
-from .mitigators import DEFAULT_STRENGTHS
+from .mitigators import DEFAULT_STRENGTHS, ParameterRegularizer
 from .runner import Run, RunConfig, atomic_write, batch_generator, write_csv
 from .streams import Task, make_task
 
-VECTORIZABLE = ("none", "spectral")
+VECTORIZABLE = ("none", "spectral", "l2", "l2-init", "wasserstein")
 
 
 def check_vectorizable(cfg: RunConfig) -> None:
@@ -139,6 +146,8 @@ class StackedSeeds:
         if self.mitigator == "spectral":
             strength = DEFAULT_STRENGTHS["spectral"] if cfg.strength is None else cfg.strength
             self.spectral = StackedSpectral(self.runs[0].model, strength, cfg.lr)
+        # l2, l2-init, wasserstein: each seed's own mitigator (anchors from its own θ0) acts on its slice
+        self.regularizers = [r.mit for r in self.runs if isinstance(r.mit, ParameterRegularizer)]
         self.step, self.next_task = 0, 0
 
         def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -146,8 +155,24 @@ class StackedSeeds:
 
         self.forward = vmap(forward)
 
+    def penalty(self) -> Tensor | None:
+        r""":math:`\sum_s \lambda \sum_p r_p(\Theta_{p,s})`, each seed's coupled term on its own slice (None: no
+        coupled regularizer)."""
+        terms = [reg.strength * torch.stack([reg.term(n, self.params[n][s]) for n in reg.named_params]).sum()
+                 for s, reg in enumerate(self.regularizers) if not reg.decoupled and reg.strength != 0.0]
+        return torch.stack(terms).sum() if terms else None
+
+    @torch.no_grad()
+    def decoupled_step(self) -> None:
+        r"""The decoupled form: :math:`\Theta_{p,s} \leftarrow \Theta_{p,s} - \eta\lambda\nabla r_p(\Theta_{p,s})`."""
+        for s, reg in enumerate(self.regularizers):
+            if reg.decoupled and reg.strength != 0.0:
+                for n in reg.named_params:
+                    self.params[n][s].sub_(reg.direction(n, self.params[n][s]), alpha=reg.lr * reg.strength)
+
     def state_dict(self) -> dict[str, Any]:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()},
+                "mitigators": [r.mit.state_dict() for r in self.runs],
                 "optimizer": self.optimizer.state_dict(), "step": self.step, "next_task": self.next_task,
                 "prev_reps": [r.prev_rep for r in self.runs], "init_params": [r.init_params for r in self.runs],
                 "spectral": None if self.spectral is None else self.spectral.state_dict()}
@@ -157,6 +182,8 @@ class StackedSeeds:
             for k, v in s["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(s["optimizer"])
+        for run, state in zip(self.runs, s["mitigators"]):
+            run.mit.load_state_dict(state)
         if self.spectral is not None:
             self.spectral.load_state_dict(s["spectral"])
         self.step, self.next_task = s["step"], s["next_task"]
@@ -178,11 +205,15 @@ class StackedSeeds:
                 logits = self.forward(self.params, x)  # (S, B, classes)
                 # Σ_s mean_b CE: the mean over all S·B terms, times S.
                 loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()) * len(self.seeds)
+                penalty = self.penalty()
+                if penalty is not None:
+                    loss = loss + penalty
                 loss.backward()
                 pending = None if self.spectral is None else self.spectral.prepare(self.params)
                 self.optimizer.step()
                 if pending is not None:
                     self.spectral.apply(self.params, pending)
+                self.decoupled_step()
                 self.step += 1
             if progress is not None:
                 progress.set_postfix_str(f"{self.mitigator} seeds {self.seeds} (vectorized) task {t + 1} "

@@ -32,7 +32,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("nonstationarity, mitigator, layernorm", [
     ("random-labels", "none", False), ("pixel-permutation", "none", False), ("class-incremental", "none", False),
-    ("random-labels", "spectral", False), ("label-flip", "spectral", True)])
+    ("random-labels", "spectral", False), ("label-flip", "spectral", True), ("random-labels", "l2", False),
+    ("pixel-permutation", "l2-init", True), ("random-labels", "wasserstein", False)])
 def test_vectorized_seeds_match_the_sequential_runner(tmp_path, nonstationarity, mitigator, layernorm):
     kw = dict(nonstationarity=nonstationarity, mitigators=[mitigator], layernorm=layernorm)
     seq = run_experiment(config(tmp_path / "seq", **kw), progress=False)
@@ -96,7 +97,49 @@ def test_each_seed_gets_its_own_spectral_adam_step(tmp_path, layernorm):
             torch.testing.assert_close(u[s], spectral.state[p]["spectral_u"], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("mitigator", ["none", "spectral"])
+@pytest.mark.parametrize("mitigator, decoupled", [("l2", False), ("l2-init", False), ("wasserstein", False),
+                                                  ("l2-init", True), ("wasserstein", True)])
+def test_each_seed_gets_its_own_regularized_step(tmp_path, monkeypatch, mitigator, decoupled):
+    """Three stacked steps equal three steps of the sequential loop (Adam + the seed's own mitigator: its coupled
+    penalty, or its decoupled step after Adam's), and differ from plain Adam's."""
+    from continual import runner
+    from continual.data import load_dataset
+    from continual.mitigators import build_mitigator
+
+    monkeypatch.setattr(runner, "build_mitigator", functools.partial(build_mitigator, decoupled=decoupled))
+    strength = 1e-2  # large enough to be seen after three steps
+    cfg = config(tmp_path, epochs=3, train_size=64, mitigators=[mitigator], strength=strength)
+    ds = load_dataset("digits", train_size=64)
+    stacked = StackedSeeds(cfg, ds, cfg.seeds)
+    assert len(stacked.regularizers) == 2 and all(r.decoupled == decoupled for r in stacked.regularizers)
+    stacked.train_task(0)
+    for s, run in enumerate(StackedSeeds(cfg, ds, cfg.seeds).runs):
+        task = vmap_seeds.make_task(ds, cfg.nonstationarity, run.seed, 0)
+        adam_model = copy.deepcopy(run.model)
+        mit = build_mitigator(mitigator, run.model, cfg.lr, strength, decoupled=decoupled)
+        adam = torch.optim.Adam(adam_model.parameters(), lr=cfg.lr)
+        for epoch in range(3):
+            idx = torch.randperm(64, generator=vmap_seeds.batch_generator(run.seed, 0, epoch))
+            x, y = task.x_train[idx], task.y_train[idx]
+            mit.optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(run.model(x), y)
+            penalty = mit.penalty(run.model)
+            assert (penalty is None) == decoupled
+            (loss if penalty is None else loss + penalty).backward()
+            mit.optimizer.step()
+            mit.after_step(epoch, x)
+            adam.zero_grad()
+            torch.nn.functional.cross_entropy(adam_model(x), y).backward()
+            adam.step()
+        adam_params = dict(adam_model.named_parameters())
+        differs = []
+        for name, p in run.model.named_parameters():
+            torch.testing.assert_close(stacked.params[name][s], p.detach(), rtol=1e-5, atol=1e-6)
+            differs.append((p - adam_params[name]).abs().max().item() > 1e-7)
+        assert any(differs)  # the regularizer did something
+
+
+@pytest.mark.parametrize("mitigator", ["none", "spectral", "l2-init"])
 def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatch, mitigator):
     make = functools.partial(config, mitigators=[mitigator])
     run_vectorized(make(tmp_path / "full", tasks=3), progress=False)
@@ -116,7 +159,7 @@ def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatc
     assert read_csv(tmp_path / "full" / "results.csv") == read_csv(tmp_path / "resumed" / "results.csv")
 
 
-@pytest.mark.parametrize("change, message", [(dict(mitigators=["l2"]), "one --mitigator of none, spectral"),
+@pytest.mark.parametrize("change, message", [(dict(mitigators=["redo"]), "one --mitigator of none, spectral, l2"),
                                              (dict(mitigators=["none", "spectral"]), "one --mitigator of"),
                                              (dict(model="resnet18"), "model mlp only")])
 def test_unsupported_settings_are_refused_with_a_clear_message(tmp_path, change, message):
@@ -136,4 +179,4 @@ def test_cli_vectorize_seeds_writes_the_fixed_columns_and_refuses_other_mitigato
     assert main(args + ["--mitigator", "spectral", "--out", str(tmp_path / "spectral")]) == 0
     assert {r["mitigator"] for r in read_csv(tmp_path / "spectral" / "results.csv")} == {"spectral"}
     assert main(args + ["--mitigator", "redo", "--out", str(tmp_path / "bad")]) == 2
-    assert "supports one --mitigator of none, spectral, got redo" in capsys.readouterr().err
+    assert "supports one --mitigator of none, spectral, l2, l2-init, wasserstein, got redo" in capsys.readouterr().err
