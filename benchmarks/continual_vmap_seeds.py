@@ -1,8 +1,8 @@
 """Several seeds in one process (``continual.vmap_seeds``, stacked parameters + vmap) vs the sequential runner.
 
-Both run the same mitigator (one of ``VECTORIZABLE``: none, spectral, l2, l2-init, wasserstein) on the same settings (diagnostics off, so training dominates)
-and must produce the same rows; prints wall time, seeds·steps per second, the speed-up and the largest row
-difference.
+Both run the same mitigator (one of ``VECTORIZABLE``: none, spectral, l2, l2-init, wasserstein) on the same
+settings (diagnostics off, so training dominates) and must produce the same rows; prints wall time, seeds·steps
+per second, the speed-up and the largest row difference.
 
     python benchmarks/continual_vmap_seeds.py [--threads 1] [--seeds 0 1 2 3] [--tasks 2] [--epochs 5]
                                               [--mitigator spectral]
