@@ -13,8 +13,9 @@ same batch order ``batch_generator(seed, task, epoch)``, and the task-end row is
 ``Run.measure`` after copying seed s's slice back into its model. Rows therefore match the sequential runner's up
 to floating-point reduction order (tested), not bit for bit.
 
-The parameter regularizers ``l2``, ``l2-init`` and ``wasserstein`` (:class:`~continual.mitigators.ParameterRegularizer`)
-are supported by summing each seed's own term over its slice: the stacked loss is
+The parameter regularizers ``l2``, ``l2-init`` and ``wasserstein``
+(:class:`~continual.mitigators.ParameterRegularizer`) are supported by summing each seed's own term over its slice:
+the stacked loss is
 :math:`\sum_s \big(\mathrm{CE}_s + \lambda \sum_p r_p(\Theta_{p,s})\big)` with seed s's own anchors (its θ0), so
 again the gradient with respect to Θ_s is seed s's own (in the decoupled form, each slice takes its own step after
 Adam's).
@@ -182,7 +183,7 @@ class StackedSeeds:
             for k, v in s["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(s["optimizer"])
-        for run, state in zip(self.runs, s["mitigators"]):
+        for run, state in zip(self.runs, s.get("mitigators", [])):  # absent in checkpoints of before 2026-11-25
             run.mit.load_state_dict(state)
         if self.spectral is not None:
             self.spectral.load_state_dict(s["spectral"])

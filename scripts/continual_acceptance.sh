@@ -9,10 +9,12 @@
 # Every run is its own folder OUT/{noln,ln}/MITIGATOR-sSEED and is started with --resume, so re-running the script
 # continues killed runs and skips finished ones (and runs another instance is working on). Jobs are ordered by
 # priority: without LayerNorm none and spectral (3 seeds) then every other mitigator at seed 0; the same with
-# LayerNorm; then seeds 1 and 2 of the other mitigators, without LayerNorm first. `none` trains its three seeds in one process (--vectorize-seeds).
+# LayerNorm; then seeds 1 and 2 of the other mitigators, without LayerNorm first. `none` trains its three seeds in
+# one process (--vectorize-seeds).
 # Needs the real data: apt-get install -y dataset-fashion-mnist (or --data-dir / internet for torchvision).
-# One run takes 11–25 minutes with one CPU thread on a 2-core machine (wasserstein ~45: it sorts every parameter
-# each step), the vectorized three seeds of none ~40 (measured 2026-11-25, two runs in parallel). Exits non-zero if any run failed (its log.txt says why).
+# One run takes 10–25 minutes with one CPU thread on a 2-core machine (wasserstein 35–45: it sorts every parameter
+# each step), the vectorized three seeds of none ~40 (measured 2026-11-25, two runs in parallel). Exits non-zero if
+# any run failed (its log.txt says why).
 #
 # Environment overrides (the tests run a tiny version of this same path with them):
 #   ACCEPT_EXTRA   flags appended to every run, e.g. "--tasks 2 --epochs 1 --data-dir DIR" (later flags win)

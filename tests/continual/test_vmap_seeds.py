@@ -159,6 +159,22 @@ def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatc
     assert read_csv(tmp_path / "full" / "results.csv") == read_csv(tmp_path / "resumed" / "results.csv")
 
 
+def test_a_checkpoint_written_before_mitigator_state_was_saved_still_resumes(tmp_path):
+    from continual.data import load_dataset
+
+    cfg = config(tmp_path, epochs=1, train_size=64)
+    ds = load_dataset("digits", train_size=64)
+    old = StackedSeeds(cfg, ds, cfg.seeds)
+    old.train_task(0)
+    state = old.state_dict()
+    del state["mitigators"]  # the layout of checkpoints written before 2026-11-25
+    new = StackedSeeds(cfg, ds, cfg.seeds)
+    new.load_state_dict(state)
+    assert new.next_task == 1
+    for name, p in old.params.items():
+        torch.testing.assert_close(new.params[name], p)
+
+
 @pytest.mark.parametrize("change, message", [(dict(mitigators=["redo"]), "one --mitigator of none, spectral, l2"),
                                              (dict(mitigators=["none", "spectral"]), "one --mitigator of"),
                                              (dict(model="resnet18"), "model mlp only")])
