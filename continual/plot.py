@@ -50,6 +50,11 @@ def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarra
     return out
 
 
+def seed_count(seeds: int, at_last: int) -> str:
+    """How many seeds a curve has: "3", or "2 of 3" when only 2 of the 3 started seeds reached its last task."""
+    return f"{seeds}" if at_last == seeds else f"{at_last} of {seeds}"
+
+
 def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
     """Per mitigator: seeds, tasks, the mean over seeds at the first and last task (± standard error) and over the
     last 5 tasks. When some seeds stopped early, ``seeds`` reads "k of n": k seeds reached the last task."""
@@ -57,9 +62,8 @@ def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
              "|---|---|---|---|---|---|"]
     for name, (tasks, mean, sem, seeds, at_last) in sorted(curves(rows, metric).items()):
         last5 = mean[-5:].mean()
-        count = f"{seeds}" if at_last == seeds else f"{at_last} of {seeds}"
-        lines.append(f"| {name} | {count} | {len(tasks)} | {mean[0]:.3f} | {mean[-1]:.3f} ± {sem[-1]:.3f} "
-                     f"| {last5:.3f} |")
+        lines.append(f"| {name} | {seed_count(seeds, at_last)} | {len(tasks)} | {mean[0]:.3f} "
+                     f"| {mean[-1]:.3f} ± {sem[-1]:.3f} | {last5:.3f} |")
     return "\n".join(lines)
 
 
@@ -97,9 +101,9 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     lines = sorted(curves(rows, metric).items())
     fig, ax = plt.subplots(figsize=(7 + 2.5 * (len(lines) > 3), 4))
     colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
-    for i, (name, (tasks, mean, sem, seeds, _)) in enumerate(lines):
+    for i, (name, (tasks, mean, sem, seeds, at_last)) in enumerate(lines):
         ax.plot(tasks, mean, color=colors(i), lw=2.2 if name.split(" ")[0] in ("none", "spectral") else 1.2,
-                label=f"{name}, {seeds} seed{'s' if seeds > 1 else ''}")
+                label=f"{name}, {seed_count(seeds, at_last)} seed{'s' if seeds > 1 else ''}")
         ax.fill_between(tasks, mean - sem, mean + sem, color=colors(i), alpha=0.2)
     r = rows[0]
     ln = " + LayerNorm" if all(x.get("layernorm") == "1" for x in rows) else ""

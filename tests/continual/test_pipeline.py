@@ -243,3 +243,32 @@ def test_plot_table_says_how_many_seeds_reached_the_last_task():
     rows = [row(0, 1, 0.4), row(0, 2, 0.2), row(1, 1, 0.6)]  # seed 1 stopped after task 1
     assert "| none | 1 of 2 | 2 | 0.500 | 0.200 ± 0.000 | 0.350 |" in table(rows)
     assert "| none | 2 | 2 | 0.500 | 0.300 ± 0.100 |" in table(rows + [row(1, 2, 0.4)])
+
+
+def test_plot_legend_counts_seeds_like_the_table(tmp_path, monkeypatch):
+    import csv
+
+    import matplotlib.figure
+
+    from continual.plot import plot
+
+    fields = ["mitigator", "strength", "layernorm", "seed", "task", "train_accuracy", "dataset", "nonstationarity",
+              "model"]
+    rows = [("none", 0, 1, 0.4), ("none", 0, 2, 0.2), ("none", 1, 1, 0.6),  # seed 1 of none stopped after task 1
+            ("spectral", 0, 1, 0.4), ("spectral", 0, 2, 0.5)]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        for m, seed, task, acc in rows:
+            w.writerow([m, 1, 0, seed, task, acc, "digits", "random-labels", "mlp"])
+    labels = []
+    save = matplotlib.figure.Figure.savefig
+
+    def record(fig, *args, **kwargs):
+        labels.extend(fig.axes[0].get_legend_handles_labels()[1])
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    text = plot([tmp_path], tmp_path / "fig.png")
+    assert labels == ["none, 1 of 2 seeds", "spectral (1), 1 seed"]
+    assert "| none | 1 of 2 |" in text and "| spectral (1) | 1 |" in text
