@@ -2,7 +2,9 @@
 
 Both run the same mitigator (one of ``VECTORIZABLE``: none, spectral, l2, l2-init, wasserstein) on the same
 settings (diagnostics off, so training dominates) and must produce the same rows; prints wall time, seeds·steps
-per second, the speed-up and the largest row difference.
+per second, the speed-up and the largest row difference. Also times one seed alone (the runner with ``--seeds 0``)
+and prints the issue's ratio: the wall time of the S vectorized seeds over the wall time of one seed (target for
+S = 10: ≤ 4×; S× means no gain over running the seeds one after another).
 
     python benchmarks/continual_vmap_seeds.py [--threads 1] [--seeds 0 1 2 3] [--tasks 2] [--epochs 5]
                                               [--mitigator spectral]
@@ -39,6 +41,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(RunConfig(out=str(Path(tmp, "warm")), **{**settings, "seeds": [0], "tasks": 1}),
                        progress=False)
+        t = time.perf_counter()
+        run_experiment(RunConfig(out=str(Path(tmp, "one")), **{**settings, "seeds": args.seeds[:1]}), progress=False)
+        one = time.perf_counter() - t
         t0 = time.perf_counter()
         seq = run_experiment(RunConfig(out=str(Path(tmp, "seq")), **settings), progress=False)
         t1 = time.perf_counter()
@@ -50,11 +55,14 @@ def main() -> None:
           f"{args.epochs} epochs")
     print("| loop | wall s | seed-steps/s |")
     print("|---|---|---|")
+    print(f"| one seed (runner) | {one:.2f} | {steps / len(args.seeds) / one:.0f} |")
     print(f"| sequential runner | {t1 - t0:.2f} | {steps / (t1 - t0):.0f} |")
     print(f"| vectorized seeds | {t2 - t1:.2f} | {steps / (t2 - t1):.0f} |")
     print(f"speed-up {(t1 - t0) / (t2 - t1):.2f}×; largest row difference: train_accuracy "
           f"{max_row_difference(seq, vec, 'train_accuracy'):.2g}, train_loss "
           f"{max_row_difference(seq, vec, 'train_loss'):.2g}")
+    print(f"{len(args.seeds)} vectorized seeds take {(t2 - t1) / one:.2f}× the wall time of one seed "
+          f"(sequential: {(t1 - t0) / one:.2f}×)")
 
 
 if __name__ == "__main__":
