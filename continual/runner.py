@@ -169,6 +169,25 @@ class Run:
         return row
 
 
+# Where a run's files are, not what it computes: a run folder (or the data) may move between start and --resume.
+LOCATION_SETTINGS = ("out", "data_dir")
+
+
+def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The checkpoint in ``out`` when resuming (None if there is none yet). Refuses to resume with settings other
+    than the checkpoint's (but :data:`LOCATION_SETTINGS`), and to start over a folder that already holds results."""
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        diff = sorted(k for k in config if k not in LOCATION_SETTINGS and config[k] != saved["config"].get(k))
+        if diff:
+            raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
+        return saved
+    if (out / "results.csv").exists() and not resume:
+        raise ValueError(f"{out} already holds results: pass --resume to continue, or choose another --out")
+    return None
+
+
 def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Run every (mitigator, seed) of ``cfg``, writing ``results.csv``, ``config.json`` and a checkpoint to
     ``cfg.out`` after every task; with ``resume``, continue from that checkpoint."""
@@ -179,16 +198,8 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     config = asdict(cfg)
-    rows: list[dict[str, Any]] = []
-    saved: dict[str, Any] | None = None
-    if resume and ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
-        if saved["config"] != config:
-            diff = sorted(k for k in config if config[k] != saved["config"].get(k))
-            raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
-        rows = saved["rows"]
-    elif (out / "results.csv").exists() and not resume:
-        raise ValueError(f"{out} already holds results: pass --resume to continue, or choose another --out")
+    saved = open_checkpoint(out, config, resume)
+    rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
     atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     total = len(cfg.mitigators) * len(cfg.seeds) * cfg.tasks
     bar = tqdm(total=total, initial=len(rows), unit="task", disable=not progress, dynamic_ncols=True)

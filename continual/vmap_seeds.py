@@ -48,7 +48,7 @@ from specopt import functional as SF
 
 from .data import load_dataset
 from .mitigators import DEFAULT_STRENGTHS, ParameterRegularizer
-from .runner import Run, RunConfig, atomic_write, batch_generator, write_csv
+from .runner import Run, RunConfig, atomic_write, batch_generator, open_checkpoint, write_csv
 from .streams import Task, make_task
 
 VECTORIZABLE = ("none", "spectral", "l2", "l2-init", "wasserstein")
@@ -248,15 +248,10 @@ def run_vectorized(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     config = {**asdict(cfg), "vectorize_seeds": True}
     stacked = StackedSeeds(cfg, ds, cfg.seeds)
     per_seed: list[list[dict[str, Any]]] = [[] for _ in cfg.seeds]
-    if resume and ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
-        if saved["config"] != config:
-            diff = sorted(k for k in config if config[k] != saved["config"].get(k))
-            raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
+    saved = open_checkpoint(out, config, resume)
+    if saved is not None:
         stacked.load_state_dict(saved["stacked"])
         per_seed = saved["per_seed"]
-    elif (out / "results.csv").exists() and not resume:
-        raise ValueError(f"{out} already holds results: pass --resume to continue, or choose another --out")
     atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
     bar = tqdm(total=cfg.tasks, initial=stacked.next_task, unit="task", disable=not progress, dynamic_ncols=True)
     t0 = time.time()

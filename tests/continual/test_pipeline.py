@@ -189,6 +189,26 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_rows(tmp_path, monkeyp
     assert len(full) == 6 and full == resumed
 
 
+def test_a_moved_run_folder_resumes_to_the_uninterrupted_rows(tmp_path, monkeypatch):
+    settings = dict(mitigators=["spectral"], tasks=2)
+    run_experiment(tiny_config(tmp_path / "full", **settings), progress=False)
+    real = runner_mod.make_task
+
+    def dying(ds, nonstationarity, seed, t):
+        if t == 1:  # killed before the second task
+            raise KeyboardInterrupt
+        return real(ds, nonstationarity, seed, t)
+
+    monkeypatch.setattr(runner_mod, "make_task", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(tiny_config(tmp_path / "here", **settings), progress=False)
+    monkeypatch.setattr(runner_mod, "make_task", real)
+    (tmp_path / "here").rename(tmp_path / "there")  # e.g. copied to another machine: only out differs
+    run_experiment(tiny_config(tmp_path / "there", **settings), resume=True, progress=False)
+    assert read_csv(tmp_path / "there" / "results.csv") == read_csv(tmp_path / "full" / "results.csv")
+    assert json.loads((tmp_path / "there" / "config.json").read_text())["out"] == str(tmp_path / "there")
+
+
 def test_run_refuses_to_overwrite_and_to_resume_with_other_settings(tmp_path):
     run_experiment(tiny_config(tmp_path, mitigators=["none"], tasks=1), progress=False)
     with pytest.raises(ValueError, match="already holds results"):
