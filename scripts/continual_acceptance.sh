@@ -5,6 +5,8 @@
 #   bash scripts/continual_acceptance.sh [JOBS] [OUT]        # JOBS parallel processes (default 2), OUT runs/accept
 #   bash scripts/continual_acceptance.sh --report [OUT]      # figures + tables from whatever has finished
 #       (train accuracy, σ1 max and dormant fraction per task; a per-mitigator and a per-seed table)
+#   bash scripts/continual_acceptance.sh --collect [OUT]     # copy every run's rows to results/acceptance/V/NAME.csv
+#   bash scripts/continual_acceptance.sh --report results/acceptance   # the same report from the committed rows
 #
 # Every run is its own folder OUT/{noln,ln}/MITIGATOR-sSEED and is started with --resume, so re-running the script
 # continues killed runs and skips finished ones (and runs another instance is working on). Jobs are ordered by
@@ -28,13 +30,28 @@ if [ "${1:-}" = "--report" ]; then
   figures=${ACCEPT_FIGURES:-docs/figures}
   mkdir -p "$figures"
   for v in noln ln; do
-    dirs=$(for f in "$out/$v"/*/results.csv; do [ -f "$f" ] && dirname "$f"; done)  # started runs only
-    [ -z "$dirs" ] && continue
+    # run folders (V/NAME/results.csv, started runs only) or collected rows (V/NAME.csv)
+    files=$(shopt -s nullglob; for f in "$out/$v"/*/results.csv "$out/$v"/*.csv; do echo "$f"; done)
+    [ -z "$files" ] && continue
     echo "## $v"
-    python -m continual plot $dirs -o "$figures/acceptance-$v.png" --per-seed
+    python -m continual plot $files -o "$figures/acceptance-$v.png" --per-seed
     for m in sigma_max dormant_fraction; do  # the mechanism: largest singular value, dormant units
-      python -m continual plot $dirs -o "$figures/acceptance-$v-$m.png" --metric "$m" > /dev/null
+      python -m continual plot $files -o "$figures/acceptance-$v-$m.png" --metric "$m" > /dev/null
     done
+  done
+  exit 0
+fi
+
+if [ "${1:-}" = "--collect" ]; then
+  out=${2:-runs/accept}
+  dest=${ACCEPT_RESULTS:-results/acceptance}
+  shopt -s nullglob
+  for f in "$out"/*/*/results.csv; do
+    run=$(dirname "$f")
+    target="$dest/$(basename "$(dirname "$run")")/$(basename "$run").csv"
+    mkdir -p "$(dirname "$target")"
+    cp "$f" "$target.tmp" && mv "$target.tmp" "$target"  # never a half-copied file
+    echo "$target: $(($(wc -l < "$target") - 1)) rows"
   done
   exit 0
 fi

@@ -21,7 +21,8 @@ def test_acceptance_script_runs_every_variant_and_reports(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "ACCEPT_EXTRA": f"--tasks 2 --epochs 1 --train-size 48 --batch-size 16 --width 16 "
                            f"--data-dir {tmp_path / 'data'}",
-           "ACCEPT_SEEDS": "0", "ACCEPT_OTHERS": "redo", "ACCEPT_FIGURES": str(tmp_path / "figures")}
+           "ACCEPT_SEEDS": "0", "ACCEPT_OTHERS": "redo", "ACCEPT_FIGURES": str(tmp_path / "figures"),
+           "ACCEPT_RESULTS": str(tmp_path / "results")}
     out = tmp_path / "accept"
     first = run_script("2", str(out), env=env)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -41,3 +42,19 @@ def test_acceptance_script_runs_every_variant_and_reports(tmp_path):
         for suffix in ("", "-sigma_max", "-dormant_fraction"):
             assert (tmp_path / "figures" / f"acceptance-{variant}{suffix}.png").read_bytes()[:4] == b"\x89PNG"
 
+
+    collect = run_script("--collect", str(out), env=env)
+    assert collect.returncode == 0, collect.stderr
+    for variant in ("noln", "ln"):
+        assert {p.name for p in (tmp_path / "results" / variant).iterdir()} == {f"{n}.csv" for n in names}
+        for name in names:
+            assert (tmp_path / "results" / variant / f"{name}.csv").read_text() == \
+                (out / variant / name / "results.csv").read_text()
+    env["ACCEPT_FIGURES"] = str(tmp_path / "figures-from-rows")
+    again = run_script("--report", str(tmp_path / "results"), env=env)  # the report from the collected rows
+    assert again.returncode == 0, again.stderr
+    def tables(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(("|", "##"))]
+
+    assert tables(again.stdout) == tables(report.stdout) and len(tables(report.stdout)) > 10
+    assert (tmp_path / "figures-from-rows" / "acceptance-ln.png").read_bytes()[:4] == b"\x89PNG"
