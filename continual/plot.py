@@ -100,11 +100,13 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     rows = read_rows(run_dirs)
     lines = sorted(curves(rows, metric).items())
     fig, ax = plt.subplots(figsize=(7 + 2.5 * (len(lines) > 3), 4))
-    colors = plt.get_cmap("tab10" if len(lines) <= 10 else "tab20")
+    colors = plt.get_cmap("tab10")  # ten distinct colours; curves 11-20 reuse them dashed
     for i, (name, (tasks, mean, sem, seeds, at_last)) in enumerate(lines):
-        ax.plot(tasks, mean, color=colors(i), lw=2.2 if name.split(" ")[0] in ("none", "spectral") else 1.2,
+        color = colors(i % 10)
+        ax.plot(tasks, mean, color=color, ls="-" if i < 10 else "--",
+                lw=2.2 if name.split(" ")[0] in ("none", "spectral") else 1.2,
                 label=f"{name}, {seed_count(seeds, at_last)} seed{'s' if seeds > 1 else ''}")
-        ax.fill_between(tasks, mean - sem, mean + sem, color=colors(i), alpha=0.2)
+        ax.fill_between(tasks, mean - sem, mean + sem, color=color, alpha=0.2)
     r = rows[0]
     ln = " + LayerNorm" if all(x.get("layernorm") == "1" for x in rows) else ""
     ax.set_title(f"{r['dataset']}, {r['nonstationarity']}, {r['model']}{ln}")
