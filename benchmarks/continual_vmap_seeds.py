@@ -2,9 +2,9 @@
 
 Both run the same mitigator (one of ``VECTORIZABLE``: none, spectral, l2, l2-init, wasserstein) on the same
 settings (diagnostics off, so training dominates) and must produce the same rows; prints wall time, seeds·steps
-per second, the speed-up and the largest row difference. Also times one seed alone (the runner with ``--seeds 0``)
-and prints the issue's ratio: the wall time of the S vectorized seeds over the wall time of one seed (target for
-S = 10: ≤ 4×; S× means no gain over running the seeds one after another).
+per second, the speed-up and the largest row difference. Also times one seed alone (the runner with the first of
+``--seeds``) and prints the issue's ratio: the wall time of the S vectorized seeds over the wall time of one seed
+(target for S = 10: ≤ 4×; S× means no gain over running the seeds one after another).
 
     python benchmarks/continual_vmap_seeds.py [--threads 1] [--seeds 0 1 2 3] [--tasks 2] [--epochs 5]
                                               [--mitigator spectral]

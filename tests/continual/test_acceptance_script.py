@@ -53,6 +53,7 @@ def test_acceptance_script_runs_every_variant_and_reports(tmp_path):
     env["ACCEPT_FIGURES"] = str(tmp_path / "figures-from-rows")
     again = run_script("--report", str(tmp_path / "results"), env=env)  # the report from the collected rows
     assert again.returncode == 0, again.stderr
+
     def tables(text: str) -> list[str]:
         return [line for line in text.splitlines() if line.startswith(("|", "##"))]
 

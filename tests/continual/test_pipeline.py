@@ -266,8 +266,6 @@ def test_plot_table_says_how_many_seeds_reached_the_last_task():
 
 
 def test_plot_legend_counts_seeds_like_the_table(tmp_path, monkeypatch):
-    import csv
-
     import matplotlib.figure
 
     from continual.plot import plot
