@@ -12,9 +12,29 @@ is the decoupled form, like AdamW's weight decay. The directions per role are
 
 * matrix :math:`W` (conv kernels reshaped to out × in·kh·kw), with warm-started power iteration
   :math:`v \leftarrow W^\top u/\lVert W^\top u\rVert,\; s = W v,\; \hat\sigma = \lVert s\rVert,\; u \leftarrow s/\hat\sigma`:
-  :math:`d = 2k\,\hat\sigma^{k-1}(\hat\sigma^k - 1)\,u v^\top` (a rank-one update, never materialised);
+  :math:`d = c(\hat\sigma)\,u v^\top` with :math:`c(\sigma) = 2k\,\sigma^{k-1}(\sigma^k - 1)` (rank one, never
+  materialised); role ``qkv`` does the same for each of the three row blocks (q, k, v) of a fused projection;
 * bias :math:`b`: :math:`d = 2k\,\lVert b\rVert^{2k-2}\, b`, the gradient of :math:`\lVert b\rVert^{2k}`;
 * scale :math:`\gamma`: :math:`d = 2(\gamma - 1)`, the gradient of :math:`\sum_i(\gamma_i - 1)^2`.
+
+**The step never overshoots its target.** A gradient step on R moves σ1 by :math:`\eta\lambda c(\sigma)`, which
+grows like :math:`\sigma^{2k-1}`: at lr 1e-3, λ = 1, k = 2 it exceeds σ − 1 once σ ≳ 22, lands beyond 1 at a larger
+|σ| and diverges (σ = 25 reached 1e26 in four steps). So each tensor's step is the gradient step *truncated at the
+target*:
+
+.. math::
+    \alpha &= \operatorname{clamp}\big(\eta\lambda\,c(\hat\sigma),\ \min(0, \hat\sigma - 1),\ \max(0, \hat\sigma - 1)\big),
+        \qquad W \leftarrow W - \alpha\, u v^\top\\
+    b &\leftarrow b - \min\big(1,\ \eta\lambda\,2k\lVert b\rVert^{2k-2}\big)\, b,\qquad
+    \gamma \leftarrow \gamma - \min\big(1,\ 2\eta\lambda\big)\,(\gamma - 1)
+
+Where the gradient step does not cross the target (every step of ordinary training) this *is* the gradient step,
+so ``Spectral(SGD)`` stays exactly SGD on J + λR there; where it would cross, the tensor lands on the target. Why
+the matrix bound holds for the true σ1, not just the estimate: with :math:`u = Wv/\hat\sigma`,
+:math:`W - \alpha u v^\top = W(I - \tfrac{\alpha}{\hat\sigma} v v^\top)`. Shrinking (:math:`0 \le \alpha \le \hat\sigma - 1`),
+the right factor has norm ≤ 1, so σ1 never grows, and :math:`\lVert W' v\rVert = \hat\sigma - \alpha \ge 1`; growing,
+the inverse factor has norm ≤ 1, so σ1 never shrinks, and it reaches at most 1 once the power iteration has
+converged (up to its error otherwise). A bias norm stays in [0, ‖b‖], a scale between γ and 1.
 
 :math:`\hat\sigma = \lVert W v\rVert \le \sigma_1(W)` for any unit :math:`v`, so the estimate never exceeds the true
 spectral norm. Vectors are float32 whatever the parameter's dtype and are stored as ``spectral_u``,
@@ -22,9 +42,11 @@ spectral norm. Vectors are float32 whatever the parameter's dtype and are stored
 
 Non-finite values never poison the state: when an iteration produces a non-finite or zero norm (NaN/Inf weights, a
 zero matrix) the previous vectors are kept and that tensor's spectral step is skipped for this step. Everything is
-decided with tensor ops (``torch.where``), so the step makes no host-device synchronisation. On CPU, where reading
-a tensor costs no synchronisation, the common all-finite case is detected with one ``.all()`` and the per-matrix
-coefficients are read with one ``.tolist()``, which saves a few dozen small dispatches per step.
+decided with tensor ops (``torch.where``), so the step makes no host-device synchronisation and compiles with
+``torch.compile(fullgraph=True)``. In eager mode on CPU, where reading a tensor costs no synchronisation, the common
+all-finite case is detected with one ``.all()`` and the per-matrix step sizes are read with one ``.tolist()``,
+which saves a few dozen small dispatches per step. Parameters that are DTensors (FSDP2, tensor parallel) are handled
+by :mod:`specopt.distributed` with all-reduces of vectors, never a gather of W.
 """
 
 from __future__ import annotations
@@ -38,28 +60,34 @@ from torch import Tensor
 from .roles import group_roles
 
 _TINY = 1e-30
-INIT_SEED = 0
+SPECTRAL_KEYS = ("spectral_strength", "k", "power_iterations", "init_iterations")
+SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma")
+BLOCKS = {"matrix": 1, "qkv": 3}
+"""Row blocks of each matrix-like role: ``qkv`` is three stacked projections, each its own matrix."""
 
 
 @dataclass
 class Pending:
-    """Directions computed before the base step, to apply after it (batched per group and role)."""
+    """What :func:`prepare` computed before the base step, for :func:`apply` after it."""
 
-    matrices: list[tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, Tensor, float, dict]] = field(
+    matrices: list[tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, float, float, dict]] = field(
         default_factory=list
-    )  # (params, us, vs, coefficients (n,), sigmas (n,), strength, group)
-    vectors: list[tuple[list[Tensor], list[Tensor], float, dict]] = field(default_factory=list)
-    # (params, directions, strength, group)
+    )  # plain local matrices, batched: (params, us, vs, σ̂ (n,), strength, k, group)
+    blocked: list[tuple[Tensor, Tensor, Tensor, Tensor, float, float, dict]] = field(default_factory=list)
+    # one qkv or sharded matrix each: (param, u (b, m), v (b, n), σ̂ (b,), strength, k, group)
+    vectors: list[tuple[list[Tensor], list[Tensor], Tensor, str, float, dict]] = field(default_factory=list)
+    # (params, x_t (b_t, or γ_t − 1), coefficients (n,) of d = c·x_t, role, strength, group)
 
 
-def check_hyperparameters(strength: Any, k: Any, power_iterations: Any) -> None:
+def check_hyperparameters(strength: Any, k: Any, power_iterations: Any, init_iterations: Any = 1) -> None:
     """One-line ``ValueError`` for an invalid strength, k or number of power iterations."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength >= 0.0 or strength == float("inf"):
         raise ValueError(f"spectral strength must be a finite number >= 0, got {strength!r}")
     if isinstance(k, bool) or not isinstance(k, (int, float)) or not 1 <= k < float("inf"):
         raise ValueError(f"k must be a number >= 1 (the paper uses 1, 2, 4 or 8), got {k!r}")
-    if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 1:
-        raise ValueError(f"power_iterations must be an integer >= 1, got {power_iterations!r}")
+    for name, n in (("power_iterations", power_iterations), ("init_iterations", init_iterations)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
 
 
 def as_matrix(param: Tensor) -> Tensor:
@@ -68,47 +96,106 @@ def as_matrix(param: Tensor) -> Tensor:
     return w if w.dtype == torch.float32 else w.float()
 
 
+def as_blocks(param: Tensor, blocks: int) -> Tensor:
+    """``param`` viewed as ``blocks`` stacked matrices, (blocks, out/blocks, in), float32."""
+    w = param.reshape(blocks, param.shape[0] // blocks, -1)
+    return w if w.dtype == torch.float32 else w.float()
+
+
+def _hash_uniform(n: int, salt: int, device: torch.device) -> Tensor:
+    """n deterministic values in [-0.5, 0.5): an integer hash of 0..n−1 (exact on every device; no generator)."""
+    h = torch.arange(n, dtype=torch.int64, device=device) + salt
+    for _ in range(3):  # h < 2³²+n and the multiplier < 2²⁷: every product fits in int64
+        h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return (h ^ (h >> 16)).to(torch.float32) / 2.0**32 - 0.5
+
+
 def initial_vectors(rows: int, cols: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Deterministic unit starting vectors (independent of the global RNG, so seeding stays the user's)."""
-    gen = torch.Generator().manual_seed(INIT_SEED)
-    u = torch.randn(rows, generator=gen, dtype=torch.float32)
-    v = torch.randn(cols, generator=gen, dtype=torch.float32)
-    return (u / u.norm().clamp_min(_TINY)).to(device), (v / v.norm().clamp_min(_TINY)).to(device)
+    """Deterministic unit starting vectors of a rows × cols matrix.
+
+    They depend on the shape only — not on the global RNG (seeding stays the user's), not on the device — and are
+    made with tensor ops, so a compiled step can create them.
+    """
+    u, v = _hash_uniform(rows, 0, device), _hash_uniform(cols, 0x9E3779B9, device)
+    return u / u.norm().clamp_min(_TINY), v / v.norm().clamp_min(_TINY)
 
 
-def _safe_normalize(x: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(x/‖x‖, ‖x‖, ok) where a zero or non-finite norm keeps ``previous``."""
-    norm = torch.linalg.vector_norm(x)
+def _normalize(x: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(x/‖x‖, ‖x‖, ok) over the last dim; where a norm is zero or non-finite, ``previous`` is kept."""
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     ok = torch.isfinite(norm) & (norm > _TINY)
-    return torch.where(ok, x / norm.clamp_min(_TINY), previous), norm, ok
+    return torch.where(ok, x / norm.clamp_min(_TINY), previous), norm.squeeze(-1), ok.squeeze(-1)
 
 
 def power_iteration(w: Tensor, u: Tensor, v: Tensor, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``iterations`` warm-started power iterations on the matrix ``w`` (out × in, float32).
+    r"""``iterations`` warm-started power iterations on ``w`` (float32), batched over leading dimensions.
 
-    Returns ``(u, v, σ̂, ok)``: unit vectors with :math:`W v = \hat\sigma u`, the estimate
-    :math:`\hat\sigma = \lVert W v\rVert \le \sigma_1(W)`, and whether every iteration was finite and non-zero
-    (when not, the previous vectors are returned unchanged and ``σ̂`` is 0).
+    Shapes: ``w`` (..., m, n), ``u`` (..., m), ``v`` (..., n) — a plain matrix, or a stack of matrices such as the
+    q/k/v blocks of a fused projection or one layer of several seeds. Returns ``(u, v, σ̂, ok)``: unit vectors with
+    :math:`W v = \hat\sigma u`, the estimate :math:`\hat\sigma = \lVert W v\rVert \le \sigma_1(W)` (shape ``...``),
+    and whether every iteration was finite and non-zero (where not, the previous vectors are returned unchanged and
+    ``σ̂`` is 0).
     """
-    ok_all = torch.ones((), dtype=torch.bool, device=w.device)
-    sigma = torch.zeros((), dtype=torch.float32, device=w.device)
+    ok_all = torch.ones(w.shape[:-2], dtype=torch.bool, device=w.device)
+    sigma = torch.zeros(w.shape[:-2], dtype=torch.float32, device=w.device)
     for _ in range(iterations):
-        v_new, _, ok_v = _safe_normalize(torch.mv(w.t(), u), v)
-        s = torch.mv(w, v_new)
-        u_new, sigma, ok_u = _safe_normalize(s, u)
-        ok = ok_v & ok_u
-        u = torch.where(ok, u_new, u)
-        v = torch.where(ok, v_new, v)
-        ok_all = ok_all & ok
+        v_new, _, ok_v = _normalize((u.unsqueeze(-2) @ w).squeeze(-2), v)
+        u_new, sigma, ok_u = _normalize((w @ v_new.unsqueeze(-1)).squeeze(-1), u)
+        ok = (ok_v & ok_u).unsqueeze(-1)
+        u, v = torch.where(ok, u_new, u), torch.where(ok, v_new, v)
+        ok_all = ok_all & ok.squeeze(-1)
     return u, v, torch.where(ok_all, sigma, torch.zeros_like(sigma)), ok_all
 
 
+def power_iteration_foreach(
+    ws: list[Tensor], us: list[Tensor], vs: list[Tensor], iterations: int
+) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
+    """:func:`power_iteration` on a list of matrices of any shapes at once (foreach ops; two ``mv`` per matrix and
+    iteration). Returns ``(us, vs, σ̂ (n,), ok (n,))``.
+
+    A non-finite or zero norm in any iteration propagates to the last one, so checking the final norms is enough to
+    decide which tensors keep their previous vectors.
+    """
+    us_new, vs_new = us, vs
+    for _ in range(iterations):
+        ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
+        nvs = torch._foreach_norm(ts)
+        vs_new = torch._foreach_div(ts, nvs)  # a zero norm gives inf/NaN here, caught by ``ok`` below
+        ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
+        sigmas = torch._foreach_norm(ss)
+        us_new = torch._foreach_div(ss, sigmas)
+    sigma, nv = torch.stack(sigmas), torch.stack(nvs)
+    prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
+    ok = (prod > _TINY) & (prod < float("inf"))
+    if _eager_cpu(ws[0]) and bool(ok.all()):  # the common case; on CPU the check costs no device sync
+        return list(us_new), list(vs_new), sigma, ok
+    oks = ok.unbind()
+    us_out = [torch.where(o, a, b) for o, a, b in zip(oks, us_new, us)]
+    vs_out = [torch.where(o, a, b) for o, a, b in zip(oks, vs_new, vs)]
+    return us_out, vs_out, torch.where(ok, sigma, 0.0), ok
+
+
+def _eager_cpu(t: Tensor) -> bool:
+    """Whether reading ``t`` on the host is free: a CPU tensor outside a compiled region."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def matrix_coefficient(sigma: Tensor, k: float) -> Tensor:
-    r""":math:`\partial R/\partial\sigma = 2k\,\sigma^{k-1}(\sigma^k - 1)` for :math:`R = (\sigma^k - 1)^2`."""
+    r""":math:`c(\sigma) = \partial R/\partial\sigma = 2k\,\sigma^{k-1}(\sigma^k - 1)` for :math:`R = (\sigma^k - 1)^2`."""
     if k == 1:
         return 2.0 * (sigma - 1.0)
     pk1 = sigma.pow(k - 1)
     return (2.0 * k) * pk1 * (pk1 * sigma - 1.0)
+
+
+def matrix_step(sigma: Tensor, k: float, lr_strength: Any) -> Tensor:
+    r"""How far σ1 moves toward 1: :math:`\alpha = \operatorname{clamp}(\eta\lambda c(\hat\sigma))` between 0 and
+    :math:`\hat\sigma - 1` (so :math:`W \leftarrow W - \alpha u v^\top` never crosses 1). ``lr_strength`` is ηλ, a
+    number or a tensor; σ̂ = 0 (a failed power iteration) gives 0."""
+    gradient_step = torch.nan_to_num(lr_strength * matrix_coefficient(sigma, k), nan=0.0)  # ±inf: clamped next
+    gap = sigma - 1.0
+    alpha = torch.minimum(torch.maximum(gradient_step, gap.clamp(max=0.0)), gap.clamp(min=0.0))
+    return torch.where(sigma > 0, alpha, torch.zeros_like(alpha))
 
 
 def bias_direction(b: Tensor, k: float) -> Tensor:
@@ -122,107 +209,99 @@ def scale_direction(gamma: Tensor) -> Tensor:
     return 2.0 * (gamma.detach().float() - 1.0)
 
 
-def group_settings(group: dict, defaults: dict) -> tuple[float, float, int]:
-    """(strength, k, power_iterations) of a group, validated."""
-    strength = group.get("spectral_strength", defaults["spectral_strength"])
-    k = group.get("k", defaults["k"])
-    iterations = group.get("power_iterations", defaults["power_iterations"])
-    check_hyperparameters(strength, k, iterations)
-    return strength, k, iterations
+def vector_fraction(coefficient: Tensor, lr_strength: Any) -> Tensor:
+    r"""The fraction of the way to the target a bias (toward 0) or scale (toward 1) moves:
+    :math:`\min(1, \eta\lambda c)` with :math:`d = c\,x` (:math:`c = 2k\lVert b\rVert^{2k-2}`, or 2 for a scale)."""
+    return torch.nan_to_num(lr_strength * coefficient, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
 
 
-def power_iteration_foreach(
-    ws: list[Tensor], us: list[Tensor], vs: list[Tensor], iterations: int
-) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
-    """:func:`power_iteration` on a list of matrices at once (foreach ops; two ``mv`` per matrix and iteration).
-
-    Returns ``(us, vs, σ̂ (n,), ok (n,))``. A non-finite or zero norm in any iteration propagates to the last
-    one, so checking the final norms is enough to decide which tensors keep their previous vectors.
-    """
-    us_new, vs_new = us, vs
-    for _ in range(iterations):
-        ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
-        nvs = torch._foreach_norm(ts)
-        vs_new = torch._foreach_div(ts, nvs)  # a zero norm gives inf/NaN here, caught by ``ok`` below
-        ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
-        sigmas = torch._foreach_norm(ss)
-        us_new = torch._foreach_div(ss, sigmas)
-    sigma, nv = torch.stack(sigmas), torch.stack(nvs)
-    prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
-    ok = (prod > _TINY) & (prod < float("inf"))
-    if ws[0].device.type == "cpu" and bool(ok.all()):  # the common case; on CPU the check costs no device sync
-        return list(us_new), list(vs_new), sigma, ok
-    oks = ok.unbind()
-    us_out = [torch.where(o, a, b) for o, a, b in zip(oks, us_new, us)]
-    vs_out = [torch.where(o, a, b) for o, a, b in zip(oks, vs_new, vs)]
-    return us_out, vs_out, torch.where(ok, sigma, 0.0), ok
+def group_settings(group: dict, defaults: dict) -> tuple[float, float, int, int]:
+    """(strength, k, power_iterations, init_iterations) of a group, validated."""
+    strength, k, iterations, init = (group.get(key, defaults[key]) for key in SPECTRAL_KEYS)
+    check_hyperparameters(strength, k, iterations, init)
+    return strength, k, iterations, init
 
 
-def _matrix_batch(ps: list[Tensor], state: dict, k: float, iterations: int, init_iterations: int):
-    """Power-iterate every matrix in ``ps`` (fresh ones from the deterministic start with more iterations)."""
+def _warm_or_initial(state: dict, p: Tensor, shape: tuple[int, int], blocks: int = 1):
+    """(u, v, warm) from ``state`` (reshaped to (blocks, ·) when blocked), else the deterministic start."""
+    st = state.get(p) or {}
+    if "spectral_u" in st:
+        return st["spectral_u"], st["spectral_v"], True
+    u, v = initial_vectors(shape[0], shape[1], p.device)
+    if blocks > 1:
+        u, v = u.expand(blocks, -1), v.expand(blocks, -1)
+    return u, v, False
+
+
+def _matrix_batch(ps: list[Tensor], state: dict, iterations: int, init_iterations: int):
+    """(us, vs, σ̂ (n,)) of every plain matrix in ``ps`` (fresh ones from the deterministic start, more iterations)."""
     ws = [as_matrix(p) for p in ps]
-    warm = [i for i, p in enumerate(ps) if "spectral_u" in (state.get(p) or {})]
-    warm_set = set(warm)
-    fresh = [i for i in range(len(ps)) if i not in warm_set]
+    start = [_warm_or_initial(state, p, w.shape) for p, w in zip(ps, ws)]
+    warm = [i for i, s in enumerate(start) if s[2]]
+    fresh = [i for i, s in enumerate(start) if not s[2]]
+    if not fresh or not warm:
+        n = iterations if warm else max(iterations, init_iterations)
+        return power_iteration_foreach(ws, [s[0] for s in start], [s[1] for s in start], n)[:3]
     us: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
     vs: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
-    sig, okv = None, None
+    sig: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
     for idx, n in ((warm, iterations), (fresh, max(iterations, init_iterations))):
-        if not idx:
-            continue
-        if idx is warm:
-            u0 = [state[ps[i]]["spectral_u"] for i in idx]
-            v0 = [state[ps[i]]["spectral_v"] for i in idx]
-        else:
-            u0, v0 = map(list, zip(*(initial_vectors(*ws[i].shape, ws[i].device) for i in idx)))
-        u1, v1, s1, ok1 = power_iteration_foreach([ws[i] for i in idx], u0, v0, n)
-        if len(idx) == len(ps):
-            us, vs, sig, okv = u1, v1, s1, ok1
-        else:
-            if sig is None:
-                sig = torch.zeros(len(ps), device=ws[0].device)
-                okv = torch.zeros(len(ps), dtype=torch.bool, device=ws[0].device)
-            where = torch.tensor(idx, device=sig.device)
-            sig, okv = sig.index_copy(0, where, s1), okv.index_copy(0, where, ok1)
-            for j, i in enumerate(idx):
-                us[i], vs[i] = u1[j], v1[j]
-    coef = torch.nan_to_num(matrix_coefficient(sig, k), nan=0.0, posinf=0.0, neginf=0.0) * okv
-    return us, vs, coef, sig
+        u1, v1, s1, _ = power_iteration_foreach([ws[i] for i in idx], [start[i][0] for i in idx],
+                                                [start[i][1] for i in idx], n)
+        for j, i in enumerate(idx):
+            us[i], vs[i], sig[i] = u1[j], v1[j], s1[j]
+    return us, vs, torch.stack(sig)
 
 
-def _vector_batch(ps: list[Tensor], role: str, k: float) -> list[Tensor]:
-    """∇R for a list of biases (‖b‖^{2k}) or scales (Σ(γ−1)²), float32, via foreach ops."""
-    xs = ps if ps[0].dtype == torch.float32 else [p.float() for p in ps]
+def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iterations: int):
+    """(u (b, m), v (b, n), σ̂ (b,)) of a ``blocks``-row-block matrix such as a fused qkv projection."""
+    w = as_blocks(p, blocks)
+    u, v, warm = _warm_or_initial(state, p, w.shape[1:], blocks)
+    if warm:
+        u, v = u.reshape(blocks, -1), v.reshape(blocks, -1)
+    u, v, sigma, _ = power_iteration(w, u, v, iterations if warm else max(iterations, init_iterations))
+    return u, v, sigma
+
+
+def _vector_batch(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], Tensor]:
+    """(x_t, c) for a list of biases (x = b, c = 2k‖b‖^{2k−2}) or scales (x = γ − 1, c = 2), float32 copies."""
+    xs = [p.float() for p in ps] if ps[0].dtype != torch.float32 else ps
     if role == "scale":
-        return list(torch._foreach_mul(torch._foreach_sub(xs, 1.0), 2.0))
+        return list(torch._foreach_sub(xs, 1.0)), torch.full((len(ps),), 2.0, device=ps[0].device)
+    xs = list(torch._foreach_mul(xs, 1.0)) if xs is ps else xs  # a copy: the base step changes p before apply
     if k == 1:
-        return list(torch._foreach_mul(xs, 2.0))
-    norms = torch.stack(torch._foreach_norm(xs))
-    coef = torch.nan_to_num(norms.pow(2 * k - 2).mul_(2.0 * k), nan=0.0, posinf=0.0, neginf=0.0)
-    return list(torch._foreach_mul(xs, list(coef.unbind())))
+        return xs, torch.full((len(ps),), 2.0, device=ps[0].device)
+    return xs, torch.stack(torch._foreach_norm(xs)).pow(2 * k - 2).mul_(2.0 * k)
+
+
+def _by_device_and_dtype(ps: list[Tensor]) -> list[list[Tensor]]:
+    """Foreach ops need one device and dtype per batch."""
+    keyed: dict[tuple, list[Tensor]] = {}
+    for p in ps:
+        keyed.setdefault((p.device, p.dtype), []).append(p)
+    return list(keyed.values())
+
+
+def _is_dtensor(p: Tensor) -> bool:
+    return type(p).__name__ == "DTensor"
 
 
 @torch.no_grad()
-def prepare(
-    param_groups: list[dict],
-    state: dict,
-    defaults: dict,
-    only_with_grad: bool = True,
-    init_iterations: int = 16,
-) -> Pending:
+def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_grad: bool = True) -> Pending:
     """Compute ∇R at the current (pre-step) weights of every regularized tensor; see the module docstring.
 
     ``only_with_grad`` skips tensors without a gradient (known before the step when there is no closure); with a
     closure every tensor is prepared and :func:`apply` drops those that end up without one.
     """
     pending = Pending()
+    sharded: list[tuple[Tensor, str, float, float, int, int, dict]] = []
     for group in param_groups:
-        strength, k, iterations = group_settings(group, defaults)
+        strength, k, iterations, init_iterations = group_settings(group, defaults)
         if strength == 0.0:
             continue
-        by_role: dict[str, list[Tensor]] = {"matrix": [], "bias": [], "scale": [], "none": []}
-        for p, concrete in zip(group["params"], group_roles(group, defaults.get("role", "auto"))):
-            if concrete == "none" or p.numel() == 0:
+        by_role: dict[str, list[Tensor]] = {"matrix": [], "qkv": [], "bias": [], "scale": []}
+        for p, role in zip(group["params"], group_roles(group, defaults.get("role", "auto"))):
+            if role == "none" or p.numel() == 0:
                 continue
             grad = p.grad
             if grad is None:
@@ -233,28 +312,30 @@ def prepare(
                     "spectral regularization does not support sparse gradients; give this parameter role 'none' "
                     "(specopt.param_groups(model, roles={'<name>': 'none'})) or use dense gradients"
                 )
-            by_role[concrete].append(p)
-        for concrete in ("matrix", "bias", "scale"):
-            ps = by_role[concrete]
-            if not ps:
-                continue
-            batches = [ps]  # foreach ops need one device and dtype per batch
-            if any(p.device != ps[0].device or p.dtype != ps[0].dtype for p in ps):
-                keyed: dict[tuple, list[Tensor]] = {}
-                for p in ps:
-                    keyed.setdefault((p.device, p.dtype), []).append(p)
-                batches = list(keyed.values())
-            for batch in batches:
-                if concrete == "matrix":
-                    us, vs, coef, sig = _matrix_batch(batch, state, k, iterations, init_iterations)
-                    pending.matrices.append((batch, us, vs, coef, sig, strength, group))
-                else:
-                    pending.vectors.append((batch, _vector_batch(batch, concrete, k), strength, group))
+            if _is_dtensor(p):
+                sharded.append((p, role, strength, k, iterations, init_iterations, group))
+            else:
+                by_role[role].append(p)
+        for batch in _by_device_and_dtype(by_role["matrix"]):
+            us, vs, sig = _matrix_batch(batch, state, iterations, init_iterations)
+            pending.matrices.append((batch, us, vs, sig, strength, k, group))
+        for p in by_role["qkv"]:
+            u, v, sig = _blocked(p, 3, state, iterations, init_iterations)
+            pending.blocked.append((p, u, v, sig, strength, k, group))
+        for role in ("bias", "scale"):
+            for batch in _by_device_and_dtype(by_role[role]):
+                xs, coef = _vector_batch(batch, role, k)
+                pending.vectors.append((batch, xs, coef, role, strength, group))
+    if sharded:
+        from .distributed import prepare_sharded
+
+        prepare_sharded(sharded, state, pending)
     return pending
 
 
-def _step_scale(lr: Any, strength: float, found_inf: Tensor | None) -> Any:
-    scale = -lr * strength
+def _lr_strength(lr: Any, strength: float, found_inf: Tensor | None) -> Any:
+    """ηλ, zero where ``found_inf`` (set by ``torch.amp.GradScaler`` on optimizers that unscale themselves)."""
+    scale = lr * strength
     if found_inf is not None:
         scale = scale * (1.0 - found_inf.float())
     return scale
@@ -262,54 +343,55 @@ def _step_scale(lr: Any, strength: float, found_inf: Tensor | None) -> Any:
 
 @torch.no_grad()
 def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> None:
-    """θ ← θ − lr·λ·d for every prepared tensor that has a gradient; store the power-iteration state.
-
-    ``found_inf`` (set by ``torch.amp.GradScaler`` on optimizers that unscale themselves) zeroes the step.
-    """
-    for ps, us, vs, coef, sig, strength, group in pending.matrices:
-        scale = _step_scale(group["lr"], strength, found_inf)
-        if coef.device.type == "cpu" and not isinstance(scale, Tensor):
-            # CPU: read the coefficients once (no device to synchronise) and fold them into addr_'s alpha
-            scaled_vs, alphas = vs, (coef * scale).tolist()
+    """The truncated step θ ← θ − α·(direction) for every prepared tensor that has a gradient; store the
+    power-iteration state. ``found_inf`` zeroes the step."""
+    for ps, us, vs, sig, strength, k, group in pending.matrices:
+        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
+        if _eager_cpu(alpha):  # read the step sizes once and fold them into addr_'s alpha
+            scaled_vs, alphas = vs, [-a for a in alpha.tolist()]
         else:
-            scaled_vs, alphas = torch._foreach_mul(vs, list((coef * scale).unbind())), [1.0] * len(ps)
-        for p, u, v, sv, alpha, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
+            scaled_vs, alphas = torch._foreach_mul(vs, list((-alpha).unbind())), [1.0] * len(ps)
+        for p, u, v, sv, a, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
             if p.grad is None:
                 continue
             st = state[p]
             st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, s
             if p.dtype == torch.float32 and p.is_contiguous():  # under no_grad: in place on the leaf
-                p.view(p.shape[0], -1).addr_(u, sv, alpha=alpha)
+                p.view(p.shape[0], -1).addr_(u, sv, alpha=a)
             else:
-                p.add_(torch.outer(u, sv * alpha).reshape(p.shape).to(p.dtype))
-    for ps, ds, strength, group in pending.vectors:
-        keep = [i for i, p in enumerate(ps) if p.grad is not None]
-        if len(keep) < len(ps):
-            ps, ds = [ps[i] for i in keep], [ds[i] for i in keep]
-        if not ps:
+                p.add_(torch.outer(u, sv * a).reshape(p.shape).to(p.dtype))
+    for p, u, v, sig, strength, k, group in pending.blocked:
+        if p.grad is None:
             continue
-        scale = _step_scale(group["lr"], strength, found_inf)
-        if ps[0].dtype == torch.float32:
-            if isinstance(scale, Tensor):
-                torch._foreach_add_(ps, torch._foreach_mul(ds, scale))
-            else:
-                torch._foreach_add_(ps, ds, alpha=scale)
-        else:
-            for p, d in zip(ps, ds):
-                p.add_((d * scale).to(p.dtype))
+        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
+        if _is_dtensor(p):
+            from .distributed import apply_sharded
+
+            apply_sharded(p, u, v, sig, alpha, state)
+            continue
+        state[p].update(spectral_u=u.reshape(-1), spectral_v=v, spectral_sigma=sig)
+        update = (u * -alpha.unsqueeze(-1)).unsqueeze(-1) * v.unsqueeze(-2)  # (b, m, n)
+        p.add_(update.reshape(p.shape).to(p.dtype))
+    for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
+        fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
+        steps = [-f for f in fraction.tolist()] if _eager_cpu(fraction) else list((-fraction).unbind())
+        keep = [i for i, p in enumerate(ps) if p.grad is not None]
+        if not keep:
+            continue
+        targets = [ps[i].to_local() if _is_dtensor(ps[i]) else ps[i] for i in keep]
+        updates = torch._foreach_mul([xs[i] for i in keep], [steps[i] for i in keep])
+        if targets[0].dtype != torch.float32:
+            updates = [d.to(t.dtype) for d, t in zip(updates, targets)]
+        torch._foreach_add_(targets, updates)
 
 
 def fill_group_defaults(group: dict, defaults: dict) -> None:
-    """Give ``group`` the spectral keys it lacks (``spectral_strength``, ``k``, ``power_iterations``, and ``role``
-    unless it has per-parameter ``roles``), and validate them."""
-    keys = ("spectral_strength", "k", "power_iterations") + (() if "roles" in group else ("role",))
-    for key in keys:
+    """Give ``group`` the spectral keys it lacks (:data:`SPECTRAL_KEYS`, and ``role`` unless it has per-parameter
+    ``roles``), and validate them."""
+    for key in SPECTRAL_KEYS + (() if "roles" in group else ("role",)):
         group.setdefault(key, defaults[key])
     group_settings(group, defaults)
     group_roles(group)
-
-
-SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma")
 
 
 def split_spectral_state(state_dict: dict) -> tuple[dict, dict[Any, dict[str, Tensor]]]:

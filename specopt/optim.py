@@ -12,13 +12,13 @@ with η the group's learning rate and λ its ``spectral_strength``. See :mod:`sp
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Adam, Optimizer
+from torch.optim.adam import adam
 
 from . import functional as F
 
@@ -30,9 +30,54 @@ DEFAULT_INIT_ITERATIONS = 16
 """Power iterations on a tensor's first step (later steps use ``power_iterations``, warm-started)."""
 
 
-def _spectral_defaults(strength: float, k: float, power_iterations: int) -> dict[str, Any]:
-    F.check_hyperparameters(strength, k, power_iterations)
-    return {"role": "auto", "spectral_strength": strength, "k": k, "power_iterations": power_iterations}
+def _spectral_defaults(strength: float, k: float, power_iterations: int, init_iterations: int) -> dict[str, Any]:
+    F.check_hyperparameters(strength, k, power_iterations, init_iterations)
+    return {"role": "auto", "spectral_strength": strength, "k": k, "power_iterations": power_iterations,
+            "init_iterations": init_iterations}
+
+
+class _SpectralStep:
+    """The decoupled spectral step attached to an optimizer through torch.optim's public hooks.
+
+    A step pre-hook computes ∇R at the pre-step weights (:func:`specopt.functional.prepare`), a step post-hook
+    applies it after the base update (:func:`specopt.functional.apply`); a ``load_state_dict`` pre/post-hook pair
+    keeps the power-iteration vectors float32 (``Optimizer.load_state_dict`` casts state to the parameter dtype).
+    Hooks registered first run first, so user pre-hooks run after ``prepare`` and user post-hooks see the final
+    weights.
+    """
+
+    def __init__(self, optimizer: Optimizer, defaults: dict[str, Any], step_hooks: bool = True) -> None:
+        self.defaults = defaults
+        self.pending: F.Pending | None = None
+        self.loading: tuple[list[dict], dict] | None = None
+        if step_hooks:  # SpectralAdam takes the step in its own step(); Spectral(optimizer) through these hooks
+            optimizer.register_step_pre_hook(self.prepare)
+            optimizer.register_step_post_hook(self.apply)
+        optimizer.register_load_state_dict_pre_hook(self.split)
+        optimizer.register_load_state_dict_post_hook(self.restore)
+        optimizer._specopt = self  # marks the optimizer as taking the spectral step
+
+    def prepare(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        closure = args[0] if args else kwargs.get("closure")
+        self.pending = F.prepare(optimizer.param_groups, optimizer.state, self.defaults, closure is None)
+
+    def apply(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            F.apply(pending, optimizer.state, getattr(optimizer, "found_inf", None))
+
+    def split(self, optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+        rest, spectral = F.split_spectral_state(state_dict)
+        self.loading = (state_dict["param_groups"], spectral)
+        return rest
+
+    def restore(self, optimizer: Optimizer) -> None:
+        if self.loading is not None:
+            saved_groups, spectral = self.loading
+            self.loading = None
+            F.restore_spectral_state(saved_groups, optimizer.param_groups, optimizer.state, spectral)
+        for group in optimizer.param_groups:
+            F.fill_group_defaults(group, self.defaults)
 
 
 class SpectralAdam(Adam):
@@ -43,17 +88,20 @@ class SpectralAdam(Adam):
         \theta_{t+1} &= \theta_t - \eta\,\hat m_t/(\sqrt{\hat v_t}+\epsilon) - \eta\,\lambda\,\nabla R(\theta_t)
 
     The Adam part *is* ``torch.optim.Adam`` (with ``decoupled_weight_decay=True`` by default, i.e. AdamW's weight
-    decay when ``weight_decay > 0``); with ``spectral_strength=0`` the two are identical.
+    decay when ``weight_decay > 0``); with ``spectral_strength=0`` the two are identical. The spectral step is the
+    gradient step on R truncated at its target, so it never overshoots (σ1 ends between its previous value and 1,
+    a bias norm between its previous value and 0, a scale between its previous value and 1), whatever the
+    learning rate, strength or σ1 — see :mod:`specopt.functional`.
 
     Args:
-        params: parameters or groups; :func:`specopt.param_groups` tags roles (matrix/bias/scale/none). A group
+        params: parameters or groups; :func:`specopt.param_groups` tags roles (matrix/qkv/bias/scale/none). A group
             without a ``role`` uses ``"auto"``: tensors with ≥ 2 dims are matrices, others are not regularized.
         spectral_strength: λ, decoupled and multiplied by the group's lr (default :data:`DEFAULT_STRENGTH`).
         k: exponent of the regularizer (the paper uses 2).
         power_iterations: power iterations per step, warm-started from the previous step's vectors.
         init_iterations: iterations on a tensor's first step.
-        Other arguments are ``torch.optim.Adam``'s. Per-group keys ``role``, ``spectral_strength``, ``k`` and
-        ``power_iterations`` override the defaults.
+        Other arguments are ``torch.optim.Adam``'s. Per-group keys ``role``, ``spectral_strength``, ``k``,
+        ``power_iterations`` and ``init_iterations`` override the defaults.
     """
 
     def __init__(
@@ -76,8 +124,7 @@ class SpectralAdam(Adam):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        spectral = _spectral_defaults(spectral_strength, k, power_iterations)
-        self._init_iterations = init_iterations
+        spectral = _spectral_defaults(spectral_strength, k, power_iterations, init_iterations)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
@@ -86,6 +133,7 @@ class SpectralAdam(Adam):
         self.defaults.update(spectral)
         for group in self.param_groups:
             F.fill_group_defaults(group, self.defaults)
+        _SpectralStep(self, self.defaults, step_hooks=False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -93,26 +141,41 @@ class SpectralAdam(Adam):
             F.fill_group_defaults(self.param_groups[-1], self.defaults)
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """Adam's step, then the decoupled spectral step. Returns the closure's loss, if any."""
-        pending = F.prepare(self.param_groups, self.state, self.defaults, closure is None, self._init_iterations)
-        loss = _unhooked(Adam.step)(self, closure)
-        F.apply(pending, self.state, getattr(self, "found_inf", None))
+        """Adam's update, then the decoupled spectral step. Returns the closure's loss, if any.
+
+        The Adam update is ``torch.optim.adam.adam``, the kernel ``torch.optim.Adam.step`` calls, on the state
+        ``Adam._init_group`` prepares; unlike ``Adam.step`` this method makes no graph break, so
+        ``torch.compile(opt.step, fullgraph=True)`` captures the Adam and spectral updates in one graph.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.set_grad_enabled(self.defaults["differentiable"]):
+            groups = []  # Adam's state first: under torch.compile, state read before _init_group would go stale
+            for group in self.param_groups:
+                lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
+                groups.append((group, lists, self._init_group(group, *lists)))
+            pending = F.prepare(self.param_groups, self.state, self.defaults)  # ∇R at the pre-step weights
+            for group, lists, has_complex in groups:
+                beta1, beta2 = group["betas"]
+                adam(
+                    *lists, amsgrad=group["amsgrad"], has_complex=has_complex, beta1=beta1, beta2=beta2,
+                    lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+                    foreach=group["foreach"], capturable=group["capturable"], differentiable=group["differentiable"],
+                    fused=group["fused"], grad_scale=getattr(self, "grad_scale", None),
+                    found_inf=getattr(self, "found_inf", None),
+                    decoupled_weight_decay=group["decoupled_weight_decay"],
+                )
+            F.apply(pending, self.state, getattr(self, "found_inf", None))
         return loss
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load Adam's state and the float32 power-iteration vectors."""
-        rest, spectral = F.split_spectral_state(state_dict)
-        super().load_state_dict(rest)
-        F.restore_spectral_state(state_dict["param_groups"], self.param_groups, self.state, spectral)
-
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        self.__dict__.setdefault("_init_iterations", DEFAULT_INIT_ITERATIONS)
-
-
-def _unhooked(step: Callable) -> Callable:
-    """``Optimizer.step`` without torch's profiling/hook wrapper, so user hooks run once, on the outer step."""
-    return step.__wrapped__ if getattr(step, "hooked", False) else step
+        super().__setstate__(state)  # also called by load_state_dict, with the hooks in place
+        if getattr(self, "_specopt", None) is None:  # unpickled: pickling drops hooks (torch.optim does)
+            for key, value in _spectral_defaults(DEFAULT_STRENGTH, 2, 1, DEFAULT_INIT_ITERATIONS).items():
+                self.defaults.setdefault(key, value)
+            _SpectralStep(self, self.defaults, step_hooks=False)
 
 
 class Spectral(Optimizer):
@@ -120,9 +183,14 @@ class Spectral(Optimizer):
 
     .. math:: \theta_{t+1} = \mathrm{base}(\theta_t, g_t) - \eta\,\lambda\,\nabla R(\theta_t)
 
-    ``Spectral(torch.optim.SGD(params, lr))`` takes exactly one SGD step on :math:`J + \lambda R`.
-    The wrapper shares ``param_groups`` and ``state`` with the wrapped optimizer (so LR schedulers, GradScaler and
-    checkpointing see one optimizer); the power-iteration vectors live in that per-parameter state.
+    ``Spectral(torch.optim.SGD(params, lr))`` takes exactly one SGD step on :math:`J + \lambda R` (where that step
+    does not cross the regularizer's target; see :mod:`specopt.functional` for the truncation).
+
+    The step is attached to the wrapped optimizer with torch.optim's public hooks (a step pre-hook and post-hook,
+    a ``load_state_dict`` pre/post-hook pair), so the wrapped optimizer itself takes the spectral step however it
+    is called. The wrapper shares ``param_groups``, ``state`` and ``defaults`` with it (LR schedulers, GradScaler
+    and checkpointing see one optimizer); hooks registered on the wrapper are registered on the wrapped optimizer
+    and receive the wrapper. The power-iteration vectors live in the per-parameter state.
 
     Args:
         optimizer: the base optimizer instance (SGD, AdamW, RMSprop, Adagrad, ...).
@@ -141,30 +209,20 @@ class Spectral(Optimizer):
         *,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
     ) -> None:
+        if isinstance(optimizer, Spectral) or getattr(optimizer, "_specopt", None) is not None:
+            raise TypeError(f"{type(optimizer).__name__} already takes the spectral step; do not wrap it again")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"Spectral wraps a torch.optim.Optimizer instance, got {type(optimizer).__name__}")
-        if isinstance(optimizer, (Spectral, SpectralAdam)):
-            raise TypeError(f"{type(optimizer).__name__} already takes the spectral step; do not wrap it again")
         if isinstance(optimizer, torch.optim.LBFGS):
             raise TypeError(
                 "LBFGS cannot take a decoupled step (it invalidates its curvature pairs); add "
                 "strength * specopt.spectral_penalty(model) to the loss instead"
             )
         self.optimizer = optimizer
-        self._spectral_defaults = _spectral_defaults(strength, k, power_iterations)
-        self._init_iterations = init_iterations
+        self._spectral_defaults = _spectral_defaults(strength, k, power_iterations, init_iterations)
         for group in optimizer.param_groups:
             F.fill_group_defaults(group, self._spectral_defaults)
-        self._init_hooks()
-
-    def _init_hooks(self) -> None:
-        self._optimizer_step_pre_hooks = OrderedDict()
-        self._optimizer_step_post_hooks = OrderedDict()
-        self._optimizer_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_state_dict_post_hooks = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks = OrderedDict()
-        self._patch_step_function()
+        _SpectralStep(optimizer, self._spectral_defaults)
 
     # The wrapped optimizer owns groups, state and defaults; properties keep them shared even after it
     # replaces its lists (load_state_dict does).
@@ -181,13 +239,8 @@ class Spectral(Optimizer):
         return {**self.optimizer.defaults, **self._spectral_defaults}
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
-        """The wrapped optimizer's step, then the decoupled spectral step. Returns the closure's loss, if any."""
-        pending = F.prepare(
-            self.param_groups, self.state, self._spectral_defaults, closure is None, self._init_iterations
-        )
-        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
-        F.apply(pending, self.state, getattr(self, "found_inf", None))
-        return loss
+        """The wrapped optimizer's step, with the spectral step around it. Returns the closure's loss, if any."""
+        return self.optimizer.step() if closure is None else self.optimizer.step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -198,34 +251,41 @@ class Spectral(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The wrapped optimizer's ``state_dict`` (its state holds the power-iteration vectors)."""
-        sd = self.optimizer.state_dict()
-        for hook in self._optimizer_state_dict_post_hooks.values():
-            out = hook(self, sd)
-            sd = out if out is not None else sd
-        return sd
+        return self.optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for hook in self._optimizer_load_state_dict_pre_hooks.values():
-            out = hook(self, state_dict)
-            state_dict = out if out is not None else state_dict
-        rest, spectral = F.split_spectral_state(state_dict)
-        self.optimizer.load_state_dict(rest)
-        F.restore_spectral_state(state_dict["param_groups"], self.param_groups, self.state, spectral)
-        for group in self.param_groups:
-            F.fill_group_defaults(group, self._spectral_defaults)
-        for hook in self._optimizer_load_state_dict_post_hooks.values():
-            hook(self)
+        self.optimizer.load_state_dict(state_dict)
+
+    def _forward(self, register: Callable, hook: Callable) -> Any:
+        return register(lambda _optimizer, *args: hook(self, *args))
+
+    def register_step_pre_hook(self, hook: Callable) -> Any:
+        return self._forward(self.optimizer.register_step_pre_hook, hook)
+
+    def register_step_post_hook(self, hook: Callable) -> Any:
+        return self._forward(self.optimizer.register_step_post_hook, hook)
+
+    def register_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> Any:
+        return self.optimizer.register_state_dict_pre_hook(lambda _optimizer: hook(self), prepend=prepend)
+
+    def register_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> Any:
+        return self._forward(lambda h: self.optimizer.register_state_dict_post_hook(h, prepend=prepend), hook)
+
+    def register_load_state_dict_pre_hook(self, hook: Callable, prepend: bool = False) -> Any:
+        return self._forward(lambda h: self.optimizer.register_load_state_dict_pre_hook(h, prepend=prepend), hook)
+
+    def register_load_state_dict_post_hook(self, hook: Callable, prepend: bool = False) -> Any:
+        return self.optimizer.register_load_state_dict_post_hook(lambda _optimizer: hook(self), prepend=prepend)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer,
-            "_spectral_defaults": self._spectral_defaults,
-            "_init_iterations": self._init_iterations,
-        }
+        return {"optimizer": self.optimizer, "_spectral_defaults": self._spectral_defaults}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._init_hooks()
+        if getattr(self.optimizer, "_specopt", None) is None:  # pickling drops hooks (torch.optim does): attach again
+            for key, value in _spectral_defaults(DEFAULT_STRENGTH, 2, 1, DEFAULT_INIT_ITERATIONS).items():
+                self._spectral_defaults.setdefault(key, value)
+            _SpectralStep(self.optimizer, self._spectral_defaults)
 
     def __repr__(self) -> str:
         s = self._spectral_defaults

@@ -85,8 +85,8 @@ def _set_spectrum(linear: nn.Linear, top: float, seed: int) -> None:
         linear.weight.copy_(matrix_with_spectrum(spectrum, rows, cols, seed).float())
 
 
-@given(seed=st.integers(0, 10_000), top=st.floats(0.3, 3.0), lam=st.floats(1e-3, 1.0), k=st.sampled_from([1, 2]))
-def test_spectral_sgd_step_equals_sgd_on_coupled_loss(seed, top, lam, k):
+@given(seed=st.integers(0, 10_000), top=st.floats(0.3, 3.0), fraction=st.floats(1e-3, 1.0), k=st.sampled_from([1, 2]))
+def test_spectral_sgd_step_equals_sgd_on_coupled_loss(seed, top, fraction, k):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.ReLU(), nn.Linear(5, 3))
     _set_spectrum(model[0], top, seed)
@@ -96,6 +96,13 @@ def test_spectral_sgd_step_equals_sgd_on_coupled_loss(seed, top, lam, k):
     reference = [p.detach().clone().double().requires_grad_(True) for p in model.parameters()]
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
     lr = 0.05
+    # λ up to 1, but small enough that no tensor's gradient step on R crosses its target (exact σ1 from an SVD):
+    # there the truncated spectral step must be exactly the gradient step
+    sigmas = [torch.linalg.svdvals(p.detach())[0].item() for p in (reference[0], reference[4])]
+    limits = [abs(s - 1) / (lr * 2 * k * s ** (k - 1) * abs(s**k - 1)) for s in sigmas if abs(s - 1) > 1e-6]
+    bias_rates = [lr * 2 * k * torch.linalg.vector_norm(b.detach()).item() ** (2 * k - 2) for b in reference[1::2]]
+    limits += [1 / c for c in bias_rates if c > 0]
+    lam = fraction * min([1.0, 1 / (2 * lr)] + limits)
 
     # independent reference: SGD on J + λR with R from exact singular values, all in float64
     w0, b0, g, beta, w1, b1 = reference
@@ -148,6 +155,84 @@ def test_bias_shrinks_toward_zero_and_scale_toward_one(n, k, seed):
     torch.testing.assert_close(norm.bias.detach(), expected_beta)
     assert (norm.weight.detach() - 1).abs().sum() <= (gamma0 - 1).abs().sum()
     assert norm.bias.detach().norm() <= beta0.norm()
+
+
+OPTIMIZERS = {  # zero gradients: every base update is 0, only the spectral step acts
+    "SpectralAdam": lambda params, lr, lam, k: specopt.SpectralAdam(params, lr=lr, spectral_strength=lam, k=k),
+    "Spectral(SGD)": lambda params, lr, lam, k: specopt.Spectral(torch.optim.SGD(params, lr=lr, momentum=0.9),
+                                                                 strength=lam, k=k),
+    "Spectral(RMSprop)": lambda params, lr, lam, k: specopt.Spectral(torch.optim.RMSprop(params, lr=lr),
+                                                                     strength=lam, k=k),
+}
+between = st.sampled_from(sorted(OPTIMIZERS))
+
+
+def _assert_between(after: float, before: float, target: float, what: str, rel: float = 1e-4) -> None:
+    lo, hi = min(before, target), max(before, target)
+    slack = rel * max(hi, 1e-30) + 1e-7
+    assert lo - slack <= after <= hi + slack, f"{what}: {before:.6g} → {after:.6g}, not between it and {target}"
+
+
+@given(
+    log_sigma=st.floats(-3, 4), log_lr_strength=st.floats(-6, 1), k=st.sampled_from([1, 2, 4, 8]),
+    shape=st.tuples(st.integers(1, 12), st.integers(1, 12)), name=between, seed=st.integers(0, 999),
+)
+def test_matrix_step_never_overshoots_for_any_sigma_lr_and_strength(log_sigma, log_lr_strength, k, shape, name, seed):
+    top = 10.0**log_sigma
+    r = min(shape)
+    spectrum = [top] + [top * 0.5 * (1 - i / r) for i in range(1, r)]  # a gap, so 16 warm-up iterations converge
+    weight = nn.Parameter(matrix_with_spectrum(spectrum, *shape, seed=seed).float())
+    lr = 1e-3
+    opt = OPTIMIZERS[name]([weight], lr, 10.0**log_lr_strength / lr, k)
+    before = torch.linalg.matrix_norm(weight.detach().double(), ord=2).item()
+    for step in range(3):
+        weight.grad = torch.zeros_like(weight)
+        opt.step()
+        after = torch.linalg.matrix_norm(weight.detach().double(), ord=2).item()
+        _assert_between(after, before, 1.0, f"σ1 at step {step}")
+        before = after
+
+
+@given(
+    log_norm=st.floats(-3, 4), log_lr_strength=st.floats(-6, 1), k=st.sampled_from([1, 2, 4, 8]),
+    n=st.integers(1, 16), name=between, seed=st.integers(0, 999),
+)
+def test_bias_and_scale_steps_never_overshoot(log_norm, log_lr_strength, k, n, name, seed):
+    g = torch.Generator().manual_seed(seed)
+    norm = nn.LayerNorm(n)
+    direction = torch.randn(n, generator=g)
+    with torch.no_grad():
+        norm.bias.copy_(direction / direction.norm() * 10.0**log_norm)
+        norm.weight.copy_(1 + torch.randn(n, generator=g) * 10.0**log_norm)
+    lr = 1e-3
+    opt = OPTIMIZERS[name](specopt.param_groups(norm), lr, 10.0**log_lr_strength / lr, k)
+    for step in range(3):
+        beta0, gamma0 = norm.bias.detach().double().clone(), norm.weight.detach().double().clone()
+        for p in norm.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        _assert_between(norm.bias.detach().double().norm().item(), beta0.norm().item(), 0.0, f"‖b‖ at step {step}")
+        for i, (after, before) in enumerate(zip(norm.weight.detach().double().tolist(), gamma0.tolist())):
+            _assert_between(after, before, 1.0, f"γ[{i}] at step {step}")
+
+
+@given(log_sigma=st.floats(1.5, 4), k=st.sampled_from([1, 2, 4, 8]), seed=st.integers(0, 999))
+def test_a_large_step_lands_on_the_target_instead_of_diverging(log_sigma, k, seed):
+    """The issue's case: σ1 = 25 at lr 1e-3, λ = 1 went to 1e26 in four steps; now σ1 of the top direction lands on
+    1 (the next singular value, below it, stays), and nothing is ever non-finite."""
+    top = 10.0**log_sigma
+    weight = nn.Parameter(matrix_with_spectrum([top, 0.5], 16, 16, seed=seed).float())
+    opt = specopt.SpectralAdam([weight], lr=1e-3, spectral_strength=1.0, k=k)
+    weight.grad = torch.zeros_like(weight)
+    opt.step()
+    sigmas = torch.linalg.svdvals(weight.detach().double())
+    gradient_step = 1e-3 * 2 * k * top ** (k - 1) * (top**k - 1)
+    float32 = 1e-6 * top  # W − αuvᵀ cancels in float32: the error scales with σ1 before the step
+    if gradient_step >= top - 1:  # the gradient step would cross 1: truncated onto it
+        assert sigmas[0].item() == pytest.approx(1.0, abs=float32)
+    else:
+        assert sigmas[0].item() == pytest.approx(top - gradient_step, rel=1e-4, abs=float32)
+    assert sigmas[1].item() == pytest.approx(0.5, rel=1e-4)
 
 
 def _conv_operator_norm(weight: torch.Tensor, size: int, stride: int, padding: int) -> float:
