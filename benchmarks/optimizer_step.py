@@ -5,7 +5,12 @@ Only ``opt.step()`` is timed (gradients are filled once with random values), on 
 rounds so that machine noise hits both alike; the ratio of medians is printed. A second table times a whole training
 step (forward, backward, step) of the MLP on a batch of 512, for the cost a user sees.
 
-    python benchmarks/optimizer_step.py [--threads 2] [--rounds 15] [--device cpu]
+``--impl`` picks Adam's kernel for both (``foreach``, or ``fused``); ``--dtype bfloat16`` casts the parameters;
+``--compile`` times ``torch.compile(SpectralAdam.step, fullgraph=True)`` against the same eager Adam (the documented
+fast path; compiling Adam alone is printed too, for reference).
+
+    python benchmarks/optimizer_step.py [--threads 2] [--rounds 15] [--device cpu] [--impl foreach|fused]
+        [--dtype float32|bfloat16] [--compile]
 """
 
 from __future__ import annotations
@@ -51,15 +56,32 @@ def time_steps(opt: torch.optim.Optimizer, steps: int, device: torch.device) -> 
     return (CLOCK() - t0) / steps
 
 
+IMPL: dict[str, bool] = {"foreach": True}
+DTYPE = torch.float32
+COMPILE = False
+
+
+class Compiled:
+    """``.step()`` of a compiled optimizer step."""
+
+    def __init__(self, opt: torch.optim.Optimizer, fullgraph: bool) -> None:
+        self.step = torch.compile(opt.step, fullgraph=fullgraph)
+
+
+def optimizers(m_adam: nn.Module, m_spec: nn.Module):
+    adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3, **IMPL)
+    spec = specopt.SpectralAdam(specopt.param_groups(m_spec), lr=1e-3, **IMPL)
+    return adam, (Compiled(spec, fullgraph=True) if COMPILE else spec)
+
+
 def bench(name: str, build, steps: int, rounds: int, device: torch.device) -> tuple[float, float]:
     torch.manual_seed(0)
-    m_adam, m_spec = build().to(device), build().to(device)
+    m_adam, m_spec = build().to(device, DTYPE), build().to(device, DTYPE)
     for m in (m_adam, m_spec):
         for p in m.parameters():
             p.grad = torch.randn_like(p) * 1e-3
-    adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3, foreach=True)
-    spec = specopt.SpectralAdam(specopt.param_groups(m_spec), lr=1e-3, foreach=True)
-    time_steps(adam, 3, device), time_steps(spec, 3, device)  # warm-up (state init, first power iterations)
+    adam, spec = optimizers(m_adam, m_spec)
+    time_steps(adam, 3, device), time_steps(spec, 3, device)  # warm-up (state init, compilation, first iterations)
     ta, ts = [], []
     for _ in range(rounds):
         ta.append(time_steps(adam, steps, device))
@@ -74,9 +96,9 @@ def bench_train_step(steps: int, rounds: int, device: torch.device) -> None:
     torch.manual_seed(0)
     x = torch.randn(512, 784, device=device)
     y = torch.randint(0, 10, (512,), device=device)
-    m_adam, m_spec = mlp().to(device), mlp().to(device)
-    adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3, foreach=True)
-    spec = specopt.SpectralAdam(specopt.param_groups(m_spec), lr=1e-3, foreach=True)
+    m_adam, m_spec = mlp().to(device, DTYPE), mlp().to(device, DTYPE)
+    x = x.to(DTYPE)
+    adam, spec = optimizers(m_adam, m_spec)
 
     def closure_of(model: nn.Module) -> Callable[[], torch.Tensor]:
         def closure() -> torch.Tensor:
@@ -113,19 +135,26 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time (steadier on a loaded machine; use with --threads 1)")
+    p.add_argument("--impl", choices=["foreach", "fused"], default="foreach", help="Adam's kernel, for both")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter dtype")
+    p.add_argument("--compile", action="store_true",
+                   help="SpectralAdam's step under torch.compile(fullgraph=True), against eager Adam")
     args = p.parse_args()
-    global CLOCK
+    global CLOCK, IMPL, DTYPE, COMPILE
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    IMPL, DTYPE, COMPILE = {args.impl: True}, getattr(torch, args.dtype), args.compile
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"torch {torch.__version__}, {device}, {args.threads} threads, {args.clock} clock, "
-          f"median of {args.rounds} rounds")
-    print("| parameters of | size | Adam(foreach) step ms | SpectralAdam step ms | ratio |")
+    name = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
+    spec = "compiled SpectralAdam" if COMPILE else "SpectralAdam"
+    print(f"torch {torch.__version__}, {name}, {args.threads} threads, {args.clock} clock, {args.impl}, "
+          f"{args.dtype}, median of {args.rounds} rounds")
+    print(f"| parameters of | size | Adam({args.impl}) step ms | {spec} step ms | ratio |")
     print("|---|---|---|---|---|")
     bench("MLP 4×256", mlp, 50, args.rounds, device)
     bench("ResNet-18", resnet18, 5, args.rounds, device)
     print()
-    print("| training step of | Adam(foreach) ms | SpectralAdam ms | ratio |")
+    print(f"| training step of | Adam({args.impl}) ms | {spec} ms | ratio |")
     print("|---|---|---|---|")
     bench_train_step(20, args.rounds, device)
 

@@ -6,7 +6,8 @@ r"""Plasticity diagnostics measured at every task end (paper Sections 3.3, 5.2 a
 key                         definition
 ==========================  =====================================================================================
 sigma_max, sigma_mean       max / mean over weight matrices W_l of σ1(W_l) (exact SVD; conv kernels reshaped to
-                            out × in·kh·kw; the matrices are the ``matrix`` role of :func:`specopt.named_roles`)
+                            out × in·kh·kw; the matrices are the ``matrix`` role of :func:`specopt.named_roles`
+                            and the q, k, v blocks of its ``qkv`` role, as :func:`weight_matrices` lists them)
 stable_rank                 mean over the same matrices of ‖W‖_F² / σ1(W)²
 weight_norm                 ‖θ‖₂ over all parameters
 distance_from_init          ‖θ − θ0‖₂ over all parameters
@@ -83,8 +84,19 @@ def stable_rank(w: Tensor) -> float:
 
 
 def weight_matrices(model: nn.Module) -> dict[str, Tensor]:
-    """The parameters with the ``matrix`` role (Linear/Conv/Embedding weights; not normalization scales)."""
-    return {n: p for n, p, role in specopt.named_roles(model) if role == "matrix" and p.numel() > 0}
+    """The matrices spectral regularization acts on: parameters with the ``matrix`` role (Linear/Conv/Embedding
+    weights; not normalization scales) by name, and each row block of a ``qkv`` parameter (a fused attention
+    projection such as ``nn.MultiheadAttention.in_proj_weight``) as ``"{name}[q]"``, ``"{name}[k]"``,
+    ``"{name}[v]"`` — the names :func:`specopt.spectral_norms` gives them."""
+    out: dict[str, Tensor] = {}
+    for n, p, role in specopt.named_roles(model):
+        if p.numel() == 0:
+            continue
+        if role == "matrix":
+            out[n] = p
+        elif role == "qkv":
+            out.update(zip(specopt.penalty.block_names(n), p.chunk(3, dim=0)))
+    return out
 
 
 def spectral_summary(model: nn.Module) -> dict[str, float]:

@@ -10,7 +10,8 @@
   c' = round(p·(i + p)/(i + 2p)) channels (i in, p out) so that i·c' + 2c'·p = i·p + p·p: the block keeps its
   parameter count. The activation after the residual sum stays a ReLU (a CReLU there would double the residual
   stream).
-* ``vit-tiny``: torchvision's ``VisionTransformer`` with a small config (patch 4, 4 layers, 3 heads, width 192).
+* ``vit-tiny``: torchvision's ``VisionTransformer`` in the ViT-Tiny configuration the paper names (Touvron et al.,
+  2021: 12 layers, 3 heads, width 192, MLP 768) with patch 4 for the small images.
   With ``activation="crelu"`` each encoder MLP's GELU becomes a CReLU and its hidden width m becomes
   h = round(m·(2d + 1)/(3d + 1)) (d the model width), which keeps the MLP's parameter count (512 for m = 768).
 """
@@ -130,7 +131,7 @@ class ResNet18(nn.Module):
 
 
 class ViTTiny(nn.Module):
-    def __init__(self, in_shape: tuple[int, ...], classes: int, patch: int = 4, layers: int = 4, heads: int = 3,
+    def __init__(self, in_shape: tuple[int, ...], classes: int, patch: int = 4, layers: int = 12, heads: int = 3,
                  width: int = 192, activation: str = "relu") -> None:
         super().__init__()
         from torchvision.models import VisionTransformer

@@ -351,15 +351,23 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
             scaled_vs, alphas = vs, [-a for a in alpha.tolist()]
         else:
             scaled_vs, alphas = torch._foreach_mul(vs, list((-alpha).unbind())), [1.0] * len(ps)
+        stored: list[Tensor] = []
+        fresh: list[Tensor] = []
         for p, u, v, sv, a, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
             if p.grad is None:
                 continue
             st = state[p]
-            st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, s
+            if "spectral_u" in st:  # in place: the state keeps its tensors (a compiled step then never recompiles)
+                stored += (st["spectral_u"], st["spectral_v"], st["spectral_sigma"])
+                fresh += (u, v, s)
+            else:
+                st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, s.clone()
             if p.dtype == torch.float32 and p.is_contiguous():  # under no_grad: in place on the leaf
                 p.view(p.shape[0], -1).addr_(u, sv, alpha=a)
             else:
                 p.add_(torch.outer(u, sv * a).reshape(p.shape).to(p.dtype))
+        if stored:
+            torch._foreach_copy_(stored, fresh)
     for p, u, v, sig, strength, k, group in pending.blocked:
         if p.grad is None:
             continue
@@ -369,7 +377,11 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
 
             apply_sharded(p, u, v, sig, alpha, state)
             continue
-        state[p].update(spectral_u=u.reshape(-1), spectral_v=v, spectral_sigma=sig)
+        st = state[p]
+        if "spectral_u" in st:
+            torch._foreach_copy_([st["spectral_u"], st["spectral_v"], st["spectral_sigma"]], [u.reshape(-1), v, sig])
+        else:
+            st.update(spectral_u=u.reshape(-1).clone(), spectral_v=v.clone(), spectral_sigma=sig.clone())
         update = (u * -alpha.unsqueeze(-1)).unsqueeze(-1) * v.unsqueeze(-2)  # (b, m, n)
         p.add_(update.reshape(p.shape).to(p.dtype))
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past

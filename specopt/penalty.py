@@ -1,12 +1,14 @@
 r"""The paper's coupled form (a differentiable loss term) and per-layer spectral norms.
 
 .. math::
-    R(\theta) = \sum_W (\sigma_1(W)^k - 1)^2 + \sum_b \lVert b\rVert_2^{2k} + \sum_\gamma \sum_i (\gamma_i - 1)^2
+    R(\theta) = \sum_W (\sigma_1(W)^k - 1)^2 + \sum_{[W_q; W_k; W_v]} \sum_{j \in \{q,k,v\}} (\sigma_1(W_j)^k - 1)^2
+        + \sum_b \lVert b\rVert_2^{2k} + \sum_\gamma \sum_i (\gamma_i - 1)^2
 
 The coupled objective is :math:`J(\theta) + \lambda R(\theta)`. σ1 is estimated by warm-started power iteration
 under ``no_grad``; the differentiable estimate is then :math:`\hat\sigma = u^\top W v` with u, v held fixed, whose
 gradient is :math:`u v^\top` — the gradient of the true σ1 at convergence (Yoshida & Miyato, 2017). Computing
-σ̂ itself under ``no_grad`` would silently drop the matrix terms from the gradient.
+σ̂ itself under ``no_grad`` would silently drop the matrix terms from the gradient. A ``qkv`` tensor is three
+matrices (its row blocks), each with its own vectors, iterated as one batch.
 """
 
 from __future__ import annotations
@@ -93,6 +95,19 @@ def spectral_penalty(
     return _penalty(_as_groups(model_or_groups), k, power_iterations, 16, _DEFAULT_VECTORS)
 
 
+def _start(vectors, p: Tensor, rows: int, cols: int, blocks: int, iterations: int, init_iterations: int):
+    """(u, v, iterations): the cached vectors of ``p`` when they fit its shape and role, else the deterministic start
+    (one copy per block) with ``init_iterations``."""
+    cached = vectors.get(p)
+    shape_u, shape_v = ((rows,), (cols,)) if blocks == 1 else ((blocks, rows), (blocks, cols))
+    if cached is not None and cached[0].shape == shape_u and cached[1].shape == shape_v:
+        return cached[0], cached[1], iterations
+    u, v = F.initial_vectors(rows, cols, p.device)
+    if blocks > 1:
+        u, v = u.expand(blocks, -1), v.expand(blocks, -1)
+    return u, v, max(iterations, init_iterations)
+
+
 def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_iterations: int, vectors) -> Tensor:
     terms: list[Tensor] = []
     device = None
@@ -105,30 +120,47 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
             if concrete == "matrix":
                 w = p.reshape(p.shape[0], -1).float()
                 with torch.no_grad():
-                    if p in vectors:
-                        u, v = vectors[p]
-                        n = iterations
-                    else:
-                        u, v = F.initial_vectors(w.shape[0], w.shape[1], w.device)
-                        n = max(iterations, init_iterations)
+                    u, v, n = _start(vectors, p, w.shape[0], w.shape[1], 1, iterations, init_iterations)
                     u, v, _, _ = F.power_iteration(w.detach(), u, v, n)
                     vectors[p] = (u, v)
                 sigma = torch.dot(u, torch.mv(w, v))  # differentiable in W, u and v fixed
                 terms.append((sigma.pow(gk) - 1.0).pow(2))
+            elif concrete == "qkv":
+                blocks = F.BLOCKS["qkv"]
+                w = F.as_blocks(p, blocks)  # (3, out/3, in), differentiable
+                with torch.no_grad():
+                    u, v, n = _start(vectors, p, w.shape[1], w.shape[2], blocks, iterations, init_iterations)
+                    u, v, _, _ = F.power_iteration(w.detach(), u, v, n)
+                    vectors[p] = (u, v)
+                sigma = (u.unsqueeze(-2) @ w @ v.unsqueeze(-1)).reshape(blocks)  # σ_j = u_jᵀ W_j v_j
+                terms.append((sigma.pow(gk) - 1.0).pow(2).sum())
             elif concrete == "bias":
                 terms.append(p.float().pow(2).sum().pow(gk))
-            else:
+            elif concrete == "scale":
                 terms.append((p.float() - 1.0).pow(2).sum())
+            else:
+                raise ValueError(f"spectral_penalty has no rule for role {concrete!r}")
     if not terms:
         return torch.zeros((), device=device)
     return torch.stack(terms).sum()
 
 
-def _matrix_params(obj: Any) -> list[tuple[str, Tensor]]:
+QKV_BLOCK_NAMES = ("q", "k", "v")
+"""Suffixes of the per-block names of a ``qkv`` tensor in :func:`spectral_norms`: ``"attn.qkv.weight[q]"``."""
+
+
+def block_names(name: str) -> list[str]:
+    """The names of the q, k and v blocks of the ``qkv`` tensor ``name``: ``name[q]``, ``name[k]``, ``name[v]``."""
+    return [f"{name}[{b}]" for b in QKV_BLOCK_NAMES]
+
+
+def _matrix_params(obj: Any) -> list[tuple[str, Tensor, str]]:
+    """(name, parameter, role) of every non-empty matrix-like (``matrix`` or ``qkv``) parameter."""
     out = []
     for gi, group in enumerate(_as_groups(obj)):
         names = group.get("param_names") or [f"group{gi}.param{j}" for j in range(len(group["params"]))]
-        out += [(n, p) for n, p, r in zip(names, group["params"], group_roles(group)) if r == "matrix" and p.numel() > 0]
+        out += [(n, p, r) for n, p, r in zip(names, group["params"], group_roles(group))
+                if r in F.BLOCKS and p.numel() > 0]
     return out
 
 
@@ -136,23 +168,32 @@ def _matrix_params(obj: Any) -> list[tuple[str, Tensor]]:
 def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool | None = None) -> dict[str, Tensor]:
     """σ1 of every matrix-role parameter (conv kernels reshaped to out × in·kh·kw), as 0-dim float32 tensors.
 
-    * ``exact=True`` (default for a model or groups): ``torch.linalg.matrix_norm(W, ord=2)``, an SVD per layer.
+    A ``qkv`` parameter is reported per block, as three entries ``"{name}[q]"``, ``"{name}[k]"`` and
+    ``"{name}[v]"`` (σ1 of W_q, W_k, W_v: the matrices the ``qkv`` role regularizes), in that order.
+
+    * ``exact=True`` (default for a model or groups): ``torch.linalg.matrix_norm(W, ord=2)``, an SVD per matrix.
     * ``exact=False`` (default for an optimizer): the cheap estimate stored by the optimizer's last power iteration
       (``spectral_sigma``, taken at the weights *before* that step); tensors not yet stepped are omitted.
     """
     if exact is None:
         exact = not isinstance(obj, torch.optim.Optimizer)
     params = _matrix_params(obj)
-    if exact:
-        return {n: torch.linalg.matrix_norm(F.as_matrix(p), ord=2) for n, p in params}
-    if not isinstance(obj, torch.optim.Optimizer):
+    if not exact and not isinstance(obj, torch.optim.Optimizer):
         raise ValueError("exact=False reads an optimizer's power-iteration state; pass the optimizer")
-    out = {}
-    for name, p in params:
-        st = obj.state.get(p)
-        if st and "spectral_sigma" in st:
-            out[name] = st["spectral_sigma"]
+    out: dict[str, Tensor] = {}
+    for name, p, role in params:
+        if exact:
+            sigma = torch.linalg.matrix_norm(F.as_blocks(p, F.BLOCKS[role]), ord=2)  # (blocks,)
+        else:
+            st = obj.state.get(p)
+            if not st or "spectral_sigma" not in st:
+                continue
+            sigma = st["spectral_sigma"].detach().clone()  # a copy: the optimizer updates its state in place
+        if role == "qkv":
+            out.update(zip(block_names(name), sigma.reshape(F.BLOCKS[role]).unbind()))
+        else:
+            out[name] = sigma.reshape(())
     return out
 
 
-__all__ = ["ROLES", "SpectralPenalty", "spectral_norms", "spectral_penalty"]
+__all__ = ["QKV_BLOCK_NAMES", "ROLES", "SpectralPenalty", "block_names", "spectral_norms", "spectral_penalty"]

@@ -22,6 +22,7 @@ from continual.diagnostics import (
     spectral_summary,
     stable_rank,
     task_end_diagnostics,
+    weight_matrices,
 )
 
 from tests.continual.toy_models import MLP
@@ -123,6 +124,23 @@ def test_spectral_summary_over_weight_matrices_only():
     assert out["sigma_max"] == pytest.approx(max(sig))
     assert out["sigma_mean"] == pytest.approx(np.mean(sig))
     assert out["stable_rank"] == pytest.approx(np.mean([(m**2).sum() / s**2 for m, s in zip(mats, sig)]))
+
+
+def test_spectral_summary_reports_fused_qkv_projections_per_block():
+    torch.manual_seed(6)
+    model = nn.TransformerEncoderLayer(6, 2, 12)
+    with torch.no_grad():
+        model.self_attn.in_proj_weight[6:12].mul_(5.0)  # W_k: the largest σ1 of the model
+    mats = {name: model.get_parameter(name).detach().double().numpy()
+            for name in ("self_attn.out_proj.weight", "linear1.weight", "linear2.weight")}
+    in_proj = model.self_attn.in_proj_weight.detach().double().numpy()
+    mats |= {f"self_attn.in_proj_weight[{b}]": in_proj[6 * j:6 * (j + 1)] for j, b in enumerate("qkv")}
+    assert set(weight_matrices(model)) == set(mats)
+    sig = {n: np.linalg.norm(m, 2) for n, m in mats.items()}
+    out = spectral_summary(model)
+    assert out["sigma_max"] == pytest.approx(sig["self_attn.in_proj_weight[k]"])
+    assert out["sigma_mean"] == pytest.approx(np.mean(list(sig.values())))
+    assert out["stable_rank"] == pytest.approx(np.mean([(m**2).sum() / sig[n] ** 2 for n, m in mats.items()]))
 
 
 def test_dormant_fraction_on_a_hand_built_network():

@@ -189,7 +189,9 @@ def test_spectral_coupled_penalty_is_lambda_times_R():
             r += p.detach().pow(2).sum() ** 2
         elif role == "scale":
             r += (p.detach() - 1).pow(2).sum()
-    assert float(mit.penalty(model).detach()) == pytest.approx(0.01 * float(r), rel=1e-3)
+    for _ in range(100):  # warm-started power iterations: one per call, after 16 from the fixed start
+        penalty = mit.penalty(model)
+    assert float(penalty.detach()) == pytest.approx(0.01 * float(r), rel=1e-4)
 
 
 # --------------------------------------------------------------------------------------------- streaming EWC
@@ -471,9 +473,9 @@ def test_redo_and_cbp_recycle_vit_mlp_units():
     y0 = model.eval()(x).detach()
     model.train()
     redo = build_mitigator("redo", model, lr=1e-3, strength=0.0, frequency=1)
-    assert len(redo.blocks) == 4 and all(b.init == "xavier" and b.crelu for b in redo.blocks)
+    assert len(redo.blocks) == 12 and all(b.init == "xavier" and b.crelu for b in redo.blocks)
     redo.after_step(1, x)
-    assert redo.last_recycled == [0, 1, 0, 0]
+    assert redo.last_recycled == [0, 1] + [0] * 10
     bound = math.sqrt(6 / (mlp[0].in_features + width))
     w7, b7 = mlp[0].weight[7].detach(), mlp[0].bias[7].detach()
     assert 0 < float(w7.abs().max()) <= bound and abs(float(b7)) < 1e-4

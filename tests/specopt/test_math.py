@@ -287,3 +287,194 @@ def test_spectral_penalty_value_matches_exact_formula():
     expected = expected + ((model[1].weight.double() - 1) ** 2).sum()
     got = specopt.SpectralPenalty(model, init_iterations=300)()
     assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ role qkv: three blocks
+def _qkv_weight(dim: int, tops, seed: int, cols: int | None = None) -> torch.Tensor:
+    """[W_q; W_k; W_v], block j with σ1 = tops[j] and a spectral gap (σ2 ≤ σ1/2), float64."""
+    cols = dim if cols is None else cols
+    r = min(dim, cols)
+    blocks = [matrix_with_spectrum([top] + [0.5 * top * (1 - i / r) for i in range(1, r)], dim, cols, seed=seed + j)
+              for j, top in enumerate(tops)]
+    return torch.cat(blocks)
+
+
+def _exact_penalty(tensors: list[tuple[torch.Tensor, str]], k: float) -> torch.Tensor:
+    """R from exact singular values (torch.linalg.svdvals), with the roles written out by the caller."""
+    r = torch.zeros((), dtype=torch.float64)
+    for p, role in tensors:
+        if role == "matrix":
+            r = r + (torch.linalg.svdvals(p)[0] ** k - 1) ** 2
+        elif role == "qkv":
+            r = r + sum((torch.linalg.svdvals(block)[0] ** k - 1) ** 2 for block in p.chunk(3, dim=0))
+        elif role == "bias":
+            r = r + torch.linalg.vector_norm(p) ** (2 * k)
+    return r
+
+
+class _FusedAttention(nn.Module):
+    """timm-style attention: one Linear named ``qkv`` whose rows are [W_q; W_k; W_v]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(dim, 3 * dim, dtype=torch.float64)
+        self.proj = nn.Linear(dim, dim, dtype=torch.float64)
+
+
+qkv_tops = st.lists(st.one_of(st.floats(0.2, 0.9), st.floats(1.1, 3.0)), min_size=3, max_size=3)
+
+
+@given(tops=qkv_tops, seed=st.integers(0, 999), k=st.sampled_from([1, 2]), fused=st.booleans())
+def test_coupled_penalty_of_qkv_equals_exact_sum_over_blocks_with_its_gradient(tops, seed, k, fused):
+    dim = 6
+    g = torch.Generator().manual_seed(seed)
+    if fused:
+        model = _FusedAttention(dim)
+        qkv_w, qkv_b, out_w, out_b = model.qkv.weight, model.qkv.bias, model.proj.weight, model.proj.bias
+    else:
+        model = nn.MultiheadAttention(dim, 2, dtype=torch.float64)
+        qkv_w, qkv_b = model.in_proj_weight, model.in_proj_bias
+        out_w, out_b = model.out_proj.weight, model.out_proj.bias
+    with torch.no_grad():
+        qkv_w.copy_(_qkv_weight(dim, tops, seed))
+        out_w.copy_(matrix_with_spectrum([1.7] + [0.5] * (dim - 1), dim, dim, seed=seed + 7))
+        qkv_b.copy_(0.3 * torch.randn(3 * dim, generator=g, dtype=torch.float64))
+        out_b.copy_(0.3 * torch.randn(dim, generator=g, dtype=torch.float64))
+    roles = [(qkv_w, "qkv"), (qkv_b, "bias"), (out_w, "matrix"), (out_b, "bias")]
+    # independent reference: exact σ1 of each block, autograd through the SVD, float64
+    reference = [(p.detach().clone().requires_grad_(True), role) for p, role in roles]
+    expected = _exact_penalty(reference, k)
+    expected.backward()
+
+    penalty = specopt.SpectralPenalty(model, k=k, init_iterations=300)
+    got = penalty()
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    got.backward()
+    scale = 2 * k * max(max(tops), 1.7) ** (2 * k - 1)  # size of ∂R/∂σ: float32 σ̂ errors scale with it
+    for (p, role), (ref, _) in zip(roles, reference):
+        torch.testing.assert_close(p.grad / scale, ref.grad / scale, atol=2e-6, rtol=1e-4, msg=role)
+    # each block has its own warm-started vectors: q, k and v top singular vectors
+    u, v = penalty.vectors[qkv_w]
+    assert u.shape == (3, dim) and v.shape == (3, dim)
+    for j, block in enumerate(qkv_w.detach().chunk(3)):
+        left, _, right = torch.linalg.svd(block)
+        assert abs(torch.dot(u[j].double(), left[:, 0]).item()) == pytest.approx(1.0, abs=1e-5)
+        assert abs(torch.dot(v[j].double(), right[0]).item()) == pytest.approx(1.0, abs=1e-5)
+    # the stacked 3·dim × dim matrix would be a different (wrong) term
+    stacked = (torch.linalg.svdvals(qkv_w.detach())[0] ** k - 1) ** 2
+    per_block = _exact_penalty([(qkv_w.detach(), "qkv")], k)
+    assert stacked.item() != pytest.approx(per_block.item(), rel=1e-3)
+
+
+def test_coupled_penalty_rejects_unknown_roles_and_restarts_vectors_of_another_shape():
+    layer = nn.Linear(4, 6)
+    groups = [{"params": [layer.weight], "role": "qkv"}]
+    vectors = specopt.penalty.WeakTensorKeyDictionary()
+    specopt.penalty._penalty(groups, 2, 1, 16, vectors)
+    assert vectors[layer.weight][0].shape == (3, 2)
+    as_matrix = specopt.penalty._penalty([{"params": [layer.weight], "role": "matrix"}], 2, 1, 300, vectors)
+    exact = (torch.linalg.matrix_norm(layer.weight.detach().double(), ord=2) ** 2 - 1) ** 2
+    assert as_matrix.item() == pytest.approx(exact.item(), rel=1e-4)  # cached (3, ·) vectors not reused
+    with pytest.raises(ValueError, match="unknown role"):
+        specopt.spectral_penalty([{"params": [layer.weight], "role": "diagonal"}])
+
+
+def test_spectral_norms_report_qkv_per_block():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.attn = nn.MultiheadAttention(6, 2)
+    model.fused = _FusedAttention(4).float()
+    with torch.no_grad():
+        model.attn.in_proj_weight.copy_(_qkv_weight(6, [2.0, 0.5, 1.3], 1).float())
+        model.fused.qkv.weight.copy_(_qkv_weight(4, [0.7, 1.8, 3.0], 2).float())
+    exact = specopt.spectral_norms(model)
+    qkv = {"attn.in_proj_weight": model.attn.in_proj_weight, "fused.qkv.weight": model.fused.qkv.weight}
+    assert list(exact) == [
+        "attn.in_proj_weight[q]", "attn.in_proj_weight[k]", "attn.in_proj_weight[v]", "attn.out_proj.weight",
+        "fused.qkv.weight[q]", "fused.qkv.weight[k]", "fused.qkv.weight[v]", "fused.proj.weight",
+    ]
+    for name, weight in qkv.items():
+        blocks = weight.detach().double().chunk(3)
+        for b, block in zip("qkv", blocks):
+            assert exact[f"{name}[{b}]"].shape == ()
+            assert exact[f"{name}[{b}]"].item() == pytest.approx(
+                torch.linalg.matrix_norm(block, ord=2).item(), rel=1e-5)
+    assert exact["attn.out_proj.weight"].item() == pytest.approx(
+        torch.linalg.matrix_norm(model.attn.out_proj.weight.detach().double(), ord=2).item(), rel=1e-5)
+    # from an optimizer's state (spectral_sigma of shape (3,) for a qkv tensor): lr 0, weights fixed
+    opt = specopt.SpectralAdam(specopt.param_groups(model), lr=0.0, init_iterations=200)
+    assert specopt.spectral_norms(opt) == {}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert opt.state[model.attn.in_proj_weight]["spectral_sigma"].shape == (3,)
+    cheap = specopt.spectral_norms(opt)
+    assert list(cheap) == list(exact)
+    for name in exact:
+        assert cheap[name].shape == ()
+        assert cheap[name].item() <= exact[name].item() * (1 + 1e-6)
+        assert cheap[name].item() == pytest.approx(exact[name].item(), rel=1e-4)
+    held = {n: s.clone() for n, s in cheap.items()}
+    with torch.no_grad():
+        model.attn.in_proj_weight.mul_(2.0)
+    opt.step()
+    assert all(torch.equal(cheap[n], held[n]) for n in cheap)  # a report is a copy, not the live state
+    assert specopt.spectral_norms(opt)["attn.in_proj_weight[q]"].item() == pytest.approx(4.0, rel=1e-3)
+
+
+def _qkv_model(via_override: bool) -> tuple[nn.Module, list[dict]]:
+    if via_override:
+        model = nn.Sequential(nn.Linear(8, 24))
+        return model, specopt.param_groups(model, roles={"*.weight": "qkv"})
+    model = nn.Module()
+    model.qkv = nn.Linear(8, 24)
+    return model, specopt.param_groups(model)
+
+
+@given(tops=qkv_tops, seed=st.integers(0, 999), k=st.sampled_from([1, 2, 4]), fraction=st.floats(1e-3, 1.0),
+       via_override=st.booleans())
+def test_spectral_adam_qkv_step_is_the_gradient_step_of_each_block(tops, seed, k, fraction, via_override):
+    model, groups = _qkv_model(via_override)
+    weight = next(p for p in model.parameters() if p.ndim == 2)
+    assert groups[0]["roles"][0] == "qkv"
+    with torch.no_grad():
+        weight.copy_(_qkv_weight(8, tops, seed).float())
+    w0 = weight.detach().double().clone()
+    svds = [torch.linalg.svd(block) for block in w0.chunk(3)]
+    c = [2 * k * s[0].item() ** (k - 1) * (s[0].item() ** k - 1) for _, s, _ in svds]
+    lr = 1e-2
+    # λ small enough that no block's gradient step crosses σ = 1 (not truncated): then the step is exact
+    lam = fraction * min(abs(s[0].item() - 1) / (lr * abs(cj)) for (_, s, _), cj in zip(svds, c))
+    opt = specopt.SpectralAdam(groups, lr=lr, spectral_strength=lam, k=k, init_iterations=200)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # Adam's update is 0: only the spectral step acts
+    opt.step()
+    expected = torch.cat([block - lr * lam * cj * torch.outer(left[:, 0], right[0])
+                          for block, (left, _, right), cj in zip(w0.chunk(3), svds, c)])
+    scale = max(max(tops), 1.0)
+    torch.testing.assert_close(weight.detach().double(), expected, atol=2e-6 * scale, rtol=0)
+    for j, (block, (_, s, _)) in enumerate(zip(weight.detach().double().chunk(3), svds)):
+        # only the top direction moves: σ1 → σ1 − lr·λ·c, the others stay (the moved one may fall below them)
+        moved = torch.cat([s[:1] - lr * lam * c[j], s[1:]]).sort(descending=True).values
+        torch.testing.assert_close(torch.linalg.svdvals(block), moved, atol=1e-5, rtol=1e-5, msg=f"block {j}")
+
+
+@given(tops=st.lists(st.floats(-1.5, 2.5), min_size=3, max_size=3), log_lr_strength=st.floats(-3, 2),
+       k=st.sampled_from([1, 2, 4, 8]), seed=st.integers(0, 999), via_override=st.booleans())
+def test_spectral_adam_large_qkv_step_lands_each_block_between_its_sigma_and_one(
+        tops, log_lr_strength, k, seed, via_override):
+    model, groups = _qkv_model(via_override)
+    weight = next(p for p in model.parameters() if p.ndim == 2)
+    with torch.no_grad():
+        weight.copy_(_qkv_weight(8, [10.0**t for t in tops], seed).float())
+    lr = 1e-3
+    opt = specopt.SpectralAdam(groups, lr=lr, spectral_strength=10.0**log_lr_strength / lr, k=k, init_iterations=200)
+    before = [torch.linalg.matrix_norm(b, ord=2).item() for b in weight.detach().double().chunk(3)]
+    for step in range(3):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        after = [torch.linalg.matrix_norm(b, ord=2).item() for b in weight.detach().double().chunk(3)]
+        for j in range(3):
+            _assert_between(after[j], before[j], 1.0, f"σ1 of block {'qkv'[j]} at step {step}")
+        before = after
