@@ -24,11 +24,12 @@ TRAIN_SIZE=${TRAIN_SIZE:-12800}
 BUDGET=${BUDGET:-270}
 ROUNDS=${ROUNDS:-15}
 RUNS=${RUNS:-/tmp/continual_gpu}
+PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$RUNS"
 t0=$(date +%s)
 
-python - >"$OUT/env.txt" 2>&1 <<'EOF'
+"$PY" - >"$OUT/env.txt" 2>&1 <<'EOF'
 import platform, torch, torchvision
 print("python", platform.python_version(), "torch", torch.__version__, "torchvision", torchvision.__version__)
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu only")
@@ -37,7 +38,7 @@ cat "$OUT/env.txt"
 
 # 0. no host-device synchronisation in the step: CUDA's sync debug mode raises on any
 if [ "$DEVICE" = cuda ]; then
-  python - >"$OUT/sync_check.txt" 2>&1 <<'EOF'
+  "$PY" - >"$OUT/sync_check.txt" 2>&1 <<'EOF'
 import torch
 from torch import nn
 import specopt
@@ -69,7 +70,7 @@ fi
 {
   for args in "" "--dtype bfloat16" "--impl fused" "--impl fused --dtype bfloat16" "--compile"; do
     echo "### python benchmarks/optimizer_step.py --device $DEVICE --threads 4 --rounds $ROUNDS $args"
-    timeout 150 python benchmarks/optimizer_step.py --device "$DEVICE" --threads 4 --rounds "$ROUNDS" $args 2>&1 \
+    timeout 150 "$PY" benchmarks/optimizer_step.py --device "$DEVICE" --threads 4 --rounds "$ROUNDS" $args 2>&1 \
       | grep -v "^W[0-9]"
     echo
   done
@@ -81,7 +82,7 @@ pids=()
 for model in resnet18 vit-tiny; do
   for ns in random-labels class-incremental; do
     for mit in none spectral; do
-      timeout "$BUDGET" python -m continual run --dataset fashion-mnist --data-dir "$DATA" --nonstationarity "$ns" \
+      timeout "$BUDGET" "$PY" -m continual run --dataset fashion-mnist --data-dir "$DATA" --nonstationarity "$ns" \
         --model "$model" --mitigator "$mit" --tasks "$TASKS" --epochs "$EPOCHS" --batch-size 250 \
         --train-size "$TRAIN_SIZE" --lr 1e-3 --device "$DEVICE" --threads 1 --no-progress \
         --out "$RUNS/$model-$ns-$mit" >"$RUNS/$model-$ns-$mit.log" 2>&1 &
@@ -89,7 +90,7 @@ for model in resnet18 vit-tiny; do
     done
   done
 done
-timeout 300 python -m pytest -q -p no:cacheprovider ${XDIST--n 6} ${TESTS:-tests/specopt tests/continual tests/benchmarks} \
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider ${XDIST--n 6} ${TESTS:-tests/specopt tests/continual tests/benchmarks} \
   >"$OUT/pytest.txt" 2>&1
 echo "tests: $(tail -n 1 "$OUT/pytest.txt") at $(( $(date +%s) - t0 )) s"
 wait "${pids[@]}"
@@ -100,7 +101,7 @@ echo "continual runs done at $(( $(date +%s) - t0 )) s"
     for model in resnet18 vit-tiny; do
       for metric in train_accuracy test_accuracy sigma_max; do
         echo "### $model, $ns, $metric"
-        python -m continual plot --metric "$metric" -o "$RUNS/$model-$ns-$metric.png" \
+        "$PY" -m continual plot --metric "$metric" -o "$RUNS/$model-$ns-$metric.png" \
           "$RUNS/$model-$ns-none" "$RUNS/$model-$ns-spectral" 2>&1 | grep -v "^W[0-9]"
         echo
       done
@@ -109,7 +110,7 @@ echo "continual runs done at $(( $(date +%s) - t0 )) s"
   echo "### run logs (last line each)"
   for log in "$RUNS"/*.log; do echo "$(basename "$log"): $(tail -n 1 "$log")"; done
 } >"$OUT/continual_gpu.md"
-python - "$RUNS" "$OUT" <<'EOF'
+"$PY" - "$RUNS" "$OUT" <<'EOF'
 import sys
 from pathlib import Path
 
