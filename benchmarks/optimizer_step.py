@@ -6,11 +6,11 @@ rounds so that machine noise hits both alike; the ratio of medians is printed. A
 step (forward, backward, step) of the MLP on a batch of 512, for the cost a user sees.
 
 ``--impl`` picks Adam's kernel for both (``foreach``, or ``fused``); ``--dtype bfloat16`` casts the parameters;
-``--compile`` times ``torch.compile(SpectralAdam.step, fullgraph=True)`` against the same eager Adam (the documented
-fast path; compiling Adam alone is printed too, for reference).
+``--compile [MODE]`` times ``torch.compile(SpectralAdam.step, fullgraph=True, mode=MODE)`` against the same eager
+Adam (the documented fast path).
 
     python benchmarks/optimizer_step.py [--threads 2] [--rounds 15] [--device cpu] [--impl foreach|fused]
-        [--dtype float32|bfloat16] [--compile]
+        [--dtype float32|bfloat16] [--compile [default|reduce-overhead|max-autotune-no-cudagraphs]]
 """
 
 from __future__ import annotations
@@ -58,20 +58,20 @@ def time_steps(opt: torch.optim.Optimizer, steps: int, device: torch.device) -> 
 
 IMPL: dict[str, bool] = {"foreach": True}
 DTYPE = torch.float32
-COMPILE = False
+COMPILE: str | None = None  # a torch.compile mode
 
 
 class Compiled:
     """``.step()`` of a compiled optimizer step."""
 
-    def __init__(self, opt: torch.optim.Optimizer, fullgraph: bool) -> None:
-        self.step = torch.compile(opt.step, fullgraph=fullgraph)
+    def __init__(self, opt: torch.optim.Optimizer, mode: str) -> None:
+        self.step = torch.compile(opt.step, fullgraph=True, mode=None if mode == "default" else mode)
 
 
 def optimizers(m_adam: nn.Module, m_spec: nn.Module):
     adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3, **IMPL)
     spec = specopt.SpectralAdam(specopt.param_groups(m_spec), lr=1e-3, **IMPL)
-    return adam, (Compiled(spec, fullgraph=True) if COMPILE else spec)
+    return adam, (Compiled(spec, COMPILE) if COMPILE else spec)
 
 
 def bench(name: str, build, steps: int, rounds: int, device: torch.device) -> tuple[float, float]:
@@ -137,8 +137,9 @@ def main() -> None:
                    help="cpu: process CPU time (steadier on a loaded machine; use with --threads 1)")
     p.add_argument("--impl", choices=["foreach", "fused"], default="foreach", help="Adam's kernel, for both")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter dtype")
-    p.add_argument("--compile", action="store_true",
-                   help="SpectralAdam's step under torch.compile(fullgraph=True), against eager Adam")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                   help="SpectralAdam's step under torch.compile(fullgraph=True, mode=MODE), against eager Adam")
     args = p.parse_args()
     global CLOCK, IMPL, DTYPE, COMPILE
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -146,7 +147,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
-    spec = "compiled SpectralAdam" if COMPILE else "SpectralAdam"
+    spec = f"compiled ({COMPILE}) SpectralAdam" if COMPILE else "SpectralAdam"
     print(f"torch {torch.__version__}, {name}, {args.threads} threads, {args.clock} clock, {args.impl}, "
           f"{args.dtype}, median of {args.rounds} rounds")
     print(f"| parameters of | size | Adam({args.impl}) step ms | {spec} step ms | ratio |")

@@ -102,9 +102,9 @@ def as_blocks(param: Tensor, blocks: int) -> Tensor:
     return w if w.dtype == torch.float32 else w.float()
 
 
-def _hash_uniform(n: int, salt: int, device: torch.device) -> Tensor:
-    """n deterministic values in [-0.5, 0.5): an integer hash of 0..n−1 (exact on every device; no generator)."""
-    h = torch.arange(n, dtype=torch.int64, device=device) + salt
+def _hash_uniform(n: int, salt: int) -> Tensor:
+    """n deterministic values in [-0.5, 0.5): an integer hash of 0..n−1 (on the CPU, in int64; no generator)."""
+    h = torch.arange(n, dtype=torch.int64) + salt
     for _ in range(3):  # h < 2³²+n and the multiplier < 2²⁷: every product fits in int64
         h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
     return (h ^ (h >> 16)).to(torch.float32) / 2.0**32 - 0.5
@@ -116,8 +116,8 @@ def initial_vectors(rows: int, cols: int, device: torch.device) -> tuple[Tensor,
     They depend on the shape only — not on the global RNG (seeding stays the user's), not on the device — and are
     made with tensor ops, so a compiled step can create them.
     """
-    u, v = _hash_uniform(rows, 0, device), _hash_uniform(cols, 0x9E3779B9, device)
-    return u / u.norm().clamp_min(_TINY), v / v.norm().clamp_min(_TINY)
+    u, v = _hash_uniform(rows, 0), _hash_uniform(cols, 0x9E3779B9)  # on the CPU: GPU kernels index in int32
+    return (u / u.norm().clamp_min(_TINY)).to(device), (v / v.norm().clamp_min(_TINY)).to(device)
 
 
 def _normalize(x: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -265,10 +265,10 @@ def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iteratio
 
 def _vector_batch(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], Tensor]:
     """(x_t, c) for a list of biases (x = b, c = 2k‖b‖^{2k−2}) or scales (x = γ − 1, c = 2), float32 copies."""
-    xs = [p.float() for p in ps] if ps[0].dtype != torch.float32 else ps
     if role == "scale":
+        xs = ps if ps[0].dtype == torch.float32 else [p.float() for p in ps]
         return list(torch._foreach_sub(xs, 1.0)), torch.full((len(ps),), 2.0, device=ps[0].device)
-    xs = list(torch._foreach_mul(xs, 1.0)) if xs is ps else xs  # a copy: the base step changes p before apply
+    xs = [p.float() if p.dtype != torch.float32 else p.clone() for p in ps]  # copies: the base step changes p
     if k == 1:
         return xs, torch.full((len(ps),), 2.0, device=ps[0].device)
     return xs, torch.stack(torch._foreach_norm(xs)).pow(2 * k - 2).mul_(2.0 * k)
