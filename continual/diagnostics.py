@@ -241,12 +241,15 @@ def task_end_diagnostics(
     probe_y: Tensor,
     prev_representation: Tensor | None,
     *,
+    representation_x: Tensor | None = None,
     grad_examples: int = 64,
     grad_param_budget: int = 500_000,
     tau: float = 0.0,
 ) -> tuple[dict[str, float], Tensor]:
-    """All diagnostics of the module docstring, and the representation ``model.features(probe_x)`` (detached,
-    to pass back as ``prev_representation`` at the next task end). ``init_params`` maps parameter names to θ0."""
+    """All diagnostics of the module docstring, and the representation ``model.features(representation_x)``
+    (detached, to pass back as ``prev_representation`` at the next task end). ``representation_x`` (default
+    ``probe_x``) must be the same images at every task end, so that the change compares like with like; gradients
+    and dormant units use the current task's ``probe_x``. ``init_params`` maps parameter names to θ0."""
     out = spectral_summary(model)
     named = dict(model.named_parameters())
     missing = sorted(set(named) - set(init_params))
@@ -263,6 +266,6 @@ def task_end_diagnostics(
     out["grad_condition"] = condition_number(s)
     out["dormant_fraction"] = dormant_fraction(model, probe_x, tau)
     with evaluating(model), torch.no_grad():
-        rep = model.features(probe_x).detach()
+        rep = model.features(probe_x if representation_x is None else representation_x).detach()
     out["representation_change"] = representation_change(rep, prev_representation)
     return {k: out[k] for k in DIAGNOSTICS}, rep

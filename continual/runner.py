@@ -156,13 +156,18 @@ class Run:
         if cfg.diagnostics:
             probe = slice(0, cfg.probe_size)
             x_probe, y_probe = task.x_train[probe], task.y_train[probe]
+            x_rep = None  # the representation change compares the same images at every task end
             if cfg.nonstationarity == "class-incremental":
                 # Task t's data grow with t; the first task's images (its classes stay in every task) are the
-                # same probe at every task end, so the representation change compares like with like.
+                # same probe at every task end.
                 first = make_task(self.ds, cfg.nonstationarity, self.seed, 0)
                 x_probe, y_probe = first.x_train[probe], first.y_train[probe]
+            elif cfg.nonstationarity == "pixel-permutation":
+                # Every task permutes the pixels anew: gradients and dormant units on this task's images, the
+                # representation on the first task's (the same images every time).
+                x_rep = make_task(self.ds, cfg.nonstationarity, self.seed, 0).x_train[probe]
             diag, self.prev_rep = task_end_diagnostics(self.model, self.init_params, x_probe, y_probe,
-                                                       self.prev_rep)
+                                                       self.prev_rep, representation_x=x_rep)
             row.update({k: round(float(v), 6) for k, v in diag.items()})
         else:
             row.update({k: math.nan for k in DIAGNOSTICS})

@@ -22,9 +22,10 @@ Adam's).
 
 ``mitigator == "spectral"`` is supported too (:class:`StackedSpectral`): SpectralAdam is Adam followed by the
 decoupled spectral step, which acts on each seed's slice on its own — a warm-started power iteration per seed
-(``vmap`` of :func:`specopt.functional.power_iteration`, seed s's u_s and v_s stacked to (S, out) and (S, in)),
-then :math:`W_s \leftarrow W_s - \eta\lambda\,2k\hat\sigma_s^{k-1}(\hat\sigma_s^k-1)\,u_s v_s^\top`, and the
-element-wise bias and scale directions. The MLP only (no buffers); the other mitigators (resets and noise from
+(:func:`specopt.functional.power_iteration` batched over the seed dimension, seed s's u_s and v_s stacked to
+(S, out) and (S, in)), then SpectralAdam's truncated step
+:math:`W_s \leftarrow W_s - \alpha_s u_s v_s^\top` (:func:`specopt.functional.matrix_step`), and the bias and
+scale steps (:func:`specopt.functional.vector_fraction`). The MLP only (no buffers); the other mitigators (resets and noise from
 their own generators, EWC's running Fisher, the coupled spectral penalty's per-module power iteration) would each
 need a stacked version.
 """
@@ -90,6 +91,7 @@ class StackedSpectral:
 
     @torch.no_grad()
     def prepare(self, params: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...]]:
+        """Per seed: (u, v, σ̂) of each matrix, (x_t, c) of each bias or scale (∇R = c·x_t), at the pre-step weights."""
         pending: dict[str, tuple[Tensor, ...]] = {}
         for name, role in self.roles.items():
             p = params[name].detach()
@@ -101,26 +103,31 @@ class StackedSpectral:
                     u0, v0 = SF.initial_vectors(w.shape[1], w.shape[2], w.device)
                     u, v = u0.expand(w.shape[0], -1), v0.expand(w.shape[0], -1)
                     n = max(self.iterations, self.init_iterations)
-                u, v, sigma, ok = vmap(lambda wi, ui, vi: SF.power_iteration(wi, ui, vi, n))(w, u, v)
-                coef = torch.nan_to_num(SF.matrix_coefficient(sigma, self.k), nan=0.0, posinf=0.0, neginf=0.0) * ok
-                pending[name] = (u, v, coef)
+                u, v, sigma, _ = SF.power_iteration(w, u, v, n)  # batched over the seed dimension
+                pending[name] = (u, v, sigma)
             elif role == "bias":
-                pending[name] = (torch.nan_to_num(vmap(SF.bias_direction, in_dims=(0, None))(p, self.k)),)
+                x = p.float().clone()
+                norm2 = x.flatten(1).pow(2).sum(1)
+                pending[name] = (x, 2.0 * self.k * norm2.pow(self.k - 1))
             else:
-                pending[name] = (SF.scale_direction(p),)
+                pending[name] = (p.float() - 1.0, torch.full((p.shape[0],), 2.0, device=p.device))
         return pending
 
     @torch.no_grad()
     def apply(self, params: dict[str, Tensor], pending: dict[str, tuple[Tensor, ...]]) -> None:
-        scale = -self.lr * self.strength
+        """SpectralAdam's truncated step per seed (:func:`specopt.functional.matrix_step`, ``vector_fraction``)."""
+        lr_strength = self.lr * self.strength
         for name, values in pending.items():
             p = params[name]
             if len(values) == 3:
-                u, v, coef = values
+                u, v, sigma = values
                 self.u[name], self.v[name] = u, v
-                p.add_((coef[:, None, None] * u[:, :, None] * v[:, None, :]).reshape(p.shape), alpha=scale)
+                alpha = SF.matrix_step(sigma, self.k, lr_strength)
+                p.sub_((alpha[:, None, None] * u[:, :, None] * v[:, None, :]).reshape(p.shape))
             else:
-                p.add_(values[0], alpha=scale)
+                x, coefficient = values
+                fraction = SF.vector_fraction(coefficient, lr_strength)
+                p.sub_(fraction.reshape(-1, *([1] * (x.dim() - 1))) * x)
 
     def state_dict(self) -> dict[str, Any]:
         return {"u": dict(self.u), "v": dict(self.v)}

@@ -65,11 +65,11 @@ def test_each_seed_gets_its_own_adam_step(tmp_path):
             torch.testing.assert_close(stacked.params[name][s], p.detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("layernorm", [False, True])
-def test_each_seed_gets_its_own_spectral_adam_step(tmp_path, layernorm):
+@pytest.mark.parametrize("layernorm, strength", [(False, 1.0), (True, 1.0), (True, 1000.0)])
+def test_each_seed_gets_its_own_spectral_adam_step(tmp_path, layernorm, strength):
     """Three stacked steps equal three SpectralAdam steps per seed (a matrix, bias and scale step each), and differ
-    from plain Adam's."""
-    cfg = config(tmp_path, epochs=3, train_size=64, mitigators=["spectral"], layernorm=layernorm)
+    from plain Adam's; at strength 1000 (lr·λ = 1) the steps are truncated at their targets, in both."""
+    cfg = config(tmp_path, epochs=3, train_size=64, mitigators=["spectral"], layernorm=layernorm, strength=strength)
     from continual.data import load_dataset
     ds = load_dataset("digits", train_size=64)
     stacked = StackedSeeds(cfg, ds, cfg.seeds)
@@ -79,7 +79,7 @@ def test_each_seed_gets_its_own_spectral_adam_step(tmp_path, layernorm):
     for s, run in enumerate(fresh):
         task = vmap_seeds.make_task(ds, cfg.nonstationarity, run.seed, 0)
         adam_model = copy.deepcopy(run.model)
-        spectral = specopt.SpectralAdam(specopt.param_groups(run.model), lr=cfg.lr, spectral_strength=1.0, k=2)
+        spectral = specopt.SpectralAdam(specopt.param_groups(run.model), lr=cfg.lr, spectral_strength=strength, k=2)
         adam = torch.optim.Adam(adam_model.parameters(), lr=cfg.lr)
         for epoch in range(3):
             idx = torch.randperm(64, generator=vmap_seeds.batch_generator(run.seed, 0, epoch))
