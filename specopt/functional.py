@@ -198,17 +198,6 @@ def matrix_step(sigma: Tensor, k: float, lr_strength: Any) -> Tensor:
     return torch.where(sigma > 0, alpha, torch.zeros_like(alpha))
 
 
-def bias_direction(b: Tensor, k: float) -> Tensor:
-    r""":math:`\nabla_b \lVert b\rVert^{2k} = 2k\lVert b\rVert^{2k-2} b` (float32)."""
-    b32 = b.detach().float()
-    return 2.0 * k * torch.linalg.vector_norm(b32).pow(2 * k - 2) * b32
-
-
-def scale_direction(gamma: Tensor) -> Tensor:
-    r""":math:`\nabla_\gamma \sum_i(\gamma_i - 1)^2 = 2(\gamma - 1)` (float32)."""
-    return 2.0 * (gamma.detach().float() - 1.0)
-
-
 def vector_fraction(coefficient: Tensor, lr_strength: Any) -> Tensor:
     r"""The fraction of the way to the target a bias (toward 0) or scale (toward 1) moves:
     :math:`\min(1, \eta\lambda c)` with :math:`d = c\,x` (:math:`c = 2k\lVert b\rVert^{2k-2}`, or 2 for a scale)."""
@@ -263,8 +252,12 @@ def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iteratio
     return u, v, sigma
 
 
-def _vector_batch(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], Tensor]:
-    """(x_t, c) for a list of biases (x = b, c = 2k‖b‖^{2k−2}) or scales (x = γ − 1, c = 2), float32 copies."""
+def vector_terms(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], Tensor]:
+    r"""∇R = c·x for a list of biases or scales, as (x's, c (n,)), float32 copies of the pre-step values.
+
+    Bias: :math:`x = b,\ c = 2k\lVert b\rVert^{2k-2}` (:math:`\nabla_b\lVert b\rVert^{2k}`); scale:
+    :math:`x = \gamma - 1,\ c = 2` (:math:`\nabla_\gamma\sum_i(\gamma_i - 1)^2`). All tensors on one device, one dtype.
+    """
     if role == "scale":
         xs = ps if ps[0].dtype == torch.float32 else [p.float() for p in ps]
         return list(torch._foreach_sub(xs, 1.0)), torch.full((len(ps),), 2.0, device=ps[0].device)
@@ -324,7 +317,7 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
             pending.blocked.append((p, u, v, sig, strength, k, group))
         for role in ("bias", "scale"):
             for batch in _by_device_and_dtype(by_role[role]):
-                xs, coef = _vector_batch(batch, role, k)
+                xs, coef = vector_terms(batch, role, k)
                 pending.vectors.append((batch, xs, coef, role, strength, group))
     if sharded:
         from .distributed import prepare_sharded
