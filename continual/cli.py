@@ -1,9 +1,10 @@
-"""Command line: ``python -m continual {run,plot,demo}``.
+"""Command line: ``python -m continual {run,sweep,plot,demo}``.
 
     python -m continual run --dataset fashion-mnist --nonstationarity random-labels --model mlp \\
         --mitigator none spectral --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --seeds 0 1 2 \\
         --out runs/fmnist
     python -m continual run --preset fmnist-random-labels --mitigator spectral --out runs/fmnist-spectral
+    python -m continual sweep --mitigator none l2 spectral --strengths 1e-5 1e-4 1e-3 --seeds 0 1 2 --out runs/sw
     python -m continual plot runs/fmnist [runs/other ...] -o fig.png
     python -m continual demo
 """
@@ -67,10 +68,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m continual", description="Continual supervised benchmarks.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    r = sub.add_parser("run", help="train and evaluate; writes results.csv and config.json")
+def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The flags of ``run``; with ``sweep``, those of ``sweep``: the same settings, with ``--strengths`` (a grid)
+    for ``--strength``, ``--workers``/``--backend``/``--ray-address``, ``--threads`` per run (default 1), and neither
+    ``--resume`` (a sweep always continues what is in ``--out``) nor ``--vectorize-seeds``."""
     r.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Appendix B setting (flags override)")
     r.add_argument("--dataset", choices=DATASETS)
     r.add_argument("--nonstationarity", choices=NONSTATIONARITIES)
@@ -79,7 +80,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--width", type=_positive(int), default=256, help="mlp hidden width (default 256)")
     r.add_argument("--mitigator", nargs="+", choices=MITIGATORS, default=["none"], metavar="NAME",
                    help=f"one or more of: {', '.join(MITIGATORS)}")
-    r.add_argument("--strength", type=float, help="mitigator strength (default: each mitigator's default)")
+    if sweep:
+        r.add_argument("--strengths", type=_positive(float), nargs="+", metavar="S",
+                       help="strengths for every mitigator that has one (default: each one's default); none and "
+                            "crelu run once per seed")
+    else:
+        r.add_argument("--strength", type=float, help="mitigator strength (default: each mitigator's default)")
     r.add_argument("--tasks", type=_positive(int))
     r.add_argument("--epochs", type=_positive(int), help="epochs per task")
     r.add_argument("--batch-size", type=_positive(int))
@@ -90,12 +96,32 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     r.add_argument("--no-diagnostics", action="store_true", help="skip the task-end plasticity diagnostics")
     r.add_argument("--out", type=Path, required=True, help="output folder")
-    r.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     r.add_argument("--no-progress", action="store_true")
+    if sweep:
+        r.add_argument("--threads", type=_positive(int), default=1, help="CPU threads for torch per run (default 1)")
+        r.add_argument("--workers", type=_positive(int),
+                       help="runs at once (default: one per CPU core locally; with --backend ray, as many as the "
+                            "cluster schedules)")
+        r.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help='local processes, or Ray tasks (needs pip install "specopt[sweep]")')
+        r.add_argument("--ray-address", metavar="ADDR",
+                       help="the Ray cluster to join: auto or HOST:PORT (default: start a local Ray instance)")
+        return
+    r.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     r.add_argument("--threads", type=_positive(int), help="CPU threads for torch (default: torch's choice)")
     r.add_argument("--vectorize-seeds", action="store_true",
                    help="train all --seeds in one process (stacked parameters + vmap); mitigator none, spectral, l2, "
                         "l2-init or wasserstein, mlp only")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m continual", description="Continual supervised benchmarks.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="train and evaluate; writes results.csv and config.json")
+    add_run_flags(r)
+    sw = sub.add_parser("sweep", help="a grid of runs (mitigator × strength × seed) in parallel processes or on "
+                                      "Ray; writes one run folder each, summary.md and sensitivity.png")
+    add_run_flags(sw, sweep=True)
     pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table")
     pl.add_argument("runs", nargs="+", type=Path)
     pl.add_argument("-o", "--output", type=Path, required=True)
@@ -126,8 +152,8 @@ def config_from(args: argparse.Namespace):
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
-    return RunConfig(mitigators=list(dict.fromkeys(args.mitigator)), strength=args.strength, seeds=args.seeds,
-                     lr=args.lr, layernorm=args.layernorm, width=args.width,
+    return RunConfig(mitigators=list(dict.fromkeys(args.mitigator)), strength=getattr(args, "strength", None),
+                     seeds=args.seeds, lr=args.lr, layernorm=args.layernorm, width=args.width,
                      data_dir=str(args.data_dir) if args.data_dir else None, device=args.device,
                      diagnostics=not args.no_diagnostics, out=str(args.out), **settings)
 
@@ -148,6 +174,15 @@ def main(argv: list[str] | None = None) -> int:
                 run_vectorized(config_from(args), resume=args.resume, progress=not args.no_progress)
             else:
                 run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
+        elif args.command == "sweep":
+            from .sweep import main as sweep_main
+
+            try:
+                return sweep_main(args)
+            except KeyboardInterrupt:
+                print("interrupted: finished tasks are checkpointed; run the same command again to continue",
+                      file=sys.stderr)
+                return 130
         elif args.command == "plot":
             from .plot import plot
 

@@ -1,0 +1,385 @@
+"""``python -m continual sweep``: a grid of runs (mitigator × strength × seed), one run folder each.
+
+Every run is one call of :func:`continual.runner.run_experiment` with one mitigator and one seed, in its own folder
+``<out>/<mitigator>[-s<strength>]-seed<seed>`` (the same ``results.csv``, ``config.json`` and ``checkpoint.pt`` as
+``run``). Runs go to local processes (``backend="local"``) or to Ray tasks (``backend="ray"``): a Ray task runs the
+experiment in a temporary folder on its worker, seeded with the run folder's files, and returns the folder's files
+as bytes, which the driver writes (atomically) under ``out`` — so results come back from other machines, and a run
+begun on one machine resumes on another. Running the same sweep again skips finished runs and resumes the others
+from their checkpoints. At the end :func:`summarize` writes ``summary.md`` and ``sensitivity.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .data import DataError
+from .mitigators import DEFAULT_STRENGTHS
+from .runner import LOCATION_SETTINGS, RunConfig
+
+# Mitigators whose strength is unused: they run once per seed, whatever --strengths says.
+NO_STRENGTH = ("none", "crelu")
+BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
+             "to the smaller strength")
+RAY_MISSING = 'the ray backend needs Ray: pip install "specopt[sweep]"'
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    name: str  # the run folder's name under the sweep's --out
+    mitigator: str
+    strength: float | None  # None: the mitigator has no strength
+    seed: int
+    config: RunConfig
+
+
+def run_name(mitigator: str, strength: float | None, seed: int) -> str:
+    return f"{mitigator}-seed{seed}" if strength is None else f"{mitigator}-s{strength:g}-seed{seed}"
+
+
+def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
+    """The runs of a sweep: every mitigator of ``base`` × (``strengths``, or its default strength; once for
+    :data:`NO_STRENGTH`) × seed, each a one-mitigator one-seed :class:`RunConfig` whose ``out`` is its folder."""
+    if len(set(base.seeds)) != len(base.seeds):
+        raise ValueError(f"--seeds repeats a seed: {' '.join(map(str, base.seeds))}")
+    if strengths is not None and len(set(strengths)) != len(strengths):
+        raise ValueError(f"--strengths repeats a value: {' '.join(f'{s:g}' for s in strengths)}")
+    runs = []
+    for mitigator in base.mitigators:
+        grid: list[float | None]
+        if mitigator in NO_STRENGTH:
+            grid = [None]
+        else:
+            grid = list(strengths) if strengths else [float(DEFAULT_STRENGTHS[mitigator])]
+        for strength in grid:
+            for seed in base.seeds:
+                name = run_name(mitigator, strength, seed)
+                cfg = replace(base, mitigators=[mitigator], seeds=[seed], strength=strength,
+                              out=str(Path(base.out) / name))
+                runs.append(SweepRun(name, mitigator, strength, seed, cfg))
+    return runs
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in LOCATION_SETTINGS}
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def status(run: SweepRun) -> str:
+    """"finished" (every task in results.csv), "partial" (something to resume) or "new". Raises ``ValueError`` when
+    the folder holds a run with other settings (``--out`` and ``--data-dir`` may differ, as for ``run --resume``)."""
+    folder = Path(run.config.out)
+    config_path = folder / "config.json"
+    if config_path.exists():
+        try:
+            saved = json.loads(config_path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{config_path} is not valid JSON: remove the folder or choose another --out") from None
+        want = _comparable(asdict(run.config))
+        diff = sorted(k for k in set(want) | set(saved) if k not in LOCATION_SETTINGS and want.get(k) != saved.get(k))
+        if diff:
+            raise ValueError(f"{folder} holds a run with different settings ({', '.join(diff)}): choose another "
+                             f"--out, or remove the folder")
+    rows = read_results(folder / "results.csv")
+    if config_path.exists() and len(rows) >= run.config.tasks:
+        return "finished"
+    return "partial" if folder.exists() and any(folder.iterdir()) else "new"
+
+
+def execute(config: dict[str, Any], threads: int = 1) -> int:
+    """Run (or resume) one run in ``config["out"]`` with ``threads`` torch threads; the number of rows. The unit
+    of work of both backends (module level, so a worker process can import it)."""
+    import torch
+
+    from .runner import run_experiment
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return len(run_experiment(RunConfig(**config), resume=True, progress=False))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def run_in_temp_folder(config: dict[str, Any], files: dict[str, bytes], threads: int = 1) -> dict[str, bytes]:
+    """A Ray task's body: write ``files`` (the run folder's, possibly none) into a temporary folder on this
+    machine, run or resume the run there, and return the folder's files as bytes."""
+    with tempfile.TemporaryDirectory(prefix="continual-sweep-") as tmp:
+        folder = Path(tmp) / "run"
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        execute(dict(config, out=str(folder)), threads)
+        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+
+
+def write_back(folder: Path, files: dict[str, bytes]) -> None:
+    """Write a run's returned files into ``folder`` atomically (temporary file + rename), results.csv last, and
+    config.json with ``out`` pointing at ``folder`` (as ``run`` writes it) rather than the worker's temporary one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if "config.json" in files:
+        config = json.loads(files["config.json"])
+        config["out"] = str(folder)
+        files = dict(files, **{"config.json": json.dumps(config, indent=2).encode()})
+    for name in sorted(files, key=lambda n: n == "results.csv"):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_bytes(files[name])
+        os.replace(tmp, folder / name)
+
+
+def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[[SweepRun], None]) -> None:
+    if workers == 1:  # in this process: no start-up cost
+        for run in todo:
+            execute(asdict(run.config), threads)
+            done(run)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn, not fork: a forked child of a process that has used torch's thread pools (or CUDA) can hang.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(execute, asdict(run.config), threads): run for run in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    run = pending.pop(future)
+                    future.result()
+                    done(run)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(RAY_MISSING) from None
+    return ray
+
+
+def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: str | None,
+             done: Callable[[SweepRun], None]) -> None:
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        started = True
+    try:
+        remote = ray.remote(run_in_temp_folder)
+        pending: dict[Any, SweepRun] = {}
+        queue = list(todo)
+        while queue or pending:
+            while queue and (workers is None or len(pending) < workers):
+                run = queue.pop(0)
+                gpus = 1 if run.config.device.startswith("cuda") else 0
+                task = remote.options(num_cpus=1, num_gpus=gpus, max_retries=0)
+                ref = task.remote(asdict(run.config), folder_files(Path(run.config.out)), threads)
+                pending[ref] = run
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                run = pending.pop(ref)
+                try:
+                    files = ray.get(ref)
+                except ray.exceptions.RayTaskError as err:
+                    cause = getattr(err, "cause", None) or err
+                    message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+                    if isinstance(cause, (ValueError, DataError)):  # a setting the worker refused (e.g. no dataset there)
+                        raise ValueError(f"{run.name} on its Ray worker: {message}") from None
+                    raise RuntimeError(f"{run.name} failed on its Ray worker: {cause}") from None
+                write_back(Path(run.config.out), files)
+                done(run)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | None = None, threads: int = 1,
+          backend: str = "local", ray_address: str | None = None, progress: bool = True) -> str:
+    """Run the sweep of ``base`` (its mitigators and seeds) × ``strengths`` into ``base.out``; skip finished runs,
+    resume partial ones; write ``summary.md`` and ``sensitivity.png`` there. Returns the summary's text."""
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; valid names are local, ray")
+    if backend == "ray":
+        _import_ray()  # before any work: a missing Ray is a one-line error
+    runs = plan(base, strengths)
+    states = {run.name: status(run) for run in runs}  # refuses changed settings before anything runs
+    todo = [run for run in runs if states[run.name] != "finished"]
+    out = Path(base.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = print if progress else (lambda *a, **k: None)
+    resumed = sum(states[r.name] == "partial" for r in todo)
+    say(f"sweep: {len(runs)} runs in {out}: {len(runs) - len(todo)} finished, {resumed} to resume, "
+        f"{len(todo) - resumed} to start ({backend})", flush=True)
+    t0, count = time.time(), [len(runs) - len(todo)]
+
+    def done(run: SweepRun) -> None:
+        count[0] += 1
+        rows = read_results(Path(run.config.out) / "results.csv")
+        last = float(rows[-1]["train_accuracy"]) if rows else math.nan
+        say(f"[{count[0]}/{len(runs)}] {run.name}: {len(rows)} tasks, last-task train accuracy {last:.3f} "
+            f"({time.time() - t0:.0f} s)", flush=True)
+
+    if todo:
+        if backend == "local":
+            _run_local(todo, workers or os.cpu_count() or 1, threads, done)
+        else:
+            _run_ray(todo, workers, threads, ray_address, done)
+    text = summarize(runs, out)
+    say(f"summary: {out / 'summary.md'}\nfigure: {out / 'sensitivity.png'}", flush=True)
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# summary.md and sensitivity.png
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    return mean, se
+
+
+def run_scores(rows: list[dict[str, str]], metric: str = "train_accuracy") -> tuple[float, float]:
+    """(mean of ``metric`` over the last 5 tasks, ``metric`` at the last task) of one run's rows."""
+    values = [float(r[metric]) for r in sorted(rows, key=lambda r: int(r["task"]))]
+    tail = values[-5:]
+    return sum(tail) / len(tail), values[-1]
+
+
+def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
+    """One entry per (mitigator, strength) in sweep order: seeds, tasks, and mean ± standard error over seeds of
+    the last-5-task mean and the last task of train accuracy. Runs without results are left out."""
+    groups: dict[tuple[str, float | None], list[tuple[float, float, int]]] = {}
+    for run in runs:
+        rows = read_results(out / run.name / "results.csv")
+        if rows:
+            groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
+    entries = []
+    for (mitigator, strength), scores in groups.items():
+        last5, last_se = _mean_se([s[0] for s in scores]), _mean_se([s[1] for s in scores])
+        entries.append(dict(mitigator=mitigator, strength=strength, seeds=len(scores),
+                            tasks=min(s[2] for s in scores), last5=last5[0], last5_se=last5[1],
+                            last=last_se[0], last_se=last_se[1]))
+    return entries
+
+
+def best_strengths(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Each mitigator's best strength by :data:`BEST_RULE` (mitigators with a strength only)."""
+    best: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e["strength"] is None:
+            continue
+        b = best.get(e["mitigator"])
+        if b is None or e["last5"] > b["last5"] or (e["last5"] == b["last5"] and e["strength"] < b["strength"]):
+            best[e["mitigator"]] = e
+    return {m: e["strength"] for m, e in best.items()}
+
+
+def summary_markdown(entries: list[dict[str, Any]], base: RunConfig | None = None) -> str:
+    best = best_strengths(entries)
+    lines = ["# Sweep summary", ""]
+    if base is not None:
+        ln = " + LayerNorm" if base.layernorm else ""
+        lines += [f"{base.dataset}, {base.nonstationarity}, {base.model}{ln}; {base.tasks} tasks × {base.epochs} "
+                  f"epochs, batch size {base.batch_size}, lr {base.lr:g}.", ""]
+    lines += ["Train accuracy at task end: mean ± standard error over seeds of each run's mean over its last 5 "
+              "tasks, and of its last task. Strength – : the mitigator has none.", "",
+              "| mitigator | strength | seeds | tasks | last-5-task mean | last task | best |",
+              "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        strength = "–" if e["strength"] is None else f"{e['strength']:g}"
+        mark = "best" if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"] else ""
+        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | {e['last5']:.4f} ± "
+                     f"{e['last5_se']:.4f} | {e['last']:.4f} ± {e['last_se']:.4f} | {mark} |")
+    lines += ["", f"Best strength per mitigator: {BEST_RULE}.", ""]
+    lines += [f"* {m}: {s:g}" for m, s in best.items()] or ["* (no mitigator with a strength in this sweep)"]
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_plot(entries: list[dict[str, Any]], output: Path) -> None:
+    """Last-5-task mean train accuracy against strength (log x), one line per mitigator with standard-error bars;
+    mitigators without a strength (none, crelu) as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.get_cmap("tab10")
+    mitigators = list(dict.fromkeys(e["mitigator"] for e in entries))
+    for i, m in enumerate(mitigators):
+        points = sorted((e for e in entries if e["mitigator"] == m), key=lambda e: e["strength"] or 0.0)
+        color = colors(i % 10)
+        if points[0]["strength"] is None:
+            e = points[0]
+            ax.axhline(e["last5"], color=color, ls="--" if m != "none" else "-", lw=1.5, label=f"{m} (no strength)")
+            if e["last5_se"] > 0:
+                ax.axhspan(e["last5"] - e["last5_se"], e["last5"] + e["last5_se"], color=color, alpha=0.15)
+            continue
+        ax.errorbar([e["strength"] for e in points], [e["last5"] for e in points],
+                    yerr=[e["last5_se"] for e in points], color=color, marker="o", capsize=3, label=m)
+    if any(e["strength"] is not None for e in entries):
+        ax.set_xscale("log")
+    ax.set_xlabel("strength")
+    ax.set_ylabel("train accuracy, mean of last 5 tasks")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = output.with_name(f".{output.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, output)
+    plt.close(fig)
+
+
+def summarize(runs: list[SweepRun], out: Path) -> str:
+    entries = aggregate(runs, out)
+    if not entries:
+        raise ValueError(f"no results in {out}")
+    text = summary_markdown(entries, runs[0].config)
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, out / "summary.md")
+    sensitivity_plot(entries, out / "sensitivity.png")
+    return text
+
+
+def main(args) -> int:
+    """The ``sweep`` subcommand (``args`` from :func:`continual.cli.parser`)."""
+    from .cli import config_from
+
+    if args.ray_address and args.backend != "ray":
+        raise ValueError("--ray-address needs --backend ray")
+    sweep(config_from(args), strengths=args.strengths, workers=args.workers, threads=args.threads,
+          backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: python -m continual sweep ...")
