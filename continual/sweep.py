@@ -324,7 +324,7 @@ def summary_markdown(entries: list[dict[str, Any]], base: RunConfig | None = Non
     return "\n".join(lines) + "\n"
 
 
-def sensitivity_plot(entries: list[dict[str, Any]], output: Path) -> None:
+def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | None = None) -> None:
     """Last-5-task mean train accuracy against strength (log x), one line per mitigator with standard-error bars;
     mitigators without a strength (none, crelu) as horizontal lines."""
     import matplotlib
@@ -350,6 +350,8 @@ def sensitivity_plot(entries: list[dict[str, Any]], output: Path) -> None:
         ax.set_xscale("log")
     ax.set_xlabel("strength")
     ax.set_ylabel("train accuracy, mean of last 5 tasks")
+    if title:
+        ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = output.with_name(f".{output.name}.tmp")
@@ -366,7 +368,9 @@ def summarize(runs: list[SweepRun], out: Path) -> str:
     tmp = out / ".summary.md.tmp"
     tmp.write_text(text)
     os.replace(tmp, out / "summary.md")
-    sensitivity_plot(entries, out / "sensitivity.png")
+    c = runs[0].config
+    title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
+    sensitivity_plot(entries, out / "sensitivity.png", title)
     return text
 
 

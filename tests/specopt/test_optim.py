@@ -2,6 +2,7 @@
 
 import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -317,3 +318,50 @@ def test_optimizer_can_be_deep_copied_and_pickled():
         train(model, opt, 2)
         clone = copy.deepcopy(opt)
         assert len(clone.state_dict()["state"]) == len(opt.state_dict()["state"])
+
+
+def _scaled_layer(scale: float = 5.0) -> nn.Linear:
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 5)
+    with torch.no_grad():
+        layer.weight.mul_(scale)
+    return layer
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: specopt.SpectralAdam(ps, lr=1e-2),
+    lambda ps: specopt.Spectral(torch.optim.SGD(ps, lr=1e-2)),
+], ids=["SpectralAdam", "Spectral(SGD)"])
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_still_takes_the_spectral_step_once(make, copy_with):
+    """torch.optim drops hooks when pickling; the spectral step must come back, once (not twice after a load)."""
+    layer = _scaled_layer()
+    opt = make([layer.weight])
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    opt.step()
+    clone = copy.deepcopy(opt) if copy_with == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    w = clone.param_groups[0]["params"][0]
+    w.grad = torch.zeros_like(w)
+    reference = _scaled_layer()
+    ref_opt = make([reference.weight])
+    reference.weight.grad = torch.zeros_like(reference.weight)
+    ref_opt.step()
+    ref_opt.step()  # two steps uninterrupted = one step, copy, one more step
+    before = w.detach().clone()
+    clone.step()
+    assert not torch.equal(w.detach(), before)  # the copy took a spectral step (the base update is 0)
+    torch.testing.assert_close(w.detach(), reference.weight.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_hooks_registered_on_the_wrapper_get_the_wrapper_and_see_the_final_weights():
+    layer = _scaled_layer()
+    opt = specopt.Spectral(torch.optim.SGD([layer.weight], lr=1e-2))
+    seen = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(("pre", o, layer.weight.detach().clone())))
+    opt.register_step_post_hook(lambda o, args, kwargs: seen.append(("post", o, layer.weight.detach().clone())))
+    before = layer.weight.detach().clone()
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    opt.step()
+    assert [s[0] for s in seen] == ["pre", "post"] and all(s[1] is opt for s in seen)
+    assert torch.equal(seen[0][2], before)
+    assert torch.equal(seen[1][2], layer.weight.detach()) and not torch.equal(seen[1][2], before)
