@@ -15,7 +15,6 @@ import csv
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -30,7 +29,7 @@ from .runner import LOCATION_SETTINGS, RunConfig
 NO_STRENGTH = ("none", "crelu")
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
              "to the smaller strength")
-RAY_MISSING = 'the ray backend needs Ray: pip install "specopt[sweep]"'
+RAY_MISSING = 'the ray backend needs Ray: pip install "specopt[sweep]" (or pip install ray)'
 
 
 @dataclass(frozen=True)
@@ -167,9 +166,12 @@ def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[
                     run = pending.pop(future)
                     future.result()
                     done(run)
-        except BaseException:
+        except BaseException:  # a failed run or Ctrl-C: stop now (every finished task is checkpointed)
             for future in pending:
                 future.cancel()
+            for process in (getattr(pool, "_processes", None) or {}).values():
+                process.terminate()  # a worker would otherwise go on with the runs already handed to it
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
@@ -210,11 +212,15 @@ def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: s
                 except ray.exceptions.RayTaskError as err:
                     cause = getattr(err, "cause", None) or err
                     message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-                    if isinstance(cause, (ValueError, DataError)):  # a setting the worker refused (e.g. no dataset there)
+                    if isinstance(cause, (ValueError, DataError)):  # a setting the worker refused (e.g. no dataset)
                         raise ValueError(f"{run.name} on its Ray worker: {message}") from None
                     raise RuntimeError(f"{run.name} failed on its Ray worker: {cause}") from None
                 write_back(Path(run.config.out), files)
                 done(run)
+    except BaseException:  # a failed run or Ctrl-C: cancel the others (their finished tasks come back next time)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
     finally:
         if started:
             ray.shutdown()
@@ -383,7 +389,3 @@ def main(args) -> int:
     sweep(config_from(args), strengths=args.strengths, workers=args.workers, threads=args.threads,
           backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress)
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: python -m continual sweep ...")

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,7 @@ def test_a_killed_run_is_resumed_not_restarted_and_changed_settings_are_refused(
     assert "0 finished, 1 to resume, 0 to start" in capsys.readouterr().out
     resumed = read_csv(folder / "results.csv")
     uninterrupted = tmp_path / "full"
-    run_experiment(sweep_mod.replace(run.config, out=str(uninterrupted)), progress=False)
+    run_experiment(replace(run.config, out=str(uninterrupted)), progress=False)
     full = read_csv(uninterrupted / "results.csv")
     assert len(resumed) == 2 and resumed[0]["train_loss"] == "99.0"
     assert resumed[1] == full[1] and {k: v for k, v in resumed[0].items() if k != "train_loss"} == \
@@ -179,7 +180,11 @@ def test_ray_backend_gives_the_rows_of_the_local_backend_and_resumes_across_fold
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="ERROR",
              log_to_driver=False, configure_logging=False)
     try:
-        assert main(["sweep", *common, "--backend", "ray", "--out", str(remote)]) == 0
+        capsys.readouterr()
+        assert main(["sweep", *[a for a in common if a != "--no-progress"], "--backend", "ray", "--out",
+                     str(remote)]) == 0
+        printed = capsys.readouterr().out
+        assert "0 finished, 1 to resume, 3 to start (ray)" in printed and printed.count("/4] ") == 4
     finally:
         ray.shutdown()
     names = sorted(p.name for p in local.iterdir() if p.is_dir())
