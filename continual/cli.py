@@ -138,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from(args: argparse.Namespace):
+def config_from(args: argparse.Namespace, check_device: bool = True):
     from .runner import RunConfig
 
     settings = dict(DEFAULTS)
@@ -147,7 +147,7 @@ def config_from(args: argparse.Namespace):
     for key in DEFAULTS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    if args.device.startswith("cuda"):
+    if check_device and args.device.startswith("cuda"):  # not when the runs go to other machines (sweep on Ray)
         import torch
 
         if not torch.cuda.is_available():

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from .data import DataError
 from .mitigators import DEFAULT_STRENGTHS
-from .runner import LOCATION_SETTINGS, RunConfig
+from .runner import LOCATION_SETTINGS, RunConfig, atomic_write
 
 # Mitigators whose strength is unused: they run once per seed, whatever --strengths says.
 NO_STRENGTH = ("none", "crelu")
@@ -142,9 +142,7 @@ def write_back(folder: Path, files: dict[str, bytes]) -> None:
         config["out"] = str(folder)
         files = dict(files, **{"config.json": json.dumps(config, indent=2).encode()})
     for name in sorted(files, key=lambda n: n == "results.csv"):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_bytes(files[name])
-        os.replace(tmp, folder / name)
+        atomic_write(folder / name, lambda tmp, data=files[name]: tmp.write_bytes(data))
 
 
 def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[[SweepRun], None]) -> None:
@@ -360,9 +358,7 @@ def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | N
         ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = output.with_name(f".{output.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, output)
+    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -371,9 +367,7 @@ def summarize(runs: list[SweepRun], out: Path) -> str:
     if not entries:
         raise ValueError(f"no results in {out}")
     text = summary_markdown(entries, runs[0].config)
-    tmp = out / ".summary.md.tmp"
-    tmp.write_text(text)
-    os.replace(tmp, out / "summary.md")
+    atomic_write(out / "summary.md", lambda tmp: tmp.write_text(text))
     c = runs[0].config
     title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
     sensitivity_plot(entries, out / "sensitivity.png", title)
@@ -386,6 +380,7 @@ def main(args) -> int:
 
     if args.ray_address and args.backend != "ray":
         raise ValueError("--ray-address needs --backend ray")
-    sweep(config_from(args), strengths=args.strengths, workers=args.workers, threads=args.threads,
-          backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress)
+    # With Ray the runs go to the cluster's machines: CUDA need not be on this one.
+    sweep(config_from(args, check_device=args.backend == "local"), strengths=args.strengths, workers=args.workers,
+          threads=args.threads, backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress)
     return 0
