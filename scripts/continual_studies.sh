@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The paper's comparisons on real Fashion-MNIST (random labels, MLP 4×256, Adam 1e-3, batch 512, 12,800 images,
+# 40 epochs per task), run with `python -m continual sweep` so that every run resumes and finished runs are skipped.
+#
+#   bash scripts/continual_studies.sh tuned [WORKERS]     # every mitigator with a strength over its grid, 2 seeds,
+#                                                          # 20 tasks, without then with LayerNorm
+#
+# Run folders (results.csv + config.json, committed as they finish; checkpoint.pt is ignored by git) live under
+# results/studies/tuned/{noln,ln}/MITIGATOR/, with each sweep's summary.md and sensitivity.png beside them, so a
+# later session re-running the same command skips what is done and starts the rest. A run that was cut off without
+# its checkpoint restarts from task 1.
+# Needs the real data: apt-get install -y dataset-fashion-mnist (or pass --data-dir through STUDY_EXTRA).
+#
+# Environment overrides (the tests run a tiny version with them):
+#   STUDY_EXTRA   flags appended to every sweep, e.g. "--dataset digits --tasks 2 --epochs 1" (later flags win)
+#   STUDY_OUT     the results folder (default results/studies)
+#   STUDY_ONLY    mitigators to run (default: all of the grid below)
+#   STUDY_STRENGTHS   one grid for every mitigator instead of each one's own
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+study=${1:?usage: bash scripts/continual_studies.sh tuned [WORKERS]}
+workers=${2:-2}
+out=${STUDY_OUT:-results/studies}
+
+# Each mitigator's grid: at least 4 strengths over at least 2 decades around its literature default
+# (continual/mitigators: DEFAULT_STRENGTHS).
+declare -A GRID=(
+  [spectral]="0.1 0.3 1 3 10"
+  [spectral-coupled]="1e-5 1e-4 1e-3 1e-2"
+  [l2]="1e-5 1e-4 1e-3 1e-2"
+  [l2-init]="1e-5 1e-4 1e-3 1e-2"
+  [shrink-perturb]="1e-5 1e-4 1e-3 1e-2"
+  [wasserstein]="1e-5 1e-4 1e-3 1e-2"
+  [ewc]="1e-5 1e-4 1e-3 1e-2"
+  [cbp]="1e-5 1e-4 1e-3 1e-2"
+  [redo]="0.001 0.01 0.1 0.3"
+)
+ORDER="spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
+
+case "$study" in
+  tuned)
+    for variant in noln ln; do
+      flags=""
+      [ "$variant" = ln ] && flags="--layernorm"
+      for m in ${STUDY_ONLY:-$ORDER}; do
+        python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
+          --tasks 20 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 $flags \
+          --mitigator "$m" --strengths ${STUDY_STRENGTHS:-${GRID[$m]}} --workers "$workers" --out "$out/tuned/$variant/$m" \
+          ${STUDY_EXTRA:-}
+      done
+    done
+    ;;
+  *)
+    echo "unknown study '$study'; valid: tuned" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,33 @@
+"""The studies script at tiny size: one sweep per mitigator and LayerNorm variant, each resumable and summarised."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_tuned_study_writes_one_resumable_sweep_per_mitigator_and_variant(tmp_path):
+    env = dict(os.environ, STUDY_OUT=str(tmp_path), STUDY_ONLY="spectral l2", STUDY_STRENGTHS="0.5",
+               STUDY_EXTRA="--dataset digits --tasks 2 --epochs 1 --train-size 64 --width 16 --no-diagnostics",
+               PYTHONPATH=str(ROOT))
+    cmd = ["bash", str(ROOT / "scripts" / "continual_studies.sh"), "tuned", "1"]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for variant in ("noln", "ln"):
+        for mitigator in ("spectral", "l2"):
+            folder = tmp_path / "tuned" / variant / mitigator
+            assert (folder / "summary.md").exists() and (folder / "sensitivity.png").exists()
+            runs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            assert runs == [f"{mitigator}-s0.5-seed0", f"{mitigator}-s0.5-seed1"]
+            with open(folder / runs[0] / "results.csv") as fh:
+                rows = list(csv.DictReader(fh))
+            assert [r["task"] for r in rows] == ["1", "2"]
+            assert {r["layernorm"] for r in rows} == {"1" if variant == "ln" else "0"}
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("0 to start") == 4, again.stdout[-2000:]
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "continual_studies.sh"), "nope"], env=env,
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "valid: tuned" in bad.stderr
