@@ -24,12 +24,12 @@ workers=${2:-2}
 out=${STUDY_OUT:-results/studies}
 
 # Each mitigator's grid: at least 4 strengths over at least 2 decades around its literature default
-# (continual/mitigators: DEFAULT_STRENGTHS).
+# (continual/mitigators: DEFAULT_STRENGTHS); a best strength at the edge of its grid means the grid must grow.
 declare -A GRID=(
   [spectral]="0.1 0.3 1 3 10"
   [spectral-coupled]="1e-5 1e-4 1e-3 1e-2"
   [l2]="1e-5 1e-4 1e-3 1e-2"
-  [l2-init]="1e-5 1e-4 1e-3 1e-2"
+  [l2-init]="1e-6 1e-5 1e-4 1e-3 1e-2"  # 1e-6 added: the best of the first four was 1e-5, the edge
   [shrink-perturb]="1e-5 1e-4 1e-3 1e-2"
   [wasserstein]="1e-5 1e-4 1e-3 1e-2"
   [ewc]="1e-5 1e-4 1e-3 1e-2"
