@@ -34,6 +34,12 @@ def label(row: dict[str, str]) -> str:
     return f"{row['mitigator']} ({float(row['strength']):g}){ln}" if row["mitigator"] != "none" else f"none{ln}"
 
 
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """(mean, standard error of the mean) of ``values``: sample standard deviation (ddof 1) / √n; 0 for one value."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
 def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
     """label → (tasks, mean, standard error, seeds, seeds at the last task) of ``metric`` across seeds."""
     by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -43,10 +49,10 @@ def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarra
     out = {}
     for name, per_task in by.items():
         tasks = np.array(sorted(per_task))
-        vals = [np.array(per_task[t]) for t in tasks]
-        mean = np.array([v.mean() for v in vals])
-        sem = np.array([v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals])
-        out[name] = (tasks, mean, sem, max(len(v) for v in vals), len(vals[-1]))
+        stats = [mean_se(per_task[t]) for t in tasks]
+        mean, sem = np.array([m for m, _ in stats]), np.array([s for _, s in stats])
+        counts = [len(per_task[t]) for t in tasks]
+        out[name] = (tasks, mean, sem, max(counts), counts[-1])
     return out
 
 

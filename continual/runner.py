@@ -178,13 +178,18 @@ class Run:
 LOCATION_SETTINGS = ("out", "data_dir")
 
 
+def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The settings of ``config`` that differ from ``saved`` (but :data:`LOCATION_SETTINGS`), sorted."""
+    return sorted(k for k in config if k not in LOCATION_SETTINGS and config[k] != saved.get(k))
+
+
 def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """The checkpoint in ``out`` when resuming (None if there is none yet). Refuses to resume with settings other
     than the checkpoint's (but :data:`LOCATION_SETTINGS`), and to start over a folder that already holds results."""
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
         saved = torch.load(ckpt_path, weights_only=False)
-        diff = sorted(k for k in config if k not in LOCATION_SETTINGS and config[k] != saved["config"].get(k))
+        diff = changed_settings(saved["config"], config)
         if diff:
             raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
         return saved

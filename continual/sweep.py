@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable
 
 from .data import DataError
 from .mitigators import DEFAULT_STRENGTHS
-from .runner import LOCATION_SETTINGS, RunConfig, atomic_write
+from .plot import mean_se
+from .runner import LOCATION_SETTINGS, RunConfig, atomic_write, changed_settings
 
 # Mitigators whose strength is unused: they run once per seed, whatever --strengths says.
 NO_STRENGTH = ("none", "crelu")
@@ -89,8 +90,7 @@ def status(run: SweepRun) -> str:
             saved = json.loads(config_path.read_text())
         except json.JSONDecodeError:
             raise ValueError(f"{config_path} is not valid JSON: remove the folder or choose another --out") from None
-        want = _comparable(asdict(run.config))
-        diff = sorted(k for k in set(want) | set(saved) if k not in LOCATION_SETTINGS and want.get(k) != saved.get(k))
+        diff = changed_settings(saved, _comparable(asdict(run.config)))
         if diff:
             raise ValueError(f"{folder} holds a run with different settings ({', '.join(diff)}): choose another "
                              f"--out, or remove the folder")
@@ -264,13 +264,6 @@ def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | 
 # summary.md and sensitivity.png
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-    return mean, se
-
-
 def run_scores(rows: list[dict[str, str]], metric: str = "train_accuracy") -> tuple[float, float]:
     """(mean of ``metric`` over the last 5 tasks, ``metric`` at the last task) of one run's rows."""
     values = [float(r[metric]) for r in sorted(rows, key=lambda r: int(r["task"]))]
@@ -288,7 +281,7 @@ def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
             groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
     entries = []
     for (mitigator, strength), scores in groups.items():
-        last5, last_se = _mean_se([s[0] for s in scores]), _mean_se([s[1] for s in scores])
+        last5, last_se = mean_se([s[0] for s in scores]), mean_se([s[1] for s in scores])
         entries.append(dict(mitigator=mitigator, strength=strength, seeds=len(scores),
                             tasks=min(s[2] for s in scores), last5=last5[0], last5_se=last5[1],
                             last=last_se[0], last_se=last_se[1]))

@@ -77,8 +77,6 @@ class _Matrix:
         self.w = local.reshape(local.shape[0], -1).float()
         rows = p.shape[0]
         cols = torch.Size(p.shape[1:]).numel()
-        if rows % blocks:
-            raise ValueError(f"role 'qkv' needs a first dimension divisible by 3, got shape {tuple(p.shape)}")
         u_place, v_place = _placements(p, "u"), _placements(p, "v")
         row_ids = distribute_tensor(torch.arange(rows, device=local.device), p.device_mesh, u_place,
                                     src_data_rank=None).to_local()
@@ -123,16 +121,16 @@ def _iterate(mats: list[_Matrix], iterations: int) -> list[Tensor]:
     for _ in range(iterations):
         ts = _sum([m.left() for m in mats], rows)
         nvs = [n.sqrt() for n in _sum([t.pow(2).sum(-1) for t in ts], cols)]
+        v_news = []
         for m, t, nv in zip(mats, ts, nvs):
             ok = (torch.isfinite(nv) & (nv > _TINY)).unsqueeze(-1)
-            m.v_new = torch.where(ok, t / nv.clamp_min(_TINY).unsqueeze(-1), m.v)
-        ss = _sum([m.right(m.v_new) for m in mats], cols)
+            v_news.append(torch.where(ok, t / nv.clamp_min(_TINY).unsqueeze(-1), m.v))
+        ss = _sum([m.right(v) for m, v in zip(mats, v_news)], cols)
         norms = [n.sqrt() for n in _sum([m.segment_sum(s.pow(2)) for m, s in zip(mats, ss)], rows)]
-        for i, (m, s, sigma) in enumerate(zip(mats, ss, norms)):
+        for i, (m, s, sigma, v_new) in enumerate(zip(mats, ss, norms, v_news)):
             ok = torch.isfinite(sigma) & (sigma > _TINY)
-            row_ok = ok[m.block_ids]
-            m.u = torch.where(row_ok, s / sigma.clamp_min(_TINY)[m.block_ids], m.u)
-            m.v = torch.where(ok.unsqueeze(-1), m.v_new, m.v)
+            m.u = torch.where(ok[m.block_ids], s / sigma.clamp_min(_TINY)[m.block_ids], m.u)
+            m.v = torch.where(ok.unsqueeze(-1), v_new, m.v)
             sigmas[i] = torch.where(ok, sigma, torch.zeros_like(sigma))
     return sigmas
 
