@@ -14,6 +14,7 @@ from .functional import power_iteration
 from .optim import DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, Spectral, SpectralAdam
 from .penalty import SpectralPenalty, spectral_norms, spectral_penalty
 from .roles import ROLES, describe, infer_role, named_roles, param_groups
+from .stacked import StackedSpectralAdam
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "Spectral",
     "SpectralAdam",
     "SpectralPenalty",
+    "StackedSpectralAdam",
     "describe",
     "infer_role",
     "named_roles",
