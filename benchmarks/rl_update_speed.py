@@ -1,6 +1,9 @@
-"""Updates per second: our SAC (rl.sac.SAC) vs a straightforward single-file CleanRL-style SAC of the same sizes.
+"""Seed-updates per second: N agents vectorized in one process (rl.sac.SAC with N agents) against the same N agents
+updated one after another (N single-agent SACs), and a straightforward single-file CleanRL-style SAC of the same
+sizes. The last line printed is the vectorized / sequential ratio.
 
-Both do the same work per update: critic step (n critics, LayerNorm MLPs 2×hidden), Polyak update, actor step and
+The agents are half ``none`` and half ``spectral`` (per-agent strength: one batch for both). Every contender does
+the same work per update: critic step (n critics, LayerNorm MLPs 2×hidden), Polyak update, actor step and
 temperature step on a fresh batch of 256. The CleanRL-style agent is written below the way
 cleanrl/sac_continuous_action.py is (numpy indices + tensor conversion per update, ``.item()`` on α, zero_grad /
 backward / step with torch's default Adam, a Python loop for the target update, the actor loss also backpropagating
@@ -8,7 +11,8 @@ into the critic's weights) except that the actor is updated every step (CleanRL'
 twice every other step: the same count). Timed blocks of the two alternate in one process, so machine load affects
 both alike; the median over rounds is reported.
 
-    python benchmarks/rl_update_speed.py --threads 1 --rounds 5 --updates 160
+    python benchmarks/rl_update_speed.py --agents 8 --threads 1 --rounds 5 --updates 160
+    python benchmarks/rl_update_speed.py --agents 64 --device cuda --compile   # on a GPU
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rl import streams
 from rl.buffer import ReplayBuffer
 from rl.config import Config
 from rl.sac import SAC
@@ -62,23 +67,23 @@ class CleanActor(nn.Module):
 
 
 class CleanRLSAC:
-    def __init__(self, data: dict[str, np.ndarray], critics: int, hidden: int, batch_size: int):
-        self.data, self.batch_size = data, batch_size
-        self.actor = CleanActor(hidden)
-        self.qfs = [SoftQNetwork(hidden) for _ in range(critics)]
-        self.qf_targets = [SoftQNetwork(hidden) for _ in range(critics)]
+    def __init__(self, data: dict[str, np.ndarray], critics: int, hidden: int, batch_size: int, device="cpu"):
+        self.data, self.batch_size, self.device = data, batch_size, device
+        self.actor = CleanActor(hidden).to(device)
+        self.qfs = [SoftQNetwork(hidden).to(device) for _ in range(critics)]
+        self.qf_targets = [SoftQNetwork(hidden).to(device) for _ in range(critics)]
         for t, q in zip(self.qf_targets, self.qfs):
             t.load_state_dict(q.state_dict())
         self.q_optimizer = torch.optim.Adam([p for q in self.qfs for p in q.parameters()], lr=3e-4)
         self.actor_optimizer = torch.optim.Adam(list(self.actor.parameters()), lr=3e-4)
         self.target_entropy = -ACT_DIM / 2
-        self.log_alpha = torch.zeros(1, requires_grad=True)
+        self.log_alpha = torch.zeros(1, requires_grad=True, device=device)
         self.alpha = self.log_alpha.exp().item()
         self.a_optimizer = torch.optim.Adam([self.log_alpha], lr=3e-4)
 
     def sample(self):
         idx = np.random.randint(0, len(self.data["obs"]), size=self.batch_size)
-        return {k: torch.tensor(v[idx]) for k, v in self.data.items()}
+        return {k: torch.tensor(v[idx]).to(self.device) for k, v in self.data.items()}
 
     def update(self):
         data = self.sample()
@@ -118,18 +123,24 @@ def rate(fn, n: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--agents", type=int, default=8, help="N: agents vectorized, and agents updated in sequence")
     p.add_argument("--updates", type=int, default=160, help="updates per timed block (a multiple of --rr)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--rr", type=int, default=16, help="replay ratio: our agent samples this many batches at once")
+    p.add_argument("--rr", type=int, default=16, help="replay ratio: batches sampled at once")
     p.add_argument("--critics", type=int, default=1)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--mitigators", default="none,spectral", help="our agent's variants to time")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="torch.compile the update")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch every kernel (no graph replay)")
+    p.add_argument("--no-cleanrl", action="store_true", help="skip the CleanRL-style reference")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     np.random.seed(0)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     n = 20_000
     data = {"obs": np.random.randn(n, OBS_DIM).astype(np.float32),
@@ -137,36 +148,57 @@ def main() -> None:
             "reward": np.random.randn(n, 1).astype(np.float32),
             "next_obs": np.random.randn(n, OBS_DIM).astype(np.float32),
             "terminated": np.zeros((n, 1), np.float32)}
-    buffer = ReplayBuffer(n, OBS_DIM, ACT_DIM)
-    buffer.obs[:], buffer.action[:], buffer.next_obs[:] = (torch.from_numpy(data[k]) for k in ("obs", "action", "next_obs"))
-    buffer.reward[:], buffer.terminated[:] = torch.from_numpy(data["reward"][:, 0]), 0.0
-    buffer.size = n
-    gen = torch.Generator().manual_seed(0)
 
-    def ours_fn(agent):
+    def buffer_for(agents: int) -> ReplayBuffer:
+        buffer = ReplayBuffer(agents, n, OBS_DIM, ACT_DIM, device)
+        for name in ("obs", "action", "next_obs"):
+            getattr(buffer, name)[:] = torch.from_numpy(data[name]).to(device)
+        buffer.reward[:], buffer.terminated[:] = torch.from_numpy(data["reward"][:, 0]).to(device), 0.0
+        buffer.size = n
+        return buffer
+
+    mitigators = ["none"] * (args.agents - args.agents // 2) + ["spectral"] * (args.agents // 2)
+    settings = dict(critics=args.critics, hidden=args.hidden, batch_size=args.batch_size, compile=args.compile,
+                    device=args.device, replay_ratio=args.rr, cuda_graphs=not args.no_cuda_graphs)
+
+    def runner(agent: SAC, buffer: ReplayBuffer):
         def run(k):
             for _ in range(k // args.rr):
-                agent.update_block(buffer.sample(args.batch_size, gen, blocks=args.rr))
+                agent.train_block(buffer)  # as in training: one CUDA graph per block on CUDA
+            sync()
         return run
 
-    clean = CleanRLSAC(data, args.critics, args.hidden, args.batch_size)
-    contenders = {"cleanrl-style": lambda k: [clean.update() for _ in range(k)]}
-    for m in args.mitigators.split(","):
-        cfg = Config(mitigator=m, critics=args.critics, hidden=args.hidden, batch_size=args.batch_size)
-        contenders[f"ours ({m})"] = ours_fn(SAC(OBS_DIM, ACT_DIM, cfg))
-    for fn in contenders.values():  # warm up (allocator, first-step optimizer state, power-iteration init)
-        fn(args.rr)
+    vectorized = SAC(OBS_DIM, ACT_DIM, Config(mitigators=("none", "spectral"), seeds=tuple(range(args.agents // 2)),
+                                              **settings), device) if args.agents % 2 == 0 else None
+    if vectorized is None:
+        raise SystemExit("--agents must be even (half none, half spectral)")
+    singles = [SAC(OBS_DIM, ACT_DIM, Config(mitigators=(m,), seeds=(i,), **settings), device)
+               for i, m in enumerate(mitigators)]
+    one_buffer = buffer_for(1)
+    contenders = {f"vectorized (N = {args.agents})": (runner(vectorized, buffer_for(args.agents)), args.agents),
+                  f"sequential ({args.agents} × N = 1)": (
+                      lambda k: [runner(a, one_buffer)(k) for a in singles], args.agents)}
+    if not args.no_cleanrl:
+        clean = CleanRLSAC(data, args.critics, args.hidden, args.batch_size, device)
+        contenders["cleanrl-style (1 agent)"] = (lambda k: ([clean.update() for _ in range(k)], sync()), 1)
+    for fn, _ in contenders.values():  # warm up (allocator, optimizer state, power iteration, CUDA graph capture)
+        fn(5 * args.rr)
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            rates[name].append(rate(fn, args.updates))
-    base = statistics.median(rates["cleanrl-style"])
-    print(f"torch {torch.__version__}, threads {args.threads}, critics {args.critics}, hidden {args.hidden}, "
-          f"batch {args.batch_size}, RR {args.rr}, {args.rounds} rounds × {args.updates} updates (median)")
-    print("| agent | updates/s | ratio vs cleanrl-style |\n|---|---|---|")
-    for name, r in rates.items():
-        med = statistics.median(r)
-        print(f"| {name} | {med:.1f} | {med / base:.2f}× |")
+        for name, (fn, agents) in contenders.items():
+            rates[name].append(agents * rate(fn, args.updates))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, device {name}, threads {args.threads}, critics {args.critics}, hidden "
+          f"{args.hidden}, batch {args.batch_size}, RR {args.rr}, compile {args.compile}, "
+          f"{args.rounds} rounds × {args.updates} updates per agent (median)")
+    print("| contender | seed-updates/s |\n|---|---|")
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    for name, r in med.items():
+        print(f"| {name} | {r:.1f} |")
+    names = list(med)
+    if len(names) > 2:
+        print(f"vectorized / cleanrl-style: {med[names[0]] / med[names[2]]:.2f}×")
+    print(f"vectorized / sequential: {med[names[0]] / med[names[1]]:.2f}×")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ class _Parser(argparse.ArgumentParser):
 # flag → (Config field, type, help); every flag defaults to "not given" so --resume can tell what was passed
 TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--env": ("env", str, "DMC task <domain>-<task> (python -m rl envs lists them)"),
-    "--mitigator": ("mitigator", str, f"one of {', '.join(MITIGATORS)}"),
+    "--mitigator": ("mitigators", str, f"one or more of {', '.join(MITIGATORS)} (one agent per mitigator and seed)"),
+    "--seeds": ("seeds", int, "one or more seeds (evaluation envs use seed+42)"),
     "--steps": ("steps", int, "env steps in total"),
     "--replay-ratio": ("replay_ratio", int, "gradient updates per env step (16)"),
-    "--seed": ("seed", int, "seed (evaluation env uses seed+42)"),
-    "--out": ("out", str, "run directory (default runs/<env>-<mitigator>-s<seed>)"),
+    "--out": ("out", str, "run directory; agent folders <mitigator>-s<seed> inside (default runs/<env>)"),
     "--buffer-size": ("buffer_size", int, "replay capacity (1000000; the paper's bounded variant: 250000)"),
     "--warmup-steps": ("warmup_steps", int, "random-policy transitions before learning (10000)"),
     "--eval-interval": ("eval_interval", int, "env steps between evaluations (10000)"),
@@ -35,18 +35,25 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--checkpoint-interval": ("checkpoint_interval", int, "env steps between checkpoints (10000)"),
     "--device": ("device", str, "torch device (cpu)"),
     "--threads": ("threads", int, "torch.set_num_threads; 0 keeps torch's default"),
+    "--env-workers": ("env_workers", int, "processes stepping the environments; 0 = none, -1 = automatic"),
 }
+LISTS = {"mitigators", "seeds"}  # flags taking one or more values
 
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m rl", description="High-replay-ratio SAC with plasticity mitigators on DMC.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="train one run", argument_default=argparse.SUPPRESS)
+    t = sub.add_parser("train", help="train every (mitigator, seed) agent together in one process",
+                       argument_default=argparse.SUPPRESS)
     for flag, (field, kind, help_) in TRAIN_FLAGS.items():
-        t.add_argument(flag, dest=field, type=kind, help=help_, metavar=field.upper())
+        names = (flag, "--mitigators") if flag == "--mitigator" else (flag, "--seed") if flag == "--seeds" else (flag,)
+        t.add_argument(*names, dest=field, type=kind, help=help_, metavar=field.upper(),
+                       nargs="+" if field in LISTS else None)
     t.add_argument("--no-spectral-heads", dest="spectral_heads", action="store_false",
                    help="spectral: leave the output layers (Q head, policy head) unregularized")
-    t.add_argument("--compile", dest="compile", action="store_true", help="torch.compile actor and critic")
+    t.add_argument("--compile", dest="compile", action="store_true", help="torch.compile the update")
+    t.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="on CUDA, launch every update's kernels instead of replaying one graph per block")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds")
@@ -83,9 +90,9 @@ def _train(args: dict) -> int:
     if "out" not in args:
         if resume:
             raise ValueError("--resume needs --out (the run directory)")
-        defaults = Config()
-        args["out"] = (f"runs/{args.get('env', defaults.env)}-{args.get('mitigator', defaults.mitigator)}"
-                       f"-s{args.get('seed', defaults.seed)}")
+        args["out"] = f"runs/{args.get('env', Config().env)}"
+    for field in LISTS & set(args):
+        args[field] = tuple(args[field])
     cfg = Config(**args)
     cfg.validate()
     if cfg.device.startswith("cuda"):
@@ -100,7 +107,7 @@ def _train(args: dict) -> int:
     from .train import train
 
     out = train(cfg, resume=resume, explicit=explicit)
-    print(f"wrote {out}/metrics.csv, {out}/config.json, {out}/checkpoint.pt")
+    print(f"wrote {out}/config.json, {out}/checkpoint.pt and per agent {out}/<mitigator>-s<seed>/metrics.csv")
     return 0
 
 

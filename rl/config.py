@@ -35,13 +35,16 @@ PAPER7_ENVS = (
 class Config:
     # --- run -------------------------------------------------------------------------------------------------
     env: str = "cheetah-run"  # DMC "<domain>-<task>"
-    mitigator: str = "none"  # one of MITIGATORS; "none" is SAC + LayerNorm (the paper's Baseline)
-    seed: int = 0
+    mitigators: tuple[str, ...] = ("none",)  # each of MITIGATORS; "none" is SAC + LayerNorm (the paper's Baseline)
+    seeds: tuple[int, ...] = (0,)  # one agent per (mitigator, seed), all trained together in one process
     steps: int = 100_000  # env (agent) steps; each covers `action_repeat` simulator control steps
     out: str = "runs/default"
     device: str = "cpu"
     threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
-    compile: bool = False  # torch.compile the actor and critic modules
+    cuda_graphs: bool = True  # on CUDA, replay each block of RR updates (sampling included) as one CUDA graph
+    compile: bool = False  # torch.compile the update (slow to compile on CPU, no faster there: docs/rl.md)
+    env_workers: int = -1  # processes stepping the environments; 0 = in this process, -1 = one per agent up to
+    # the number of CPU cores less one
     progress: bool = True  # tqdm progress bar
 
     # --- environment -----------------------------------------------------------------------------------------
@@ -83,8 +86,17 @@ class Config:
 
     def validate(self) -> None:
         """Raise a one-line ValueError for any inconsistent setting."""
-        if self.mitigator not in MITIGATORS:
-            raise ValueError(f"unknown mitigator {self.mitigator!r}; choose from {', '.join(MITIGATORS)}")
+        for m in self.mitigators:
+            if m not in MITIGATORS:
+                raise ValueError(f"unknown mitigator {m!r}; choose from {', '.join(MITIGATORS)}")
+        if not self.mitigators or not self.seeds:
+            raise ValueError("give at least one mitigator and one seed")
+        for name in ("mitigators", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} has repeats: {' '.join(map(str, values))}")
+        if self.env_workers < -1:
+            raise ValueError(f"env_workers must be >= -1 (-1 = automatic), got {self.env_workers}")
         positive = ("steps", "action_repeat", "hidden", "layers", "critics", "batch_size", "buffer_size",
                     "eval_interval", "eval_episodes", "reset_interval", "checkpoint_interval", "recent_episodes",
                     "diagnostic_batch")
@@ -115,10 +127,25 @@ class Config:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        for name in ("mitigators", "seeds"):  # JSON stores tuples as lists
+            if isinstance(d.get(name), list):
+                d[name] = tuple(d[name])
         return cls(**d)
+
+    @property
+    def agents(self) -> list[tuple[str, int]]:
+        """(mitigator, seed) of every agent, mitigator-major: the order of the stacked agent dimension."""
+        return [(m, s) for m in self.mitigators for s in self.seeds]
+
+    def agent_dict(self, mitigator: str, seed: int) -> dict:
+        """One agent's settings as a single run's config.json (``mitigator`` and ``seed`` instead of the lists)."""
+        d = self.to_dict()
+        del d["mitigators"], d["seeds"]
+        return {**d, "mitigator": mitigator, "seed": seed}
 
 
 # Settings that may differ between a run and its --resume (everything else must match the saved config).
-RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "progress")
+RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "cuda_graphs", "progress", "env_workers")
 
 __all__ = ["Config", "MITIGATORS", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]

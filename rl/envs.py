@@ -96,4 +96,112 @@ def make_env(name: str, seed: int, action_repeat: int = 1) -> DMCEnv:
     return DMCEnv(name, seed, action_repeat)
 
 
-__all__ = ["DMCEnv", "available_envs", "make_env", "parse_env_name"]
+
+
+
+# --- many environments, stepped in worker processes ---------------------------------------------------------------
+def _serve(conn, specs: list[tuple[str, int, int]]) -> None:
+    """Worker loop: hosts the environments ``specs`` (name, seed, action_repeat) and answers commands."""
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:
+        pass
+    envs = [make_env(*spec) for spec in specs]
+    while True:
+        command, arg = conn.recv()
+        if command == "close":
+            conn.close()
+            return
+        conn.send(_run(envs, command, arg))
+
+
+def _run(envs: list[DMCEnv], command: str, arg: Any) -> list:
+    """``arg`` is a list of (local index, payload); returns the results in that order."""
+    if command == "reset":
+        return [envs[i].reset()[0] for i, _ in arg]
+    if command == "step":
+        return [envs[i].step(a) for i, a in arg]
+    if command == "get_rng_state":
+        return [envs[i].get_rng_state() for i, _ in arg]
+    if command == "set_rng_state":
+        for i, state in arg:
+            envs[i].set_rng_state(state)
+        return [None] * len(arg)
+    raise ValueError(f"unknown command {command!r}")
+
+
+class VectorEnv:
+    """Environments ``specs`` = [(name, seed, action_repeat), ...] stepped together, spread over ``workers``
+    processes (0: in this process). Each call names the environments it addresses, so an evaluation can step only
+    the episodes still running. Results are the same whichever process stepped an environment."""
+
+    def __init__(self, specs: list[tuple[str, int, int]], workers: int = 0) -> None:
+        self.size = len(specs)
+        self.workers = min(workers, self.size)
+        if self.workers == 0:
+            self._local = [make_env(*spec) for spec in specs]
+            return
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # no fork of a process that holds torch threads or a CUDA context
+        self._home = [(i % self.workers, i // self.workers) for i in range(self.size)]  # env → (worker, slot)
+        self._conns, self._procs = [], []
+        for w in range(self.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child, specs[w::self.workers]), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def _call(self, command: str, items: list[tuple[int, Any]]) -> list:
+        if self.workers == 0:
+            return _run(self._local, command, items)
+        per_worker: list[list[tuple[int, Any]]] = [[] for _ in range(self.workers)]
+        order: list[list[int]] = [[] for _ in range(self.workers)]
+        for k, (i, payload) in enumerate(items):
+            w, slot = self._home[i]
+            per_worker[w].append((slot, payload))
+            order[w].append(k)
+        for w, conn in enumerate(self._conns):
+            if per_worker[w]:
+                conn.send((command, per_worker[w]))
+        out: list = [None] * len(items)
+        for w, conn in enumerate(self._conns):
+            if per_worker[w]:
+                for k, result in zip(order[w], conn.recv()):
+                    out[k] = result
+        return out
+
+    def reset(self, which: list[int]) -> list[np.ndarray]:
+        return self._call("reset", [(i, None) for i in which])
+
+    def step(self, which: list[int], actions) -> list[tuple[np.ndarray, float, bool, bool, dict]]:
+        return self._call("step", list(zip(which, actions)))
+
+    def get_rng_state(self) -> list[tuple]:
+        return self._call("get_rng_state", [(i, None) for i in range(self.size)])
+
+    def set_rng_state(self, states: list[tuple]) -> None:
+        self._call("set_rng_state", list(enumerate(states)))
+
+    def close(self) -> None:
+        if self.workers:
+            for conn, proc in zip(self._conns, self._procs):
+                try:
+                    conn.send(("close", None))
+                except (BrokenPipeError, OSError):
+                    pass
+                proc.join(timeout=5)
+            self.workers = 0
+            self._local = []
+
+    def __enter__(self) -> "VectorEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+__all__ = ["DMCEnv", "VectorEnv", "available_envs", "make_env", "parse_env_name"]

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import specopt
+from torch import Tensor
 
+from . import streams
 from .buffer import ReplayBuffer
 from .config import RESUMABLE_OVERRIDES, Config
-from .envs import DMCEnv, make_env
-from .sac import SAC, param_norm
+from .envs import VectorEnv, make_env
+from .sac import SAC, per_agent_norm
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
@@ -46,8 +47,9 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     return out
 
 
-def evaluate(agent: SAC, env: DMCEnv, cfg: Config) -> dict[str, float]:
-    """Deterministic policy (tanh of the mean) for ``eval_episodes`` episodes on the evaluation env.
+def evaluate(agent: SAC, envs: VectorEnv, which: list[int], cfg: Config) -> list[dict[str, float]]:
+    """Deterministic policies (tanh of the mean) for ``eval_episodes`` episodes; agent n on environment
+    ``which[n]``, all agents' episodes stepped together. One dict per agent.
 
     Value overestimation: mean Q(s_t, a_t) minus the mean discounted Monte-Carlo return G_t over the visited
     states that have at least H = ⌈log 0.01 / log γ⌉ steps left in the episode (459 for γ = 0.99), so that the
@@ -56,55 +58,76 @@ def evaluate(agent: SAC, env: DMCEnv, cfg: Config) -> dict[str, float]:
     logs how many states were used). Q is SAC's *soft* value: it also counts the future entropy bonus
     (≈ α·H/(1 − γ)), which G_t does not.
     """
+    n = agent.n
     horizon = math.ceil(math.log(0.01) / math.log(cfg.gamma)) if 0 < cfg.gamma < 1 else 1
-    returns, qs, gs = [], [], []
+    returns: list[list[float]] = [[] for _ in range(n)]
+    qs: list[list[np.ndarray]] = [[] for _ in range(n)]
+    gs: list[list[np.ndarray]] = [[] for _ in range(n)]
     for _ in range(cfg.eval_episodes):
-        obs, _ = env.reset()
-        observations, actions, rewards = [], [], []
-        done = False
-        while not done:
+        obs = np.stack(envs.reset(which))
+        trajectory = [([], [], []) for _ in range(n)]  # observations, actions, rewards
+        terminal = [False] * n
+        active = list(range(n))
+        while active:
             o = torch.as_tensor(obs, device=agent.device)
-            a = agent.actor.act(o, deterministic=True)
-            observations.append(o)
-            actions.append(a)
-            obs, r, terminated, truncated, _ = env.step(a.cpu().numpy())
-            rewards.append(r)
-            done = terminated or truncated
-        rewards_np = np.asarray(rewards)
-        returns.append(rewards_np.sum())
-        g = discounted_returns(rewards_np, cfg.gamma)
-        keep = len(rewards) - horizon if (len(rewards) > horizon and not terminated) else len(rewards)
-        q = agent.q_value(torch.stack(observations[:keep]), torch.stack(actions[:keep]))
-        qs.append(q.cpu().numpy())
-        gs.append(g[:keep])
-    q_all, g_all = np.concatenate(qs), np.concatenate(gs)
-    return {"eval_return_mean": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
-            "q_eval_mean": float(q_all.mean()), "mc_return_eval": float(g_all.mean()),
-            "q_overestimation": float(q_all.mean() - g_all.mean()), "mc_states": len(g_all)}
+            a = agent.actor.act(o.unsqueeze(1)).squeeze(1)
+            a_np = a.cpu().numpy()
+            results = envs.step([which[i] for i in active], [a_np[i] for i in active])
+            still = []
+            for i, (next_obs, r, terminated, truncated, _) in zip(active, results):
+                trajectory[i][0].append(obs[i].copy())
+                trajectory[i][1].append(a_np[i])
+                trajectory[i][2].append(r)
+                obs[i] = next_obs
+                terminal[i] = terminated
+                if not (terminated or truncated):
+                    still.append(i)
+            active = still
+        length = max(len(t[2]) for t in trajectory)
+        padded_obs = np.zeros((n, length, obs.shape[1]), np.float32)
+        padded_act = np.zeros((n, length, agent.act_dim), np.float32)
+        for i, (observations, actions, _) in enumerate(trajectory):
+            padded_obs[i, :len(observations)], padded_act[i, :len(actions)] = observations, actions
+        q = agent.q_value(torch.as_tensor(padded_obs, device=agent.device),
+                          torch.as_tensor(padded_act, device=agent.device)).cpu().numpy()
+        for i, (_, _, rewards) in enumerate(trajectory):
+            rewards_np = np.asarray(rewards)
+            returns[i].append(rewards_np.sum())
+            keep = len(rewards) - horizon if (len(rewards) > horizon and not terminal[i]) else len(rewards)
+            qs[i].append(q[i, :keep])
+            gs[i].append(discounted_returns(rewards_np, cfg.gamma)[:keep])
+    out = []
+    for i in range(n):
+        q_all, g_all = np.concatenate(qs[i]), np.concatenate(gs[i])
+        out.append({"eval_return_mean": float(np.mean(returns[i])), "eval_return_std": float(np.std(returns[i])),
+                    "q_eval_mean": float(q_all.mean()), "mc_return_eval": float(g_all.mean()),
+                    "q_overestimation": float(q_all.mean() - g_all.mean()), "mc_states": len(g_all)})
+    return out
 
 
-def diagnostics(agent: SAC, buffer: ReplayBuffer, cfg: Config, step: int) -> dict[str, float]:
-    """Mean Q on a replay batch, parameter and gradient norms, per-layer σ1, temperature, last update's losses.
+def diagnostics(agent: SAC, buffer: ReplayBuffer, cfg: Config, step: int) -> list[dict[str, float]]:
+    """Per agent: mean Q on a replay batch, parameter and gradient norms, per-layer σ1 (torch.linalg.matrix_norm),
+    temperature, last update's losses.
 
-    Runs under ``fork_rng`` with its own seed, so measuring never changes the training run's random stream.
+    The replay batch and the policy noise are draws 3·step, 3·step + 1 and 3·step + 2 of the agents' diagnostic
+    streams, so measuring never changes the training run's random streams.
     """
-    devices = [agent.device.index or 0] if agent.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        gen = torch.Generator(device=buffer.device).manual_seed(cfg.seed * 1_000_003 + step)
-        batch = buffer.sample(min(cfg.diagnostic_batch, max(len(buffer), 1)), gen)
-        q = agent.q_value(batch.obs, batch.action)
-        grads = agent.grad_norms(batch)
-    row: dict[str, float] = {"q_replay_mean": float(q.mean()), **grads,
-                             "param_norm_actor": param_norm(agent.actor), "param_norm_critic": param_norm(agent.critic),
-                             "alpha": float(agent.alpha)}
+    batch = buffer.sample(min(cfg.diagnostic_batch, max(len(buffer), 1)), agent.streams.keys[streams.DIAGNOSTIC],
+                          3 * step)
+    q = agent.q_value(batch.obs, batch.action).mean(-1)
+    columns: dict[str, Tensor] = {"q_replay_mean": q, **agent.grad_norms(batch, 3 * step + 1),
+                                  "param_norm_actor": per_agent_norm(agent.actor_params),
+                                  "param_norm_critic": per_agent_norm(agent.critic_params), "alpha": agent.alpha}
+    nan = torch.full((agent.n,), float("nan"))
     for key in ("entropy", "critic_loss", "actor_loss", "alpha_loss"):
-        row[key] = float(agent.info[key]) if key in agent.info else float("nan")
+        columns[key] = agent.info.get(key, nan)
     for net_name, net in (("actor", agent.actor), ("critic", agent.critic)):
-        sigmas = {name: float(s) for name, s in specopt.spectral_norms(net).items()}
-        row[f"sigma1_{net_name}_mean"] = float(np.mean(list(sigmas.values())))
-        row.update({f"sigma1_{net_name}.{name}": s for name, s in sigmas.items()})
-    return row
+        sigmas = {name: torch.linalg.matrix_norm(p.detach(), ord=2) for name, p in net.named_parameters()
+                  if p.dim() == 3}
+        columns[f"sigma1_{net_name}_mean"] = torch.stack(list(sigmas.values())).mean(0)
+        columns.update({f"sigma1_{net_name}.{name}": s for name, s in sigmas.items()})
+    table = {key: value.detach().float().cpu().tolist() for key, value in columns.items()}
+    return [{key: values[i] for key, values in table.items()} for i in range(agent.n)]
 
 
 # --- files ------------------------------------------------------------------------------------------------------
@@ -145,7 +168,7 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
     setting that was given explicitly (``explicit``; all fields when None) is an error."""
     out = Path(cfg.out)
     if not resume:
-        if (out / CHECKPOINT).exists() or (out / METRICS).exists():
+        if (out / CHECKPOINT).exists() or (out / CONFIG).exists():
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         return cfg
     if not (out / CONFIG).exists():
@@ -163,106 +186,139 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
+def agent_dir(cfg: Config, mitigator: str, seed: int) -> Path:
+    """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>``."""
+    return Path(cfg.out) / f"{mitigator}-s{seed}"
+
+
+def env_workers(cfg: Config) -> int:
+    """Processes for the 2N environments (training and evaluation): ``env_workers``, or with −1 one per agent up to
+    the CPU cores less one (none for a single agent: its simulator is not the bottleneck)."""
+    if cfg.env_workers >= 0:
+        return cfg.env_workers
+    n = len(cfg.agents)
+    return 0 if n == 1 else max(0, min(n, (os.cpu_count() or 1) - 1))
+
+
 def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -> Path:
-    """Run (or resume) one training run; returns its output directory."""
+    """Run (or resume) the agents ``cfg.agents`` together; returns the output directory."""
     cfg.validate()
     cfg = resolve_config(cfg, resume, explicit)
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    agents = cfg.agents
+    n = len(agents)
+    specs = [(cfg.env, seed, cfg.action_repeat) for _, seed in agents]
+    specs += [(cfg.env, seed + cfg.eval_seed_offset, cfg.action_repeat) for _, seed in agents]
+    train_ids, eval_ids = list(range(n)), list(range(n, 2 * n))
+    with VectorEnv(specs, env_workers(cfg)) as envs:
+        return _loop(cfg, resume, device, envs, train_ids, eval_ids)
 
-    torch.manual_seed(cfg.seed)
-    env = make_env(cfg.env, cfg.seed, cfg.action_repeat)
-    eval_env = make_env(cfg.env, cfg.seed + cfg.eval_seed_offset, cfg.action_repeat)
-    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+
+def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, train_ids: list[int],
+          eval_ids: list[int]) -> Path:
+    agents = cfg.agents
+    n = len(agents)
+    obs = np.stack(envs.reset(train_ids))
+    probe = make_env(cfg.env, 0, cfg.action_repeat)
+    obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    dirs = [agent_dir(cfg, m, s) for m, s in agents]
+    for d, (m, s) in zip(dirs, agents):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CONFIG).write_text(json.dumps(cfg.agent_dict(m, s), indent=2) + "\n")
     agent = SAC(obs_dim, act_dim, cfg, device)
-    buffer = ReplayBuffer(cfg.buffer_size, obs_dim, act_dim, device)
-    sample_gen = torch.Generator(device=device).manual_seed(cfg.seed)  # replay indices
-    action_gen = torch.Generator().manual_seed(cfg.seed + 1)  # uniform warm-up actions
+    buffer = ReplayBuffer(n, cfg.buffer_size, obs_dim, act_dim, device)
 
     step, episodes = 0, 0
-    recent: deque[float] = deque(maxlen=cfg.recent_episodes)
+    recent: list[deque[float]] = [deque(maxlen=cfg.recent_episodes) for _ in range(n)]
     next_checkpoint = cfg.checkpoint_interval
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # RNG states must stay on the CPU
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         agent.load_state_dict(ck["agent"])
         buffer.load_state_dict(ck["buffer"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if device.type == "cuda" and ck["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"], device)
-        sample_gen.set_state(ck["rng"]["sample"].cpu())
-        action_gen.set_state(ck["rng"]["action"])
-        env.set_rng_state(ck["rng"]["env"])
-        eval_env.set_rng_state(ck["rng"]["eval_env"])
+        envs.set_rng_state(ck["env_rng"])
         step, episodes, next_checkpoint = ck["step"], ck["episodes"], ck["next_checkpoint"]
-        recent.extend(ck["recent"])
-        write_metrics(metrics_path, [r for r in read_metrics(metrics_path) if int(r["step"]) <= step])
-    elif resume:  # killed before its first checkpoint: start over
-        write_metrics(metrics_path, [])
+        for r, saved in zip(recent, ck["recent"]):
+            r.extend(saved)
+        obs = np.stack(envs.reset(train_ids))  # at an episode boundary the next reset is the saved one's
+    for d in dirs:  # rows past the checkpoint are recomputed (all of them if it was killed before its first)
+        write_metrics(d / METRICS, [r for r in read_metrics(d / METRICS) if int(r["step"]) <= step])
 
     def save_checkpoint() -> None:
-        atomic_save({"agent": agent.state_dict(), "buffer": buffer.state_dict(),
-                     "rng": {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                             "sample": sample_gen.get_state(), "action": action_gen.get_state(),
-                             "env": env.get_rng_state(), "eval_env": eval_env.get_rng_state()},
+        atomic_save({"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng,
                      "step": step, "episodes": episodes, "next_checkpoint": next_checkpoint,
-                     "recent": list(recent), "config": cfg.to_dict()}, ckpt_path)
+                     "recent": [list(r) for r in recent], "config": cfg.to_dict()}, ckpt_path)
 
     bar = None
     if cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, desc=f"{cfg.env} {cfg.mitigator}")
-    start, updates_at_start, last_return = time.perf_counter(), agent.updates, float("nan")
-    obs, _ = env.reset()
-    episode_return = 0.0
+        desc = f"{cfg.env} {'+'.join(cfg.mitigators)} × {len(cfg.seeds)} seeds"
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, desc=desc)
+    start, updates_at_start = time.perf_counter(), agent.updates
+    episode_return = np.zeros(n)
+    env_rng: list = []
     while step < cfg.steps:
         if step < cfg.warmup_steps:
-            action = torch.rand(act_dim, generator=action_gen) * 2 - 1
+            action = agent.streams.uniform(streams.WARMUP, act_dim) * 2 - 1
         else:
-            action = agent.actor.act(torch.as_tensor(obs, device=device), deterministic=False).cpu()
-        next_obs, reward, terminated, truncated, _ = env.step(action.numpy())
-        buffer.add(obs, action, reward, next_obs, terminated)
+            noise = agent.streams.normal(streams.ACT, (1, act_dim))
+            action = agent.actor.act(torch.as_tensor(obs, device=device).unsqueeze(1), noise).squeeze(1)
+        action_np = action.cpu().numpy()
+        results = envs.step(train_ids, action_np)
+        next_obs = np.stack([r[0] for r in results])
+        reward = np.array([r[1] for r in results])
+        terminated = np.array([r[2] for r in results])
+        done = terminated | np.array([r[3] for r in results])
+        buffer.add(obs, action_np, reward, next_obs, terminated)
         obs, episode_return, step = next_obs, episode_return + reward, step + 1
 
         if step >= cfg.warmup_steps and cfg.replay_ratio > 0:
-            agent.update_block(buffer.sample(cfg.batch_size, sample_gen, blocks=cfg.replay_ratio))
+            agent.train_block(buffer)
 
-        done = terminated or truncated
-        if done:
-            recent.append(episode_return)
-            last_return, episodes, episode_return = episode_return, episodes + 1, 0.0
+        for i in np.flatnonzero(done):
+            recent[i].append(float(episode_return[i]))
+            episode_return[i] = 0.0
+        if done.all():
+            episodes += 1
 
         if step % cfg.eval_interval == 0:
-            row = {"step": step, "updates": agent.updates, "resets": agent.resets, "episodes": episodes,
-                   "train_return_recent": float(np.mean(recent)) if recent else float("nan"),
-                   **evaluate(agent, eval_env, cfg), **diagnostics(agent, buffer, cfg, step),
-                   "wall_time_s": round(time.perf_counter() - start, 2)}
-            append_metrics(metrics_path, row)
+            evals = evaluate(agent, envs, eval_ids, cfg)
+            measured = diagnostics(agent, buffer, cfg, step)
+            wall = round(time.perf_counter() - start, 2)
+            for i, ((m, seed), d) in enumerate(zip(agents, dirs)):
+                row = {"mitigator": m, "seed": seed, "step": step, "updates": agent.updates,
+                       "resets": agent.resets[i], "episodes": episodes,
+                       "train_return_recent": float(np.mean(recent[i])) if recent[i] else float("nan"),
+                       **evals[i], **measured[i], "wall_time_s": wall}
+                append_metrics(d / METRICS, row)
             if bar is not None:
-                bar.write(f"step {step}: eval return {row['eval_return_mean']:.1f} ± {row['eval_return_std']:.1f}")
+                returns = " ".join(f"{e['eval_return_mean']:.0f}" for e in evals)
+                bar.write(f"step {step}: eval return per agent {returns}")
 
-        if done:  # an episode boundary: the only place a checkpoint is exact
+        if done.all():  # every agent at an episode boundary: the only place a checkpoint is exact
             if step >= next_checkpoint or step == cfg.steps:
                 while next_checkpoint <= step:
                     next_checkpoint += cfg.checkpoint_interval
+                env_rng = envs.get_rng_state()  # before the resets below: a resumed run repeats them
                 save_checkpoint()
-            obs, _ = env.reset()
+        if done.any():
+            obs[done] = np.stack(envs.reset([int(i) for i in np.flatnonzero(done)]))
 
         if bar is not None:
             bar.update(1)
             if step % 100 == 0 or step == cfg.steps:
-                rate = (agent.updates - updates_at_start) / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(updates_per_s=f"{rate:.0f}", last_return=f"{last_return:.1f}", refresh=False)
+                rate = n * (agent.updates - updates_at_start) / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(seed_updates_per_s=f"{rate:.0f}", refresh=False)
     if bar is not None:
         bar.close()
     return out
 
 
-__all__ = ["train", "evaluate", "diagnostics", "discounted_returns", "resolve_config"]
+__all__ = ["agent_dir", "train", "evaluate", "diagnostics", "discounted_returns", "resolve_config"]

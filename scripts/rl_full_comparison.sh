@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Full-length comparison of Section 5.4 / Figure 5 / Figure 16 on a GPU machine:
 #   7 DMC environments (rl.config.PAPER7_ENVS) × {none, resets, spectral} × SEEDS seeds × {1M buffer, 250k buffer},
+#   one process per environment and buffer training its 15 agents together,
 #   SAC with LayerNorm, single critic, replay ratio 16, 10k random warm-up steps (all defaults of rl.config.Config).
 #
-# Usage:  bash scripts/rl_full_comparison.sh            # everything (7 × 3 × 5 × 2 = 210 runs)
+# Usage:  bash scripts/rl_full_comparison.sh            # everything (7 × 2 = 14 processes, 210 agents)
 #         ENVS="cheetah-run walker-run" SEEDS="0 1 2" STEPS=500000 JOBS=8 bash scripts/rl_full_comparison.sh
 #         DRY_RUN=1 bash scripts/rl_full_comparison.sh  # print the commands only
 # Re-running the script continues killed runs (--resume) and skips finished ones.
-# Cost: 1M env steps at RR16 are 16M updates per run (docs/rl.md: updates/s); run JOBS runs side by side per GPU.
+# Cost: 1M env steps at RR16 are 16M updates of every agent (docs/rl.md: seed-updates/s); JOBS processes per GPU.
 set -euo pipefail
 ENVS=${ENVS:-$(python -c "from rl.config import PAPER7_ENVS; print(' '.join(PAPER7_ENVS))")}
 MITIGATORS=${MITIGATORS:-"none resets spectral"}
@@ -16,26 +17,28 @@ BUFFERS=${BUFFERS:-"1000000 250000"}
 STEPS=${STEPS:-1000000}
 STRENGTH=${STRENGTH:-1.0}
 DEVICE=${DEVICE:-cuda}
-JOBS=${JOBS:-6}
+JOBS=${JOBS:-2}
 THREADS=${THREADS:-2}
 OUT=${OUT:-runs/full}
 EXTRA=${EXTRA:-}  # e.g. EXTRA="--compile"
 
 mkdir -p "$OUT"
 commands=()
-for env in $ENVS; do for buffer in $BUFFERS; do for mit in $MITIGATORS; do for seed in $SEEDS; do
-  dir="$OUT/$env/buf$buffer/$mit-s$seed"
-  if [[ -f "$dir/metrics.csv" ]] && [[ "$(tail -n 1 "$dir/metrics.csv" | cut -d, -f1)" == "$STEPS" ]]; then
+for env in $ENVS; do for buffer in $BUFFERS; do
+  # one process per (environment, buffer): every mitigator × seed agent of it trained together (rl/sac.py)
+  dir="$OUT/$env/buf$buffer"
+  first="$dir/${MITIGATORS%% *}-s${SEEDS%% *}/metrics.csv"
+  if [[ -f "$first" ]] && [[ "$(tail -n 1 "$first" | cut -d, -f3)" == "$STEPS" ]]; then
     continue  # finished
   fi
   resume=""
   [[ -f "$dir/config.json" ]] && resume="--resume"
-  commands+=("python -m rl train --env $env --mitigator $mit --seed $seed --steps $STEPS --buffer-size $buffer \
+  commands+=("python -m rl train --env $env --mitigator $MITIGATORS --seeds $SEEDS --steps $STEPS --buffer-size $buffer \
 --strength $STRENGTH --device $DEVICE --threads $THREADS --no-progress --out $dir $resume $EXTRA > $dir.log 2>&1")
   mkdir -p "$(dirname "$dir")"
-done; done; done; done
+done; done
 
-echo "${#commands[@]} runs to do, $JOBS at a time, under $OUT"
+echo "${#commands[@]} processes to do, $JOBS at a time, under $OUT"
 if [[ -n "${DRY_RUN:-}" ]]; then printf '%s\n' "${commands[@]}"; exit 0; fi
 printf '%s\n' "${commands[@]}" | xargs -P "$JOBS" -I{} bash -c '{}'
 for env in $ENVS; do

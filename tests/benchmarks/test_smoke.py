@@ -41,7 +41,9 @@ def test_optimizer_step_benchmark_prints_the_ratio_to_adam():
         assert re.search(rf"\| {re.escape(size)} \|.* \| [0-9.]+× \|", out), out
 
 
-def test_rl_update_speed_benchmark_prints_the_ratio_to_cleanrl():
-    out = run("rl_update_speed.py", "--updates", "16", "--rounds", "1", "--hidden", "32", "--batch-size", "32")
-    for agent in ("cleanrl-style", "ours (none)", "ours (spectral)"):
-        assert re.search(rf"\| {re.escape(agent)} \| [0-9.]+ \| [0-9.]+× \|", out), out
+def test_rl_update_speed_benchmark_prints_the_vectorized_ratio_last():
+    out = run("rl_update_speed.py", "--agents", "2", "--updates", "16", "--rounds", "1", "--hidden", "32",
+              "--batch-size", "32")
+    for contender in ("vectorized (N = 2)", "sequential (2 × N = 1)", "cleanrl-style (1 agent)"):
+        assert re.search(rf"\| {re.escape(contender)} \| [0-9.]+ \|", out), out
+    assert re.fullmatch(r"vectorized / sequential: [0-9.]+×", out.strip().splitlines()[-1]), out

@@ -1,5 +1,5 @@
 """Shared settings for the rl tests: tiny runs through the real DMC path (cheetah-run, action repeat 8 → 125-step
-episodes), a small buffer, warm-up 100, replay ratio 1, one evaluation episode, 32-unit networks.
+episodes), a small buffer, warm-up 50, replay ratio 1, one evaluation episode, 32-unit networks.
 
 dm_control is a declared dependency of the rl extra: when it is missing these tests fail, they are never skipped.
 """

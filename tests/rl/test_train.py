@@ -1,10 +1,13 @@
-"""End-to-end through the real DMC path: metrics/config files, exact resume, CLI errors, plotting."""
+"""End-to-end through the real DMC path, four agents in one run: metrics/config files per agent, exact resume,
+CLI errors, plotting."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,13 +18,20 @@ from rl.train import train
 
 from .conftest import TINY
 
-# 375 steps = 3 episodes of 125; evaluations every 100 steps; checkpoints at 250 and 375 (episode ends)
-RUN = dict(TINY, steps=375, mitigator="spectral")
+# 375 steps = 3 episodes of 125; evaluations every 100 steps; checkpoints at 250 and 375 (episode ends).
+# Two mitigators × two seeds; the resets agents reset every 100 updates (after updates 100, 200, 300). The
+# environments are stepped in this process (test_vectorized covers worker processes).
+RUN = dict(TINY, steps=375, mitigators=("spectral", "resets"), seeds=(0, 1), reset_interval=100, env_workers=0)
+AGENTS = ("spectral-s0", "spectral-s1", "resets-s0", "resets-s1")  # mitigator-major
 
 
 def rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(f)]
+    """Every agent's metrics rows without wall_time_s, by agent folder."""
+    out = {}
+    for name in AGENTS:
+        with open(run_dir / name / "metrics.csv", newline="") as f:
+            out[name] = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(f)]
+    return out
 
 
 def checkpoint(run_dir):
@@ -46,6 +56,10 @@ def assert_same_state(a, b, path="ckpt"):
         assert a == b, path
 
 
+def without(d: dict, *keys: str) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("full") / "run"
@@ -56,50 +70,73 @@ def full_run(tmp_path_factory):
 
 def test_tiny_run_writes_metrics_and_config(full_run):
     cfg = json.loads((full_run / "config.json").read_text())
-    assert cfg["env"] == "cheetah-run" and cfg["mitigator"] == "spectral" and cfg["steps"] == 375
-    table = rows(full_run)
-    assert [int(r["step"]) for r in table] == [100, 200, 300]
-    required = {"step", "updates", "episodes", "eval_return_mean", "eval_return_std", "train_return_recent",
-                "q_replay_mean", "q_eval_mean", "mc_return_eval", "q_overestimation", "param_norm_actor",
-                "param_norm_critic", "grad_norm_actor", "grad_norm_critic", "alpha", "entropy",
-                "sigma1_actor_mean", "sigma1_critic_mean", "sigma1_actor.net.0.weight",
-                "sigma1_critic.qs.0.0.weight"}
-    assert required <= set(table[0])
-    last = table[-1]
-    assert int(last["updates"]) == 300 - 50 + 1  # replay ratio 1 from the step the warm-up completes
-    assert int(last["episodes"]) == 2
-    assert float(last["alpha"]) < 1.0  # the temperature is learning
+    assert cfg["env"] == "cheetah-run" and cfg["steps"] == 375
+    assert cfg["mitigators"] == ["spectral", "resets"] and cfg["seeds"] == [0, 1]
+    assert Config.from_dict(cfg).agents == [("spectral", 0), ("spectral", 1), ("resets", 0), ("resets", 1)]
+    assert sorted(p.name for p in full_run.iterdir() if p.is_dir()) == sorted(AGENTS)
+    required = {"mitigator", "seed", "step", "updates", "resets", "episodes", "eval_return_mean", "eval_return_std",
+                "train_return_recent", "q_replay_mean", "q_eval_mean", "mc_return_eval", "q_overestimation",
+                "param_norm_actor", "param_norm_critic", "grad_norm_actor", "grad_norm_critic", "alpha", "entropy",
+                "sigma1_actor_mean", "sigma1_critic_mean", "sigma1_actor.net.0.weight", "sigma1_critic.qs.0.0.weight",
+                "wall_time_s"}
+    tables = rows(full_run)
+    for name, table in tables.items():
+        mitigator, seed = name.split("-s")
+        one = json.loads((full_run / name / "config.json").read_text())  # a single run's config.json
+        assert one["mitigator"] == mitigator and one["seed"] == int(seed)
+        assert "mitigators" not in one and "seeds" not in one
+        assert without(one, "mitigator", "seed") == without(cfg, "mitigators", "seeds")
+        with open(full_run / name / "metrics.csv", newline="") as f:
+            assert required <= set(csv.DictReader(f).fieldnames)
+        assert [int(r["step"]) for r in table] == [100, 200, 300]
+        assert all(r["mitigator"] == mitigator and int(r["seed"]) == int(seed) for r in table)
+        last = table[-1]
+        assert int(last["updates"]) == 300 - 50 + 1  # replay ratio 1 from the step the warm-up completes
+        assert int(last["episodes"]) == 2
+        assert float(last["alpha"]) < 1.0  # the temperature is learning
+        expected_resets = [0, 1, 2] if mitigator == "resets" else [0, 0, 0]  # 51, 151, 251 updates
+        assert [int(r["resets"]) for r in table] == expected_resets
+        assert all(math.isfinite(float(r[k])) for r in table for k in ("eval_return_mean", "q_overestimation"))
+    # the agents are different agents: different seeds, different mitigators
+    for a, b in (("spectral-s0", "spectral-s1"), ("spectral-s0", "resets-s0")):
+        assert [r["param_norm_critic"] for r in tables[a]] != [r["param_norm_critic"] for r in tables[b]]
 
 
 def test_time_limits_are_stored_as_not_terminated(full_run):
     buffer = checkpoint(full_run)["buffer"]
-    assert buffer["size"] == 375 and float(buffer["terminated"].sum()) == 0.0  # 3 truncated episodes
+    assert buffer["agents"] == 4 and buffer["size"] == 375
+    assert buffer["terminated"].shape == (4, 375) and float(buffer["terminated"].sum()) == 0.0  # 3 truncations
 
 
 def test_resume_after_a_clean_stop_is_identical(full_run, tmp_path):
     out = tmp_path / "split"
     train(Config(out=str(out), **dict(RUN, steps=250)))
+    assert checkpoint(out)["step"] == 250
+    assert all(len(t) == 2 for t in rows(out).values())
     assert main(["train", "--resume", "--out", str(out), "--steps", "375", "--no-progress"]) == 0
     assert rows(out) == rows(full_run)
-    assert_same_state(checkpoint(out), checkpoint(full_run))  # networks, optimizers (power iteration), buffer, RNGs
+    assert_same_state(checkpoint(out), checkpoint(full_run))  # networks, optimizers (power iteration), buffer, streams
+    for name in AGENTS:
+        assert without(json.loads((out / name / "config.json").read_text()), "out") == \
+            without(json.loads((full_run / name / "config.json").read_text()), "out")
 
 
 def test_resume_after_a_crash_drops_rows_past_the_checkpoint_and_recomputes_them(full_run, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     calls = {"n": 0}
-    real = SAC.update_block
+    real = SAC.train_block
 
-    def crash_at_step_350(self, batches):
+    def crash_at_step_350(self, buffer):
         calls["n"] += 1
         if calls["n"] == 301:  # updates start at step 50
             raise KeyboardInterrupt
-        return real(self, batches)
+        return real(self, buffer)
 
-    monkeypatch.setattr(SAC, "update_block", crash_at_step_350)
+    monkeypatch.setattr(SAC, "train_block", crash_at_step_350)
     with pytest.raises(KeyboardInterrupt):
         train(Config(out=str(out), **RUN))
-    monkeypatch.setattr(SAC, "update_block", real)
-    assert [int(r["step"]) for r in rows(out)] == [100, 200, 300]  # 300 is past the checkpoint (250)
+    monkeypatch.setattr(SAC, "train_block", real)
+    assert all([int(r["step"]) for r in t] == [100, 200, 300] for t in rows(out).values())  # 300: past the checkpoint
     assert checkpoint(out)["step"] == 250
     (out / "checkpoint.pt.tmp").write_bytes(b"half-written")  # a write interrupted by the crash is ignored
     train(Config(out=str(out), **RUN), resume=True)
@@ -107,14 +144,48 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint_and_recomputes_them
     assert_same_state(checkpoint(out), checkpoint(full_run))
 
 
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error:" in err and "Traceback" not in err
+    return err
+
+
 def test_resume_cannot_change_the_experiment(full_run, capsys):
-    assert main(["train", "--resume", "--out", str(full_run), "--mitigator", "none"]) == 2
-    assert "cannot change mitigator" in capsys.readouterr().err
+    before = (full_run / "config.json").read_text()
+    assert main(["train", "--resume", "--out", str(full_run), "--mitigator", "spectral"]) == 2
+    assert "cannot change mitigators" in one_line_error(capsys)
+    assert main(["train", "--resume", "--out", str(full_run), "--seeds", "0", "1", "2"]) == 2
+    assert "cannot change seeds" in one_line_error(capsys)
+    assert (full_run / "config.json").read_text() == before
 
 
 def test_an_existing_run_is_not_overwritten_without_resume(full_run, capsys):
     assert main(["train", "--out", str(full_run), "--steps", "10"]) == 2
-    assert "--resume" in capsys.readouterr().err
+    assert "--resume" in one_line_error(capsys)
+
+
+def test_cli_takes_lists_of_mitigators_and_seeds(tmp_path, capsys, monkeypatch):
+    import rl.train
+
+    seen = {}
+
+    def fake_train(cfg, resume=False, explicit=None):
+        seen.update(cfg=cfg, explicit=explicit)
+        return tmp_path
+
+    monkeypatch.setattr(rl.train, "train", fake_train)
+    assert main(["train", "--mitigator", "none", "spectral", "--seeds", "0", "1", "2", "--out", str(tmp_path)]) == 0
+    cfg = seen["cfg"]
+    assert cfg.mitigators == ("none", "spectral") and cfg.seeds == (0, 1, 2)
+    assert cfg.agents[:4] == [("none", 0), ("none", 1), ("none", 2), ("spectral", 0)] and len(cfg.agents) == 6
+    assert {"mitigators", "seeds", "out"} <= seen["explicit"]
+    for argv, message in ((["--seeds", "0", "0"], "seeds has repeats"),
+                          (["--mitigator", "none", "none"], "mitigators has repeats"),
+                          (["--mitigator", "none", "magic"], "unknown mitigator 'magic'")):
+        seen.clear()
+        assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
+        assert message in one_line_error(capsys)
+        assert not seen and not (tmp_path / "x").exists()
 
 
 def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
@@ -122,18 +193,23 @@ def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
     assert main(["plot", str(full_run), "-o", str(fig)]) == 0
     out = capsys.readouterr().out
     assert fig.stat().st_size > 0
-    assert "| cheetah-run | spectral λ=1 buffer 1k RR1 | 1 | 300 |" in out
+    tables = rows(full_run)
+    for mitigator, name in (("spectral", "spectral λ=1 buffer 1k RR1"), ("resets", "resets buffer 1k RR1")):
+        y = np.array([float(tables[f"{mitigator}-s{s}"][-1]["eval_return_mean"]) for s in (0, 1)])
+        se = y.std(ddof=1) / math.sqrt(2)
+        assert f"| cheetah-run | {name} | 2 | 300 | {y.mean():.1f} ± {se:.1f} |" in out
 
 
 def test_plot_standard_error_over_seeds(tmp_path):
     from rl.plot import load, mean_se
 
     for seed, returns in ((0, [1.0, 3.0, 7.0]), (1, [3.0, 5.0])):  # seed 1 stopped after two evaluations
-        d = tmp_path / f"s{seed}"
+        d = tmp_path / f"none-s{seed}"
         d.mkdir()
-        (d / "config.json").write_text(json.dumps(dict(Config(seed=seed).to_dict())))
+        (d / "config.json").write_text(json.dumps(Config().agent_dict("none", seed)))
         (d / "metrics.csv").write_text("step,eval_return_mean\n" + "".join(f"{(i + 1) * 10},{r}\n" for i, r in enumerate(returns)))
     [(env, curves)] = load([str(tmp_path)]).items()
+    assert env == "cheetah-run" and list(curves) == ["none RR16"]
     steps, mean, se, n = mean_se(curves["none RR16"])
     assert steps.tolist() == [10, 20, 30] and mean.tolist() == [2.0, 4.0, 7.0] and n.tolist() == [2, 2, 1]
     assert se.tolist() == pytest.approx([1.0, 1.0, 0.0])  # std (ddof 1) √2 over √2 seeds; one seed: 0
