@@ -16,7 +16,7 @@
 # Rehearse on the CPU:   tests/rl/test_device_script.py runs it at tiny size (DEVICE=cpu plus the *_EXTRA flags)
 #
 # Environment: OUT (default runs/device-rl), DEVICE (cuda), STEPS (100000), SEEDS ("0 1 2 3"), TRAIN_BUDGET (seconds,
-# 390), AGENTS ("8 64": the benchmark's N), BENCH_EXTRA and RL_EXTRA (flags appended to the benchmark and to the run).
+# 360), AGENTS ("8 64": the benchmark's N), BENCH_EXTRA and RL_EXTRA (flags appended to the benchmark and to the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,7 @@ OUT=${OUT:-runs/device-rl}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-100000}
 SEEDS=${SEEDS:-0 1 2 3}
-TRAIN_BUDGET=${TRAIN_BUDGET:-390}
+TRAIN_BUDGET=${TRAIN_BUDGET:-360}
 AGENTS=${AGENTS:-8 64}
 mkdir -p "$OUT"
 

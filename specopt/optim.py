@@ -100,8 +100,9 @@ class SpectralAdam(Adam):
         k: exponent of the regularizer (the paper uses 2).
         power_iterations: power iterations per step, warm-started from the previous step's vectors.
         init_iterations: iterations on a tensor's first step.
-        Other arguments are ``torch.optim.Adam``'s. Per-group keys ``role``, ``spectral_strength``, ``k``,
-        ``power_iterations`` and ``init_iterations`` override the defaults.
+
+    Other arguments are ``torch.optim.Adam``'s. Per-group keys ``role``, ``spectral_strength``, ``k``,
+    ``power_iterations`` and ``init_iterations`` override the defaults.
     """
 
     def __init__(
@@ -195,7 +196,9 @@ class Spectral(Optimizer):
     Args:
         optimizer: the base optimizer instance (SGD, AdamW, RMSprop, Adagrad, ...).
         strength: λ, decoupled and multiplied by each group's lr (default :data:`DEFAULT_STRENGTH`).
-        k, power_iterations, init_iterations: as in :class:`SpectralAdam`.
+        k: as in :class:`SpectralAdam`.
+        power_iterations: as in :class:`SpectralAdam`.
+        init_iterations: as in :class:`SpectralAdam`.
     """
 
     _step_supports_amp_scaling = False  # GradScaler unscales and checks for infs before calling step

@@ -43,9 +43,13 @@ class StackedSpectralAdam:
     Args:
         params: stacked parameters, each of shape ``(S, ...)`` with the same S; their ``.grad`` is used.
         roles: one role per parameter (``specopt.ROLES`` without ``"auto"``).
-        lr, betas, eps: Adam's, shared by all slices.
+        lr: Adam's learning rate, shared by all slices.
+        betas: Adam's, shared by all slices.
+        eps: Adam's, shared by all slices.
         spectral_strength: λ, one number for all slices or a sequence / 1-D tensor of S numbers (0 = plain Adam).
-        k, power_iterations, init_iterations: as in :class:`specopt.SpectralAdam`.
+        k: as in :class:`specopt.SpectralAdam`.
+        power_iterations: as in :class:`specopt.SpectralAdam`.
+        init_iterations: as in :class:`specopt.SpectralAdam`.
 
     ``step()`` makes no host-device synchronisation, except the first step after :meth:`reset` or
     :meth:`load_state_dict` on a non-CPU device, which reads one flag per parameter.
