@@ -22,9 +22,9 @@ with tempfile.TemporaryDirectory() as out:
     cfg = Config(env="cheetah-run", mitigators=("none", "spectral"), seeds=(0, 1), replay_ratio=1, out=out,
                  progress=not tiny, **size)
     train(cfg)
-    for mitigator, seed in cfg.agents:
-        with open(agent_dir(cfg, mitigator, seed) / "metrics.csv", newline="") as f:
+    for agent in cfg.agents:
+        with open(agent_dir(cfg, agent) / "metrics.csv", newline="") as f:
             last = list(csv.DictReader(f))[-1]
-        print(f"{mitigator:>9} seed {seed}: eval return {float(last['eval_return_mean']):.1f} at step {last['step']}, "
+        print(f"{agent.mitigator:>9} seed {agent.seed}: eval return {float(last['eval_return_mean']):.1f} at step {last['step']}, "
               f"critic σ1 mean {float(last['sigma1_critic_mean']):.2f}")
     print(plot([out], str(Path(out) / "fig.png")))  # the markdown table; the figure lives in the run directory

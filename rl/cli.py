@@ -30,6 +30,7 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--critics": ("critics", int, "1 (the paper) or 2 (clipped double Q)"),
     "--reset-interval": ("reset_interval", int, "updates between full resets for --mitigator resets (2560000)"),
     "--strength": ("spectral_strength", float, "decoupled spectral strength λ for --mitigator spectral (1.0)"),
+    "--strengths": ("strengths", float, "a grid: one agent per strength for spectral, l2 and l2-init"),
     "--l2-strength": ("l2_strength", float, "coefficient for --mitigator l2 / l2-init (1e-4)"),
     "--hidden": ("hidden", int, "hidden width (256)"),
     "--checkpoint-interval": ("checkpoint_interval", int, "env steps between checkpoints (10000)"),
@@ -37,7 +38,27 @@ TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
     "--threads": ("threads", int, "torch.set_num_threads; 0 keeps torch's default"),
     "--env-workers": ("env_workers", int, "processes stepping the environments; 0 = none, -1 = automatic"),
 }
-LISTS = {"mitigators", "seeds"}  # flags taking one or more values
+LISTS = {"mitigators", "seeds", "strengths"}  # flags taking one or more values
+
+
+def _field_help() -> dict[str, str]:
+    """Each Config field's trailing comment in rl/config.py (its one documentation), for --help."""
+    import inspect
+    import re
+
+    source = inspect.getsource(Config)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]+#\s*(.*)$", source, re.M)}
+
+
+def _remaining_fields(flags: dict, parser: argparse.ArgumentParser) -> list[tuple[str, type, str]]:
+    """(field, type, help) of the Config fields no flag above sets yet."""
+    import dataclasses
+
+    taken = {dest for dest, _, _ in flags.values()} | {a.dest for a in parser._actions}
+    helps = _field_help()
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    return [(f.name, kinds[f.type], helps.get(f.name, "") + f" (default {f.default})")
+            for f in dataclasses.fields(Config) if f.name not in taken and f.type in kinds]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                    help="on CUDA, launch every update's kernels instead of replaying one graph per block")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    for field, kind, help_ in _remaining_fields(TRAIN_FLAGS, t):  # every other Config field, named after it
+        flag = "--" + field.replace("_", "-")
+        if kind is bool:
+            t.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            t.add_argument(flag, dest=field, type=kind, help=help_, metavar=field.upper())
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds")
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")

@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import specopt
 
 MITIGATORS = ("none", "resets", "spectral", "l2", "l2-init")
+WITH_STRENGTH = {"spectral": "spectral_strength", "l2": "l2_strength", "l2-init": "l2_strength"}  # the field each uses
+
+
+class Agent(NamedTuple):
+    """One agent of a run: its mitigator, seed and strength (λ of ``spectral``, ``l2``, ``l2-init``; else None)."""
+
+    mitigator: str
+    seed: int
+    strength: float | None
 
 # The paper's Figure 16 shows seven DMC environments without naming them (Appendix C.8). This set spans easy to
 # hard and is drawn from the tasks with public high-replay-ratio SAC references (rl-reference.md).
@@ -37,6 +47,7 @@ class Config:
     env: str = "cheetah-run"  # DMC "<domain>-<task>"
     mitigators: tuple[str, ...] = ("none",)  # each of MITIGATORS; "none" is SAC + LayerNorm (the paper's Baseline)
     seeds: tuple[int, ...] = (0,)  # one agent per (mitigator, seed), all trained together in one process
+    strengths: tuple[float, ...] = ()  # a grid: one agent per strength for each mitigator that has one
     steps: int = 100_000  # env (agent) steps; each covers `action_repeat` simulator control steps
     out: str = "runs/default"
     device: str = "cpu"
@@ -91,7 +102,9 @@ class Config:
                 raise ValueError(f"unknown mitigator {m!r}; choose from {', '.join(MITIGATORS)}")
         if not self.mitigators or not self.seeds:
             raise ValueError("give at least one mitigator and one seed")
-        for name in ("mitigators", "seeds"):
+        if any(not (0 <= x < float("inf")) for x in self.strengths):
+            raise ValueError(f"strengths must be finite and >= 0, got {' '.join(map(str, self.strengths))}")
+        for name in ("mitigators", "seeds", "strengths"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} has repeats: {' '.join(map(str, values))}")
@@ -128,24 +141,39 @@ class Config:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         d = dict(d)
-        for name in ("mitigators", "seeds"):  # JSON stores tuples as lists
+        for name in ("mitigators", "seeds", "strengths"):  # JSON stores tuples as lists
             if isinstance(d.get(name), list):
                 d[name] = tuple(d[name])
         return cls(**d)
 
     @property
-    def agents(self) -> list[tuple[str, int]]:
-        """(mitigator, seed) of every agent, mitigator-major: the order of the stacked agent dimension."""
-        return [(m, s) for m in self.mitigators for s in self.seeds]
+    def agents(self) -> list[Agent]:
+        """Every agent, mitigator-major, then strength, then seed: the order of the stacked agent dimension. A
+        mitigator with a strength gets one agent per value of ``strengths`` (its own default when empty)."""
+        out = []
+        for m in self.mitigators:
+            field = WITH_STRENGTH.get(m)
+            grid = (self.strengths or (getattr(self, field),)) if field else (None,)
+            out += [Agent(m, s, None if x is None else float(x)) for x in grid for s in self.seeds]
+        return out
 
-    def agent_dict(self, mitigator: str, seed: int) -> dict:
-        """One agent's settings as a single run's config.json (``mitigator`` and ``seed`` instead of the lists)."""
+    def agent_name(self, agent: Agent) -> str:
+        """The agent's folder: ``<mitigator>-s<seed>``, with the strength between when ``strengths`` is a grid."""
+        if self.strengths and agent.strength is not None:
+            return f"{agent.mitigator}-{agent.strength:g}-s{agent.seed}"
+        return f"{agent.mitigator}-s{agent.seed}"
+
+    def agent_dict(self, agent: Agent) -> dict:
+        """One agent's settings as a single run's config.json (``mitigator``, ``seed`` and its strength field
+        instead of the lists)."""
         d = self.to_dict()
-        del d["mitigators"], d["seeds"]
-        return {**d, "mitigator": mitigator, "seed": seed}
+        del d["mitigators"], d["seeds"], d["strengths"]
+        if agent.strength is not None:
+            d[WITH_STRENGTH[agent.mitigator]] = agent.strength
+        return {**d, "mitigator": agent.mitigator, "seed": agent.seed}
 
 
 # Settings that may differ between a run and its --resume (everything else must match the saved config).
 RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "cuda_graphs", "progress", "env_workers")
 
-__all__ = ["Config", "MITIGATORS", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]
+__all__ = ["Agent", "Config", "MITIGATORS", "WITH_STRENGTH", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]

@@ -155,7 +155,7 @@ def _column(x: Tensor, like: Tensor) -> Tensor:
 
 
 class SAC:
-    """Networks, optimizers and the update rule of the agents ``cfg.agents`` (mitigator-major, then seed)."""
+    """Networks, optimizers and the update rule of the agents ``cfg.agents`` (mitigator-major, strength, seed)."""
 
     def __init__(self, obs_dim: int, act_dim: int, cfg: Config, device: str | torch.device = "cpu") -> None:
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
@@ -163,16 +163,15 @@ class SAC:
         self.agents = cfg.agents
         n = self.n = len(self.agents)
         self.target_entropy = -cfg.target_entropy_scale * act_dim
-        self.streams = streams.Streams([s for _, s in self.agents], dev)
-        mit = [m for m, _ in self.agents]
+        self.streams = streams.Streams([a.seed for a in self.agents], dev)
 
-        def coefficient(name: str, value: float) -> Tensor:
-            return torch.tensor([value if m == name else 0.0 for m in mit], device=dev)
+        def coefficient(name: str) -> Tensor:
+            return torch.tensor([a.strength if a.mitigator == name else 0.0 for a in self.agents], device=dev)
 
-        self.strength = coefficient("spectral", cfg.spectral_strength)
-        self.l2 = coefficient("l2", cfg.l2_strength)  # coupled, as Adam's weight_decay: g += λθ
-        self.l2_init = coefficient("l2-init", cfg.l2_strength)  # toward the initialization: g += λ(θ − θ0)
-        self.resetting = [m == "resets" for m in mit]
+        self.strength = coefficient("spectral")
+        self.l2 = coefficient("l2")  # coupled, as Adam's weight_decay: g += λθ
+        self.l2_init = coefficient("l2-init")  # toward the initialization: g += λ(θ − θ0)
+        self.resetting = [a.mitigator == "resets" for a in self.agents]
         self.coupled = bool(self.l2.any() or self.l2_init.any())
 
         self.actor = Actor(n, obs_dim, act_dim, cfg).to(dev)
@@ -206,11 +205,11 @@ class SAC:
         """Draw fresh networks for the agents in ``which``: agent n's are torch's default initialization of the
         single-agent networks under seed (seed_n, resets_n), the same whichever other agents share the run."""
         cfg = self.cfg
-        for i, ((_, seed), fresh) in enumerate(zip(self.agents, which)):
+        for i, (agent, fresh) in enumerate(zip(self.agents, which)):
             if not fresh:
                 continue
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1_000_003 + self.resets[i])
+                torch.manual_seed(agent.seed * 1_000_003 + self.resets[i])
                 actor = mlp(self.obs_dim, 2 * self.act_dim, cfg.hidden, cfg.layers, cfg.layer_norm)
                 critics = [mlp(self.obs_dim + self.act_dim, 1, cfg.hidden, cfg.layers, cfg.layer_norm)
                            for _ in range(cfg.critics)]

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from . import streams
 from .buffer import ReplayBuffer
-from .config import RESUMABLE_OVERRIDES, Config
+from .config import RESUMABLE_OVERRIDES, Agent, Config
 from .envs import VectorEnv, make_env
 from .sac import SAC, per_agent_norm
 
@@ -186,9 +186,10 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
-def agent_dir(cfg: Config, mitigator: str, seed: int) -> Path:
-    """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>``."""
-    return Path(cfg.out) / f"{mitigator}-s{seed}"
+def agent_dir(cfg: Config, agent: Agent) -> Path:
+    """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>`` (with a strength grid,
+    ``<out>/<mitigator>-<strength>-s<seed>``)."""
+    return Path(cfg.out) / cfg.agent_name(agent)
 
 
 def env_workers(cfg: Config) -> int:
@@ -210,8 +211,8 @@ def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -
     device = torch.device(cfg.device)
     agents = cfg.agents
     n = len(agents)
-    specs = [(cfg.env, seed, cfg.action_repeat) for _, seed in agents]
-    specs += [(cfg.env, seed + cfg.eval_seed_offset, cfg.action_repeat) for _, seed in agents]
+    specs = [(cfg.env, a.seed, cfg.action_repeat) for a in agents]
+    specs += [(cfg.env, a.seed + cfg.eval_seed_offset, cfg.action_repeat) for a in agents]
     train_ids, eval_ids = list(range(n)), list(range(n, 2 * n))
     with VectorEnv(specs, env_workers(cfg)) as envs:
         return _loop(cfg, resume, device, envs, train_ids, eval_ids)
@@ -227,10 +228,10 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    dirs = [agent_dir(cfg, m, s) for m, s in agents]
-    for d, (m, s) in zip(dirs, agents):
+    dirs = [agent_dir(cfg, a) for a in agents]
+    for d, a in zip(dirs, agents):
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG).write_text(json.dumps(cfg.agent_dict(m, s), indent=2) + "\n")
+        (d / CONFIG).write_text(json.dumps(cfg.agent_dict(a), indent=2) + "\n")
     agent = SAC(obs_dim, act_dim, cfg, device)
     buffer = ReplayBuffer(n, cfg.buffer_size, obs_dim, act_dim, device)
 
@@ -292,8 +293,9 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
             evals = evaluate(agent, envs, eval_ids, cfg)
             measured = diagnostics(agent, buffer, cfg, step)
             wall = round(time.perf_counter() - start, 2)
-            for i, ((m, seed), d) in enumerate(zip(agents, dirs)):
-                row = {"mitigator": m, "seed": seed, "step": step, "updates": agent.updates,
+            for i, (a, d) in enumerate(zip(agents, dirs)):
+                row = {"mitigator": a.mitigator, "strength": "" if a.strength is None else a.strength,
+                       "seed": a.seed, "step": step, "updates": agent.updates,
                        "resets": agent.resets[i], "episodes": episodes,
                        "train_return_recent": float(np.mean(recent[i])) if recent[i] else float("nan"),
                        **evals[i], **measured[i], "wall_time_s": wall}

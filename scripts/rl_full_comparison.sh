@@ -28,7 +28,7 @@ for env in $ENVS; do for buffer in $BUFFERS; do
   # one process per (environment, buffer): every mitigator × seed agent of it trained together (rl/sac.py)
   dir="$OUT/$env/buf$buffer"
   first="$dir/${MITIGATORS%% *}-s${SEEDS%% *}/metrics.csv"
-  if [[ -f "$first" ]] && [[ "$(tail -n 1 "$first" | cut -d, -f3)" == "$STEPS" ]]; then
+  if [[ -f "$first" ]] && [[ "$(tail -n 1 "$first" | cut -d, -f4)" == "$STEPS" ]]; then
     continue  # finished
   fi
   resume=""

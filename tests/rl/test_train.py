@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from rl.cli import main
-from rl.config import Config
+from rl.config import Agent, Config
 from rl.sac import SAC
 from rl.train import train
 
@@ -72,9 +72,10 @@ def test_tiny_run_writes_metrics_and_config(full_run):
     cfg = json.loads((full_run / "config.json").read_text())
     assert cfg["env"] == "cheetah-run" and cfg["steps"] == 375
     assert cfg["mitigators"] == ["spectral", "resets"] and cfg["seeds"] == [0, 1]
-    assert Config.from_dict(cfg).agents == [("spectral", 0), ("spectral", 1), ("resets", 0), ("resets", 1)]
+    assert Config.from_dict(cfg).agents == [("spectral", 0, 1.0), ("spectral", 1, 1.0), ("resets", 0, None),
+                                            ("resets", 1, None)]
     assert sorted(p.name for p in full_run.iterdir() if p.is_dir()) == sorted(AGENTS)
-    required = {"mitigator", "seed", "step", "updates", "resets", "episodes", "eval_return_mean", "eval_return_std",
+    required = {"mitigator", "strength", "seed", "step", "updates", "resets", "episodes", "eval_return_mean", "eval_return_std",
                 "train_return_recent", "q_replay_mean", "q_eval_mean", "mc_return_eval", "q_overestimation",
                 "param_norm_actor", "param_norm_critic", "grad_norm_actor", "grad_norm_critic", "alpha", "entropy",
                 "sigma1_actor_mean", "sigma1_critic_mean", "sigma1_actor.net.0.weight", "sigma1_critic.qs.0.0.weight",
@@ -84,8 +85,8 @@ def test_tiny_run_writes_metrics_and_config(full_run):
         mitigator, seed = name.split("-s")
         one = json.loads((full_run / name / "config.json").read_text())  # a single run's config.json
         assert one["mitigator"] == mitigator and one["seed"] == int(seed)
-        assert "mitigators" not in one and "seeds" not in one
-        assert without(one, "mitigator", "seed") == without(cfg, "mitigators", "seeds")
+        assert "mitigators" not in one and "seeds" not in one and "strengths" not in one
+        assert without(one, "mitigator", "seed") == without(cfg, "mitigators", "seeds", "strengths")
         with open(full_run / name / "metrics.csv", newline="") as f:
             assert required <= set(csv.DictReader(f).fieldnames)
         assert [int(r["step"]) for r in table] == [100, 200, 300]
@@ -177,7 +178,8 @@ def test_cli_takes_lists_of_mitigators_and_seeds(tmp_path, capsys, monkeypatch):
     assert main(["train", "--mitigator", "none", "spectral", "--seeds", "0", "1", "2", "--out", str(tmp_path)]) == 0
     cfg = seen["cfg"]
     assert cfg.mitigators == ("none", "spectral") and cfg.seeds == (0, 1, 2)
-    assert cfg.agents[:4] == [("none", 0), ("none", 1), ("none", 2), ("spectral", 0)] and len(cfg.agents) == 6
+    assert cfg.agents[:4] == [("none", 0, None), ("none", 1, None), ("none", 2, None), ("spectral", 0, 1.0)]
+    assert len(cfg.agents) == 6
     assert {"mitigators", "seeds", "out"} <= seen["explicit"]
     for argv, message in ((["--seeds", "0", "0"], "seeds has repeats"),
                           (["--mitigator", "none", "none"], "mitigators has repeats"),
@@ -206,7 +208,7 @@ def test_plot_standard_error_over_seeds(tmp_path):
     for seed, returns in ((0, [1.0, 3.0, 7.0]), (1, [3.0, 5.0])):  # seed 1 stopped after two evaluations
         d = tmp_path / f"none-s{seed}"
         d.mkdir()
-        (d / "config.json").write_text(json.dumps(Config().agent_dict("none", seed)))
+        (d / "config.json").write_text(json.dumps(Config().agent_dict(Agent("none", seed, None))))
         (d / "metrics.csv").write_text("step,eval_return_mean\n" + "".join(f"{(i + 1) * 10},{r}\n" for i, r in enumerate(returns)))
     [(env, curves)] = load([str(tmp_path)]).items()
     assert env == "cheetah-run" and list(curves) == ["none RR16"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rl.buffer import Batch
-from rl.config import Config
+from rl.config import Agent, Config
 from rl.sac import SAC
 from rl.train import agent_dir, train
 
@@ -35,13 +35,13 @@ def agent_slice(batch: Batch, i: int) -> Batch:
 def test_each_agent_of_a_vectorized_update_equals_a_single_agent():
     cfg = Config(mitigators=MITIGATORS, seeds=(0, 3), **SMALL)
     together = SAC(OBS, ACT, cfg)
-    alone = [SAC(OBS, ACT, Config(mitigators=(m,), seeds=(s,), **SMALL)) for m, s in cfg.agents]
+    alone = [SAC(OBS, ACT, Config(mitigators=(a.mitigator,), seeds=(a.seed,), **SMALL)) for a in cfg.agents]
     batches = fixed_batches(len(cfg.agents), updates=6)  # update 4 resets the resets agents, 5-6 train them anew
     for b in batches:
         together.update(b)
         for i, single in enumerate(alone):
             single.update(agent_slice(b, i))
-    assert together.resets == [int(m == "resets") for m, _ in cfg.agents]
+    assert together.resets == [int(a.mitigator == "resets") for a in cfg.agents]
     for i, single in enumerate(alone):
         for name, p, q in zip([n for n, _ in together.critic.named_parameters()], together.critic_params,
                               single.critic_params):
@@ -90,14 +90,15 @@ def test_a_vectorized_run_writes_each_agent_as_its_single_run(tmp_path, workers)
     for m, s in [("spectral", 1), ("resets", 0)]:
         single = Config(out=str(tmp_path / f"alone-{m}"), **{**run, "mitigators": (m,), "seeds": (s,), "env_workers": 0})
         train(single)
-        a, b = rows(agent_dir(together, m, s) / "metrics.csv"), rows(agent_dir(single, m, s) / "metrics.csv")
+        agent = Agent(m, s, 1.0 if m == "spectral" else None)
+        a, b = rows(agent_dir(together, agent) / "metrics.csv"), rows(agent_dir(single, agent) / "metrics.csv")
         assert [r["step"] for r in a] == ["100", "200"] and len(a) == len(b)
         for ra, rb in zip(a, b):
             assert ra["mitigator"] == m and ra["seed"] == str(s)
             bad = {k: (ra[k], rb[k]) for k in ra if not close(ra[k], rb[k])}
             assert not bad, f"{m}: {bad}"
-    first = rows(agent_dir(together, "none", 0) / "metrics.csv")
-    other = rows(agent_dir(together, "none", 1) / "metrics.csv")
+    first = rows(agent_dir(together, Agent("none", 0, None)) / "metrics.csv")
+    other = rows(agent_dir(together, Agent("none", 1, None)) / "metrics.csv")
     assert first[0]["eval_return_mean"] != other[0]["eval_return_mean"]  # seeds differ
 
 
@@ -107,8 +108,23 @@ def test_a_killed_vectorized_run_resumes_every_agent_exactly(tmp_path):
     train(full)
     split = Config(out=str(tmp_path / "split"), **{**run, "steps": 250})
     train(split)  # stops at the checkpoint of step 250, as a killed run would have left it
-    with open(agent_dir(split, "spectral", 1) / "metrics.csv", "a") as f:
-        f.write("spectral,1,300,garbage\n")  # a row written after the checkpoint by the killed process
+    with open(agent_dir(split, Agent("spectral", 1, 1.0)) / "metrics.csv", "a") as f:
+        f.write("spectral,1.0,1,300,garbage\n")  # a row written after the checkpoint by the killed process
     train(Config(out=str(tmp_path / "split"), **run), resume=True, explicit={"steps"})
-    for m, s in full.agents:
-        assert rows(agent_dir(full, m, s) / "metrics.csv") == rows(agent_dir(split, m, s) / "metrics.csv"), (m, s)
+    for a in full.agents:
+        assert rows(agent_dir(full, a) / "metrics.csv") == rows(agent_dir(split, a) / "metrics.csv"), a
+
+
+def test_a_strength_grid_makes_one_agent_per_strength(tmp_path):
+    cfg = Config(mitigators=("none", "spectral", "l2"), seeds=(0, 1), strengths=(0.01, 1.0), **{
+        k: v for k, v in SMALL.items() if k != "spectral_strength"})
+    assert [tuple(a) for a in cfg.agents] == [("none", 0, None), ("none", 1, None),
+                                              ("spectral", 0, 0.01), ("spectral", 1, 0.01),
+                                              ("spectral", 0, 1.0), ("spectral", 1, 1.0),
+                                              ("l2", 0, 0.01), ("l2", 1, 0.01), ("l2", 0, 1.0), ("l2", 1, 1.0)]
+    a = SAC(OBS, ACT, cfg)
+    assert a.strength.tolist() == pytest.approx([0, 0, 0.01, 0.01, 1, 1, 0, 0, 0, 0])
+    assert a.l2.tolist() == pytest.approx([0, 0, 0, 0, 0, 0, 0.01, 0.01, 1, 1])
+    assert cfg.agent_name(cfg.agents[4]) == "spectral-1-s0" and cfg.agent_name(cfg.agents[0]) == "none-s0"
+    assert cfg.agent_dict(cfg.agents[2])["spectral_strength"] == 0.01
+    assert cfg.agent_dict(cfg.agents[8])["l2_strength"] == 1.0
