@@ -7,7 +7,7 @@ order, so their S models can train as one: every parameter θ of shape (…) bec
     L(Θ) = Σ_s CE(f(x_s; Θ_s), y_s)          (each term a mean over seed s's batch)
 
 whose gradient with respect to Θ_s is exactly seed s's own gradient. Adam is element-wise, so ``torch.optim.Adam``
-on the stacked tensors performs each seed's Adam step. Everything else is the sequential runner's: the same
+on the stacked tensors performs each seed's Adam step (:class:`specopt.StackedSpectralAdam`, strength 0). Everything else is the sequential runner's: the same
 initialisation (``torch.manual_seed(seed)`` then ``build_model``), the same task ``make_task(ds, ns, seed, t)``, the
 same batch order ``batch_generator(seed, task, epoch)``, and the task-end row is measured by the runner's own
 ``Run.measure`` after copying seed s's slice back into its model. Rows therefore match the sequential runner's up
@@ -20,12 +20,10 @@ the stacked loss is
 again the gradient with respect to Θ_s is seed s's own (in the decoupled form, each slice takes its own step after
 Adam's).
 
-``mitigator == "spectral"`` is supported too (:class:`StackedSpectral`): SpectralAdam is Adam followed by the
-decoupled spectral step, which acts on each seed's slice on its own — a warm-started power iteration per seed
-(:func:`specopt.functional.power_iteration` batched over the seed dimension, seed s's u_s and v_s stacked to
-(S, out) and (S, in)), then SpectralAdam's truncated step
-:math:`W_s \leftarrow W_s - \alpha_s u_s v_s^\top` (:func:`specopt.functional.matrix_step`), and the bias and
-scale steps (:func:`specopt.functional.vector_fraction`). The MLP only (no buffers); the other mitigators (resets and noise from
+``mitigator == "spectral"`` is supported too: :class:`specopt.StackedSpectralAdam` is, slice by slice,
+SpectralAdam — Adam followed by the decoupled spectral step on each seed's slice on its own (a warm-started power
+iteration per seed, batched over the seed dimension, then the truncated matrix, bias and scale steps). The MLP
+only (no buffers); the other mitigators (resets and noise from
 their own generators, EWC's running Fisher, the coupled spectral penalty's per-module power iteration) would each
 need a stacked version.
 """
@@ -45,7 +43,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 import specopt
-from specopt import functional as SF
 
 from .data import load_dataset
 from .mitigators import DEFAULT_STRENGTHS, ParameterRegularizer
@@ -74,68 +71,6 @@ def _stacked_batch(tasks: list[Task], idx: Tensor) -> tuple[Tensor, Tensor]:
     return x, y
 
 
-class StackedSpectral:
-    r"""The decoupled spectral step of :class:`specopt.SpectralAdam` (defaults k = 2, one power iteration per step,
-    ``init_iterations`` from the deterministic start) on stacked parameters: ``prepare`` computes ∇R at the
-    pre-step weights of every seed, ``apply`` takes :math:`\theta_s \leftarrow \theta_s - \eta\lambda\nabla R(\theta_s)`
-    after Adam's step. Roles come from :func:`specopt.named_roles` of one seed's model."""
-
-    def __init__(self, model: nn.Module, strength: float, lr: float, k: float = 2, power_iterations: int = 1,
-                 init_iterations: int = specopt.optim.DEFAULT_INIT_ITERATIONS) -> None:
-        SF.check_hyperparameters(strength, k, power_iterations)
-        self.roles = {n: r for n, _, r in specopt.named_roles(model) if r != "none"}
-        self.strength, self.lr, self.k = strength, lr, k
-        self.iterations, self.init_iterations = power_iterations, init_iterations
-        self.u: dict[str, Tensor] = {}
-        self.v: dict[str, Tensor] = {}
-
-    @torch.no_grad()
-    def prepare(self, params: dict[str, Tensor]) -> dict[str, tuple[Tensor, ...]]:
-        """Per seed: (u, v, σ̂) of each matrix, (x_t, c) of each bias or scale (∇R = c·x_t), at the pre-step weights."""
-        pending: dict[str, tuple[Tensor, ...]] = {}
-        for name, role in self.roles.items():
-            p = params[name].detach()
-            if role == "matrix":
-                w = p.reshape(p.shape[0], p.shape[1], -1).float()  # (S, out, in)
-                if name in self.u:
-                    u, v, n = self.u[name], self.v[name], self.iterations
-                else:
-                    u0, v0 = SF.initial_vectors(w.shape[1], w.shape[2], w.device)
-                    u, v = u0.expand(w.shape[0], -1), v0.expand(w.shape[0], -1)
-                    n = max(self.iterations, self.init_iterations)
-                u, v, sigma, _ = SF.power_iteration(w, u, v, n)  # batched over the seed dimension
-                pending[name] = (u, v, sigma)
-            elif role == "bias":
-                x = p.float().clone()
-                norm2 = x.flatten(1).pow(2).sum(1)
-                pending[name] = (x, 2.0 * self.k * norm2.pow(self.k - 1))
-            else:
-                pending[name] = (p.float() - 1.0, torch.full((p.shape[0],), 2.0, device=p.device))
-        return pending
-
-    @torch.no_grad()
-    def apply(self, params: dict[str, Tensor], pending: dict[str, tuple[Tensor, ...]]) -> None:
-        """SpectralAdam's truncated step per seed (:func:`specopt.functional.matrix_step`, ``vector_fraction``)."""
-        lr_strength = self.lr * self.strength
-        for name, values in pending.items():
-            p = params[name]
-            if len(values) == 3:
-                u, v, sigma = values
-                self.u[name], self.v[name] = u, v
-                alpha = SF.matrix_step(sigma, self.k, lr_strength)
-                p.sub_((alpha[:, None, None] * u[:, :, None] * v[:, None, :]).reshape(p.shape))
-            else:
-                x, coefficient = values
-                fraction = SF.vector_fraction(coefficient, lr_strength)
-                p.sub_(fraction.reshape(-1, *([1] * (x.dim() - 1))) * x)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"u": dict(self.u), "v": dict(self.v)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.u, self.v = dict(state["u"]), dict(state["v"])
-
-
 class StackedSeeds:
     """S models of one architecture trained as one; ``runs[s]`` is seed s's sequential-runner ``Run``."""
 
@@ -149,11 +84,13 @@ class StackedSeeds:
             raise ValueError("--vectorize-seeds needs a model without buffers (the mlp)")
         self.params: dict[str, Tensor] = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
         self.base = copy.deepcopy(self.runs[0].model).to("meta")
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=cfg.lr)
-        self.spectral: StackedSpectral | None = None
-        if self.mitigator == "spectral":
-            strength = DEFAULT_STRENGTHS["spectral"] if cfg.strength is None else cfg.strength
-            self.spectral = StackedSpectral(self.runs[0].model, strength, cfg.lr)
+        # Adam per seed, and for spectral SpectralAdam's decoupled step per seed (specopt.StackedSpectralAdam)
+        spectral = self.mitigator == "spectral"
+        roles = {name: role for name, _, role in specopt.named_roles(self.runs[0].model)}
+        strength = (DEFAULT_STRENGTHS["spectral"] if cfg.strength is None else cfg.strength) if spectral else 0.0
+        self.optimizer = specopt.StackedSpectralAdam(
+            list(self.params.values()), [roles[name] if spectral else "none" for name in self.params], lr=cfg.lr,
+            spectral_strength=strength)
         # l2, l2-init, wasserstein: each seed's own mitigator (anchors from its own θ0) acts on its slice
         self.regularizers = [r.mit for r in self.runs if isinstance(r.mit, ParameterRegularizer)]
         self.step, self.next_task = 0, 0
@@ -182,8 +119,7 @@ class StackedSeeds:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()},
                 "mitigators": [r.mit.state_dict() for r in self.runs],
                 "optimizer": self.optimizer.state_dict(), "step": self.step, "next_task": self.next_task,
-                "prev_reps": [r.prev_rep for r in self.runs], "init_params": [r.init_params for r in self.runs],
-                "spectral": None if self.spectral is None else self.spectral.state_dict()}
+                "prev_reps": [r.prev_rep for r in self.runs], "init_params": [r.init_params for r in self.runs]}
 
     def load_state_dict(self, s: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -192,8 +128,6 @@ class StackedSeeds:
         self.optimizer.load_state_dict(s["optimizer"])
         for run, state in zip(self.runs, s.get("mitigators", [])):  # absent in checkpoints of before 2026-11-25
             run.mit.load_state_dict(state)
-        if self.spectral is not None:
-            self.spectral.load_state_dict(s["spectral"])
         self.step, self.next_task = s["step"], s["next_task"]
         for run, rep, init in zip(self.runs, s["prev_reps"], s["init_params"]):
             run.prev_rep, run.init_params = rep, init
@@ -209,7 +143,8 @@ class StackedSeeds:
                                  for seed in self.seeds]).to(cfg.device)
             for i in range(0, n, cfg.batch_size):
                 x, y = _stacked_batch(tasks, perms[:, i: i + cfg.batch_size])
-                self.optimizer.zero_grad(set_to_none=True)
+                for p in self.params.values():
+                    p.grad = None
                 logits = self.forward(self.params, x)  # (S, B, classes)
                 # Σ_s mean_b CE: the mean over all S·B terms, times S.
                 loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()) * len(self.seeds)
@@ -217,10 +152,7 @@ class StackedSeeds:
                 if penalty is not None:
                     loss = loss + penalty
                 loss.backward()
-                pending = None if self.spectral is None else self.spectral.prepare(self.params)
                 self.optimizer.step()
-                if pending is not None:
-                    self.spectral.apply(self.params, pending)
                 self.decoupled_step()
                 self.step += 1
             if progress is not None:
