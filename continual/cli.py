@@ -97,6 +97,8 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--no-diagnostics", action="store_true", help="skip the task-end plasticity diagnostics")
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--tensorboard", action="store_true",
+                   help="also log each task's row to TensorBoard under OUT/tensorboard (results.csv stays the record)")
     if sweep:
         r.add_argument("--threads", type=_positive(int), default=1, help="CPU threads for torch per run (default 1)")
         r.add_argument("--workers", type=_positive(int),
@@ -155,7 +157,8 @@ def config_from(args: argparse.Namespace, check_device: bool = True):
     return RunConfig(mitigators=list(dict.fromkeys(args.mitigator)), strength=getattr(args, "strength", None),
                      seeds=args.seeds, lr=args.lr, layernorm=args.layernorm, width=args.width,
                      data_dir=str(args.data_dir) if args.data_dir else None, device=args.device,
-                     diagnostics=not args.no_diagnostics, out=str(args.out), **settings)
+                     diagnostics=not args.no_diagnostics, out=str(args.out),
+                     tensorboard=getattr(args, "tensorboard", False), **settings)
 
 
 def main(argv: list[str] | None = None) -> int:

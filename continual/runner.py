@@ -52,6 +52,7 @@ class RunConfig:
     diagnostics: bool = True
     probe_size: int = 256
     out: str = "runs/default"
+    tensorboard: bool = False  # also log every row's numbers to TensorBoard (out/tensorboard/<mitigator>-s<seed>)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -175,7 +176,24 @@ class Run:
 
 
 # Where a run's files are, not what it computes: a run folder (or the data) may move between start and --resume.
-LOCATION_SETTINGS = ("out", "data_dir")
+LOCATION_SETTINGS = ("out", "data_dir", "tensorboard")  # settings that do not change a run's results
+
+
+def tensorboard_writer(log_dir: Path):
+    """A ``torch.utils.tensorboard.SummaryWriter`` (needs the ``tensorboard`` extra; CSV stays the record)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'specopt[tensorboard]'") from e
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def log_scalars(writer, row: dict[str, Any], step: int) -> None:
+    """Every finite number of ``row`` as a scalar at ``step`` (strings and NaNs are skipped), flushed."""
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            writer.add_scalar(key, value, step)
+    writer.flush()
 
 
 def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
@@ -224,9 +242,12 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
                 run.load_state_dict(saved["run"])
             elif done:
                 raise RuntimeError(f"checkpoint in {out} lacks the state of ({mitigator}, seed {seed})")
+            board = tensorboard_writer(out / "tensorboard" / f"{mitigator}-s{seed}") if cfg.tensorboard else None
             for t in range(run.next_task, cfg.tasks):
                 row = run.train_task(make_task(ds, cfg.nonstationarity, seed, t), bar)
                 rows.append(row)
+                if board is not None:
+                    log_scalars(board, row, t + 1)
                 run.next_task = t + 1
                 state = {"config": config, "rows": rows, "current": (mitigator, seed), "run": run.state_dict()}
                 atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))

@@ -126,7 +126,7 @@ class StackedSeeds:
             for k, v in s["params"].items():
                 self.params[k].copy_(v)
         self.optimizer.load_state_dict(s["optimizer"])
-        for run, state in zip(self.runs, s.get("mitigators", [])):  # absent in checkpoints of before 2026-11-25
+        for run, state in zip(self.runs, s.get("mitigators", [])):  # absent in older checkpoints
             run.mit.load_state_dict(state)
         self.step, self.next_task = s["step"], s["next_task"]
         for run, rep, init in zip(self.runs, s["prev_reps"], s["init_params"]):

@@ -1,6 +1,6 @@
 """Every hyper-parameter of a run, in one dataclass, with its default and where the default comes from.
 
-Sources (see docs/rl.md and /work/shared/rl-reference.md):
+Sources (see docs/rl.md; the SAC reference settings and published returns of the team's notes, rl-reference.md):
   paper   Lewandowski et al., ICLR 2025, Section 5.4 and Appendix B ("Reinforcement Learning")
   jaxrl   Kostrikov's jaxrl/jaxrl2 SAC (the lineage of D'Oro et al. and Nikishin et al.)
   D'Oro   D'Oro et al. 2022, "Breaking the Replay Ratio Barrier" (SR-SAC)
@@ -57,6 +57,7 @@ class Config:
     env_workers: int = -1  # processes stepping the environments; 0 = in this process, -1 = one per agent up to
     # the number of CPU cores less one
     progress: bool = True  # tqdm progress bar
+    tensorboard: bool = False  # also log every metrics row to TensorBoard (<agent folder>/tensorboard)
 
     # --- environment -----------------------------------------------------------------------------------------
     action_repeat: int = 1  # rl-reference: 1 for state-based DMC (jaxrl, D'Oro)
@@ -174,6 +175,6 @@ class Config:
 
 
 # Settings that may differ between a run and its --resume (everything else must match the saved config).
-RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "cuda_graphs", "progress", "env_workers")
+RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "cuda_graphs", "progress", "env_workers", "tensorboard")
 
 __all__ = ["Agent", "Config", "MITIGATORS", "WITH_STRENGTH", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]

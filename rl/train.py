@@ -186,6 +186,14 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
+def _tensorboard(log_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install 'specopt[tensorboard]'") from e
+    return SummaryWriter(log_dir=str(log_dir / "tensorboard"))
+
+
 def agent_dir(cfg: Config, agent: Agent) -> Path:
     """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>`` (with a strength grid,
     ``<out>/<mitigator>-<strength>-s<seed>``)."""
@@ -256,6 +264,7 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
                      "step": step, "episodes": episodes, "next_checkpoint": next_checkpoint,
                      "recent": [list(r) for r in recent], "config": cfg.to_dict()}, ckpt_path)
 
+    boards = [_tensorboard(d) for d in dirs] if cfg.tensorboard else []
     bar = None
     if cfg.progress:
         from tqdm import tqdm
@@ -300,6 +309,11 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
                        "train_return_recent": float(np.mean(recent[i])) if recent[i] else float("nan"),
                        **evals[i], **measured[i], "wall_time_s": wall}
                 append_metrics(d / METRICS, row)
+                if boards:
+                    for key, value in row.items():
+                        if isinstance(value, (int, float)) and math.isfinite(value):
+                            boards[i].add_scalar(key, value, step)
+                    boards[i].flush()
             if bar is not None:
                 returns = " ".join(f"{e['eval_return_mean']:.0f}" for e in evals)
                 bar.write(f"step {step}: eval return per agent {returns}")

@@ -14,9 +14,8 @@
 # LayerNorm; then seeds 1 and 2 of the other mitigators, without LayerNorm first. `none` trains its three seeds in
 # one process (--vectorize-seeds).
 # Needs the real data: apt-get install -y dataset-fashion-mnist (or --data-dir / internet for torchvision).
-# One run takes 8–11 minutes with one CPU thread on an otherwise idle 2-core machine, two runs in parallel (wasserstein
-# 29: it sorts every parameter each step; measured 2026-11-26), 10–25 (35–45) with other jobs on the machine; the
-# vectorized three seeds of none ~40 (2026-11-25). Exits non-zero if any run failed (its log.txt says why).
+# Run times are in docs/results.md (8–11 minutes per run per CPU thread on an idle 2-core machine; Wasserstein about
+# three times that: it sorts every parameter each step). Exits non-zero if any run failed (its log.txt says why).
 #
 # Environment overrides (the tests run a tiny version of this same path with them):
 #   ACCEPT_EXTRA   flags appended to every run, e.g. "--tasks 2 --epochs 1 --data-dir DIR" (later flags win)
