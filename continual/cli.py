@@ -48,8 +48,7 @@ PRESETS: dict[str, dict] = {
     "tiny-imagenet-pixel-permutation": dict(dataset="tiny-imagenet", nonstationarity="pixel-permutation",
                                             model="resnet18", tasks=100, epochs=20, batch_size=250),
 }
-DEFAULTS = dict(dataset="digits", nonstationarity="random-labels", model="mlp", tasks=10, epochs=10,
-                batch_size=128, train_size=None)
+PRESET_KEYS = ("dataset", "nonstationarity", "model", "tasks", "epochs", "batch_size", "train_size")  # a preset sets
 
 
 def _positive(kind):
@@ -143,10 +142,8 @@ def parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace, check_device: bool = True):
     from .runner import RunConfig
 
-    settings = dict(DEFAULTS)
-    if args.preset:
-        settings.update(PRESETS[args.preset])
-    for key in DEFAULTS:
+    settings = dict(PRESETS[args.preset]) if args.preset else {}  # RunConfig's defaults for the rest
+    for key in PRESET_KEYS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if check_device and args.device.startswith("cuda"):  # not when the runs go to other machines (sweep on Ray)
@@ -206,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             run_experiment(cfg, resume=(args.out / "checkpoint.pt").exists())
             print(plot([args.out], args.out / "demo.png"))
             print(f"figure: {args.out / 'demo.png'}")
-    except (DataError, ValueError, FileNotFoundError, KeyError) as err:
+    except (DataError, ValueError, FileNotFoundError) as err:
         msg = str(err).strip("'\"")
         print(f"error: {msg}", file=sys.stderr)
         return 2
