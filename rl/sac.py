@@ -169,8 +169,8 @@ class SAC:
             return torch.tensor([a.strength if a.mitigator == name else 0.0 for a in self.agents], device=dev)
 
         self.strength = coefficient("spectral")
-        self.l2 = coefficient("l2")  # coupled, as Adam's weight_decay: g += λθ
-        self.l2_init = coefficient("l2-init")  # toward the initialization: g += λ(θ − θ0)
+        self.l2 = coefficient("l2")  # coupled loss + λ‖θ‖²: g += 2λθ (as in continual)
+        self.l2_init = coefficient("l2-init")  # coupled loss + λ‖θ − θ0‖²: g += 2λ(θ − θ0)
         self.resetting = [a.mitigator == "resets" for a in self.agents]
         self.coupled = bool(self.l2.any() or self.l2_init.any())
 
@@ -237,8 +237,8 @@ class SAC:
     def _step(self, loss: Tensor, params: list[Tensor], opt: StackedSpectralAdam, init: list[Tensor] | None) -> None:
         """``loss`` is the sum of the agents' losses: its gradient on agent n's slice is agent n's gradient."""
         grads = torch.autograd.grad(loss, params)  # only these parameters' gradients are computed
-        if init is not None and self.coupled:
-            grads = [g + _column(self.l2, p) * p.detach() + _column(self.l2_init, p) * (p.detach() - p0)
+        if init is not None and self.coupled:  # ∇ of λ‖θ‖² and λ‖θ − θ0‖² (docs/mitigators.md)
+            grads = [g + _column(2 * self.l2, p) * p.detach() + _column(2 * self.l2_init, p) * (p.detach() - p0)
                      for g, p, p0 in zip(grads, params, init)]
         for p, g in zip(params, grads):
             p.grad = g
