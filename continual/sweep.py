@@ -152,8 +152,13 @@ def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[
             done(run)
         return
     import multiprocessing
+    import signal
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    def interrupt(signum, frame):  # `kill` the sweep → its workers stop too, as with Ctrl-C (no orphans)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     # spawn, not fork: a forked child of a process that has used torch's thread pools (or CUDA) can hang.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = {pool.submit(execute, asdict(run.config), threads): run for run in todo}

@@ -199,3 +199,34 @@ def test_ray_backend_gives_the_rows_of_the_local_backend_and_resumes_across_fold
         assert config["out"] == str(remote / name)  # not the worker's temporary folder
         assert not [p for p in (remote / name).iterdir() if p.name.startswith(".")]
     assert (remote / "summary.md").exists() and (remote / "sensitivity.png").exists()
+
+
+def test_killing_a_local_sweep_stops_its_workers(tmp_path):
+    """SIGTERM to the sweep (`kill`, a scheduler's stop) ends its worker processes too: none is left orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "continual", "sweep", "--dataset", "digits", "--tasks", "50", "--epochs", "5",
+           "--mitigator", "none", "spectral", "--seeds", "0", "--workers", "2", "--no-diagnostics", "--no-progress",
+           "--out", str(tmp_path / "sweep")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def children() -> list[int]:
+        path = f"/proc/{proc.pid}/task/{proc.pid}/children"
+        return [int(p) for p in open(path).read().split()] if os.path.exists(path) else []
+
+    deadline = time.time() + 120
+    while not any((tmp_path / "sweep").glob("*/results.csv")) and time.time() < deadline:
+        time.sleep(0.5)  # the workers are running: a first task is written
+    workers = children()
+    assert workers, "no worker processes seen"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    time.sleep(1)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+             open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert not alive, f"workers still running after the sweep was killed: {alive}"
