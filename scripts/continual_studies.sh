@@ -26,7 +26,8 @@ out=${STUDY_OUT:-results/studies}
 # Each mitigator's grid: at least 4 strengths over at least 2 decades around its literature default
 # (continual/mitigators: DEFAULT_STRENGTHS); a best strength at the edge of its grid means the grid must grow.
 declare -A GRID=(
-  [spectral]="0.1 0.3 1 3 10"
+  [none]="1"  # no strength: one run per seed (the grid's value is ignored), Adam's baseline for the same settings
+  [spectral]="0.01 0.1 0.3 1 3 10"  # 0.01 added: the drop-in strength of docs/strength.md
   [spectral-coupled]="1e-5 1e-4 1e-3 1e-2"
   [l2]="1e-5 1e-4 1e-3 1e-2"
   [l2-init]="1e-6 1e-5 1e-4 1e-3 1e-2"  # 1e-6 added: the best of the first four was 1e-5, the edge
@@ -36,7 +37,7 @@ declare -A GRID=(
   [cbp]="1e-5 1e-4 1e-3 1e-2"
   [redo]="0.001 0.01 0.1 0.3"
 )
-ORDER="spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
+ORDER="none spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
 
 case "$study" in
   tuned)

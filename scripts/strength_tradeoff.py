@@ -1,0 +1,153 @@
+"""The strength trade-off, drawn: drop-in cost (SAC as people run it, a supervised single task) against plasticity
+benefit (the Fashion-MNIST random-label benchmark) for every spectral strength measured, from committed rows only.
+
+    python scripts/strength_tradeoff.py                       # table to stdout, docs/figures/strength_tradeoff.png
+
+Rows read:
+  results/strength-sac/<env>/<agent>/metrics.csv           python -m rl train ... --strengths ... (docs/strength.md)
+  results/strength-supervised/fashion-mnist-mlp/*/results.csv
+  results/studies/tuned/{noln,ln}/spectral/*/results.csv   the tuned-baselines study (2 seeds × 20 tasks)
+  results/acceptance/{noln,ln}/{none,spectral}*.csv        Adam and λ = 1 (3 seeds × 30 tasks)
+
+SAC: mean evaluation return over the evaluations in the last 10% of env steps, per agent, then mean ± standard error
+over seeds, and its ratio to Adam's (`none`). Supervised: test accuracy after 20 epochs. Continual: the last-5-task
+mean train accuracy (tuned study) and last-task / first-task train accuracy per seed (acceptance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from continual.plot import mean_se
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
+    """{env: {strength (0 = Adam): (mean, s.e., seeds)}} of the last-10% evaluation return."""
+    out: dict[str, dict[float, tuple[float, float, int]]] = {}
+    for env_dir in sorted(p for p in results.glob("*") if p.is_dir()):
+        per: dict[float, list[float]] = defaultdict(list)
+        for agent in sorted(env_dir.glob("*/metrics.csv")):
+            cfg = json.loads((agent.parent / "config.json").read_text())
+            rows = read(agent)
+            if not rows or int(rows[-1]["step"]) < cfg["steps"]:
+                continue  # unfinished
+            last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= 0.9 * cfg["steps"]]
+            strength = cfg["spectral_strength"] if cfg["mitigator"] == "spectral" else 0.0
+            per[strength].append(sum(last) / len(last))
+        if per:
+            out[env_dir.name] = {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
+    return out
+
+
+def supervised(results: Path) -> dict[float, tuple[float, float, int]]:
+    per: dict[float, list[float]] = defaultdict(list)
+    for path in results.glob("*/results.csv"):
+        for r in read(path):
+            per[float(r["strength"]) if r["mitigator"] == "spectral" else 0.0].append(float(r["test_accuracy"]))
+    return {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
+
+
+def continual_tuned(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
+    out: dict[str, dict[float, tuple[float, float, int]]] = {}
+    for variant in ("noln", "ln"):
+        per: dict[float, list[float]] = defaultdict(list)
+        for path in [*(results / variant / "spectral").glob("*/results.csv"),
+                     *(results / variant / "none").glob("*/results.csv")]:
+            rows = read(path)
+            accuracy = [float(r["train_accuracy"]) for r in rows]
+            strength = float(rows[0]["strength"]) if rows[0]["mitigator"] == "spectral" else 0.0
+            per[strength].append(sum(accuracy[-5:]) / len(accuracy[-5:]))
+        if per:
+            out[variant] = {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
+    return out
+
+
+def acceptance(results: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{variant: {mitigator: [(first-task, last-task train accuracy) per seed]}}."""
+    out: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(dict)
+    for variant in ("noln", "ln"):
+        for mitigator in ("none", "spectral"):
+            pairs = []
+            for path in sorted((results / variant).glob(f"{mitigator}*.csv")):
+                by_seed: dict[str, list[float]] = defaultdict(list)
+                for r in read(path):
+                    if r["mitigator"] == mitigator:
+                        by_seed[r["seed"]].append(float(r["train_accuracy"]))
+                pairs += [(acc[0], acc[-1]) for acc in by_seed.values()]
+            if pairs:
+                out[variant][mitigator] = pairs
+    return out
+
+
+def fmt(x: tuple[float, float, int] | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x[0]:.{digits}f} ± {x[1]:.{digits}f} ({x[2]})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--figure", type=Path, default=ROOT / "docs/figures/strength_tradeoff.png")
+    args = p.parse_args()
+    rl = sac(ROOT / "results/strength-sac")
+    sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
+    tuned = continual_tuned(ROOT / "results/studies/tuned")
+    accept = acceptance(ROOT / "results/acceptance")
+
+    strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
+    envs = sorted(rl)
+    head = ["strength λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
+    head += ["supervised test accuracy (seeds)", "continual, last-5-task train accuracy: no LN", "with LN"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for s in strengths:
+        name = "Adam (none)" if s == 0 else f"{s:g}" + (" (old default)" if s == 1 else "")
+        cells = [name] + [fmt(rl[e].get(s)) for e in envs]
+        cells += [("–" if s not in rl[e] or 0.0 not in rl[e] else f"{rl[e][s][0] / rl[e][0.0][0]:.2f}×") for e in envs]
+        cells += [fmt(sup.get(s), 4)] + [fmt(tuned.get(v, {}).get(s), 3) for v in ("noln", "ln")]
+        print("| " + " | ".join(cells) + " |")
+    for variant, by in accept.items():
+        for mitigator, pairs in by.items():
+            ratios = " / ".join(f"{last / first:.2f}" for first, last in pairs)
+            print(f"\nacceptance ({variant}, 30 tasks), {mitigator}: last / first task train accuracy per seed {ratios}")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    x = [s if s > 0 else min(x for x in strengths if x > 0) / 10 for s in strengths]
+    for e in envs:
+        pts = [(xi, rl[e][s][0] / rl[e][0.0][0]) for xi, s in zip(x, strengths) if s in rl[e] and 0.0 in rl[e]]
+        axes[0].plot(*zip(*pts), "o-", label=e)
+    axes[0].set_title("drop-in cost: SAC return / Adam's")
+    pts = [(xi, sup[s][0]) for xi, s in zip(x, strengths) if s in sup]
+    axes[1].plot(*zip(*pts), "o-")
+    axes[1].set_title("drop-in cost: supervised test accuracy")
+    for variant in tuned:
+        pts = [(xi, tuned[variant][s][0]) for xi, s in zip(x, strengths) if s in tuned[variant]]
+        axes[2].plot(*zip(*pts), "o-", label={"noln": "no LayerNorm", "ln": "LayerNorm"}[variant])
+    axes[2].set_title("plasticity: last-5-task train accuracy")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("spectral strength λ (leftmost point: Adam)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=120)
+    print(f"\nfigure: {args.figure.relative_to(ROOT) if args.figure.is_relative_to(ROOT) else args.figure}")
+
+
+if __name__ == "__main__":
+    main()
