@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from .diagnostics import DIAGNOSTICS
+from .runner import atomic_write
 
 METRICS = ("train_accuracy", "train_loss", "test_accuracy", *DIAGNOSTICS)
 PER_SEED = ("sigma_max", "dormant_fraction", "grad_erank")  # the per-seed table's diagnostics, at the last task
@@ -124,8 +124,6 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
         ax.legend(fontsize=8)
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    fig.savefig(tmp, dpi=120, format=output.suffix.lstrip(".") or "png")
-    os.replace(tmp, output)
+    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=120, format=output.suffix.lstrip(".") or "png"))
     plt.close(fig)
     return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "")

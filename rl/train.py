@@ -131,9 +131,10 @@ def diagnostics(agent: SAC, buffer: ReplayBuffer, cfg: Config, step: int) -> lis
 
 
 # --- files ------------------------------------------------------------------------------------------------------
-def atomic_save(obj, path: Path) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)``, then rename over ``path``: a reader (or a crash) never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -145,13 +146,14 @@ def read_metrics(path: Path) -> list[dict[str, str]]:
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        if rows:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            if rows:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def append_metrics(path: Path, row: dict) -> None:
@@ -260,9 +262,10 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
         write_metrics(d / METRICS, [r for r in read_metrics(d / METRICS) if int(r["step"]) <= step])
 
     def save_checkpoint() -> None:
-        atomic_save({"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng,
-                     "step": step, "episodes": episodes, "next_checkpoint": next_checkpoint,
-                     "recent": [list(r) for r in recent], "config": cfg.to_dict()}, ckpt_path)
+        state = {"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng, "step": step,
+                 "episodes": episodes, "next_checkpoint": next_checkpoint, "recent": [list(r) for r in recent],
+                 "config": cfg.to_dict()}
+        atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
 
     boards = [_tensorboard(d) for d in dirs] if cfg.tensorboard else []
     bar = None

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,17 +22,9 @@ import torch
 from torch import nn
 
 import specopt
+from continual.data import DEBIAN_FMNIST, read_idx
+from continual.runner import atomic_write
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-def load_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def mlp(layernorm: bool, width: int = 256, depth: int = 4) -> nn.Sequential:
@@ -99,7 +89,7 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=12800)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--layernorm", action="store_true")
-    p.add_argument("--data-dir", type=Path, default=FMNIST_DIR)
+    p.add_argument("--data-dir", type=Path, default=DEBIAN_FMNIST)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -107,17 +97,18 @@ def main() -> None:
     images = args.data_dir / "train-images-idx3-ubyte.gz"
     if not images.exists():
         sys.exit(f"Fashion-MNIST not found at {images}; apt-get install dataset-fashion-mnist or pass --data-dir")
-    x = torch.from_numpy(load_idx(images)[: args.train_size].astype(np.float32) / 255.0)
+    x = torch.from_numpy(read_idx(images)[: args.train_size].astype(np.float32) / 255.0)
     rows: list[dict] = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def flush() -> None:
-        tmp = args.out.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, args.out)
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(args.out, write)
 
     for variant in args.variants:
         for seed in args.seeds:
