@@ -85,6 +85,8 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
                             "crelu run once per seed")
     else:
         r.add_argument("--strength", type=float, help="mitigator strength (default: each mitigator's default)")
+    r.add_argument("--option", action="append", default=[], metavar="MITIGATOR.KEY=VALUE",
+                   help="a mitigator's option, e.g. spectral.k=4 or l2.decoupled=True (repeatable; docs/mitigators.md)")
     r.add_argument("--tasks", type=_positive(int))
     r.add_argument("--epochs", type=_positive(int), help="epochs per task")
     r.add_argument("--batch-size", type=_positive(int))
@@ -139,6 +141,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_options(items: list[str]) -> dict[str, dict]:
+    """``["spectral.k=4", ...]`` → ``{"spectral": {"k": 4}}``; a one-line ValueError names what is valid."""
+    import ast
+
+    from .mitigators import option_names
+
+    options: dict[str, dict] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        mitigator, dot, name = key.partition(".")
+        if not (eq and dot and mitigator and name):
+            raise ValueError(f"--option {item!r}: expected MITIGATOR.KEY=VALUE, e.g. spectral.k=4")
+        if mitigator not in MITIGATORS:
+            raise ValueError(f"--option {item!r}: unknown mitigator {mitigator!r}; valid: {', '.join(MITIGATORS)}")
+        valid = option_names(mitigator)
+        if name not in valid:
+            raise ValueError(f"--option {item!r}: {mitigator} has no option {name!r}; valid: "
+                             f"{', '.join(valid) if valid else 'none'}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--option {item!r}: {text!r} is not a number, True/False or None") from None
+        options.setdefault(mitigator, {})[name] = value
+    return options
+
+
 def config_from(args: argparse.Namespace, check_device: bool = True):
     from .runner import RunConfig
 
@@ -154,7 +182,7 @@ def config_from(args: argparse.Namespace, check_device: bool = True):
     return RunConfig(mitigators=list(dict.fromkeys(args.mitigator)), strength=getattr(args, "strength", None),
                      seeds=args.seeds, lr=args.lr, layernorm=args.layernorm, width=args.width,
                      data_dir=str(args.data_dir) if args.data_dir else None, device=args.device,
-                     diagnostics=not args.no_diagnostics, out=str(args.out),
+                     diagnostics=not args.no_diagnostics, out=str(args.out), options=parse_options(args.option),
                      tensorboard=getattr(args, "tensorboard", False), **settings)
 
 

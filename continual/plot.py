@@ -31,7 +31,8 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
 
 def label(row: dict[str, str]) -> str:
     ln = " +LN" if row.get("layernorm") == "1" else ""
-    return f"{row['mitigator']} ({float(row['strength']):g}){ln}" if row["mitigator"] != "none" else f"none{ln}"
+    options = f" {row['options']}" if row.get("options") else ""
+    return f"{row['mitigator']} ({float(row['strength']):g}{options}){ln}" if row["mitigator"] != "none" else f"none{ln}"
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:

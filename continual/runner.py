@@ -27,8 +27,9 @@ from .mitigators import DEFAULT_STRENGTHS, build_mitigator, model_activation
 from .models import build_model
 from .streams import Task, make_task
 
-BASE_COLUMNS = ["dataset", "nonstationarity", "model", "layernorm", "mitigator", "strength", "seed", "task",
-                "step", "train_accuracy", "train_loss", "test_accuracy"]
+BASE_COLUMNS = ["dataset", "nonstationarity", "model", "layernorm", "width", "mitigator", "strength", "options",
+                "lr", "batch_size", "train_size", "epochs", "seed", "task", "step", "train_accuracy", "train_loss",
+                "test_accuracy"]  # everything that tells two runs apart, then the measurements
 COLUMNS = BASE_COLUMNS + list(DIAGNOSTICS)
 
 
@@ -51,8 +52,14 @@ class RunConfig:
     device: str = "cpu"
     diagnostics: bool = True
     probe_size: int = 256
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per mitigator, e.g. {"spectral": {"k": 4}}
     out: str = "runs/default"
     tensorboard: bool = False  # also log every row's numbers to TensorBoard (out/tensorboard/<mitigator>-s<seed>)
+
+
+def options_text(options: dict[str, Any]) -> str:
+    """A mitigator's options as a row cell: ``k=4 decoupled=True`` (sorted; empty for the defaults)."""
+    return " ".join(f"{k}={options[k]}" for k in sorted(options))
 
 
 def atomic_write(path: Path, write) -> None:
@@ -101,7 +108,8 @@ class Run:
                                  model_activation(mitigator), width=cfg.width).to(cfg.device)
         self.init_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
-        self.mit = build_mitigator(mitigator, self.model, cfg.lr, self.strength, seed=seed)
+        self.mit = build_mitigator(mitigator, self.model, cfg.lr, self.strength, seed=seed,
+                                   **cfg.options.get(mitigator, {}))
         self.step, self.next_task = 0, 0
         self.prev_rep: Tensor | None = None
 
@@ -150,8 +158,10 @@ class Run:
         test_acc = evaluate(self.model, task.x_test, task.y_test)[0] if task.x_test is not None and \
             task.x_test.shape[0] else math.nan
         row: dict[str, Any] = {"dataset": cfg.dataset, "nonstationarity": cfg.nonstationarity, "model": cfg.model,
-                               "layernorm": int(cfg.layernorm), "mitigator": self.name, "strength": self.strength,
-                               "seed": self.seed, "task": task.index + 1, "step": self.step,
+                               "layernorm": int(cfg.layernorm), "width": cfg.width, "mitigator": self.name,
+                               "strength": self.strength, "options": options_text(cfg.options.get(self.name, {})),
+                               "lr": cfg.lr, "batch_size": cfg.batch_size, "train_size": len(self.ds.y_train),
+                               "epochs": cfg.epochs, "seed": self.seed, "task": task.index + 1, "step": self.step,
                                "train_accuracy": round(acc, 6), "train_loss": round(loss, 6),
                                "test_accuracy": round(test_acc, 6)}
         if cfg.diagnostics:

@@ -4,6 +4,8 @@
 #
 #   bash scripts/continual_studies.sh tuned [WORKERS]     # every mitigator with a strength over its grid, 2 seeds,
 #                                                          # 20 tasks, without then with LayerNorm
+#   bash scripts/continual_studies.sh k [WORKERS]         # spectral's exponent k ∈ {1, 2, 4, 8} at the default
+#                                                          # strength, 3 seeds, 30 tasks, no LayerNorm (paper Fig. 7)
 #
 # Run folders (results.csv + config.json, committed as they finish; checkpoint.pt is ignored by git) live under
 # results/studies/tuned/{noln,ln}/MITIGATOR/, with each sweep's summary.md and sensitivity.png beside them, so a
@@ -19,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-study=${1:?usage: bash scripts/continual_studies.sh tuned [WORKERS]}
+study=${1:?usage: bash scripts/continual_studies.sh tuned|k [WORKERS]}
 workers=${2:-2}
 out=${STUDY_OUT:-results/studies}
 
@@ -52,8 +54,15 @@ case "$study" in
       done
     done
     ;;
+  k)
+    for k in ${STUDY_KS:-1 2 4 8}; do
+      python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
+        --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 2 \
+        --mitigator spectral --option "spectral.k=$k" --workers "$workers" --out "$out/k/k$k" ${STUDY_EXTRA:-}
+    done
+    ;;
   *)
-    echo "unknown study '$study'; valid: tuned" >&2
+    echo "unknown study '$study'; valid: tuned, k" >&2
     exit 2
     ;;
 esac

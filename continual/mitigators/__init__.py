@@ -94,6 +94,19 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown mitigator {name!r}; valid names are {', '.join(MITIGATORS)}")
 
 
+def option_names(name: str) -> list[str]:
+    """The keyword options mitigator ``name`` accepts (``seed`` aside), read from its constructors' signatures."""
+    import inspect
+
+    _check_name(name)
+    names: set[str] = set()
+    for cls in _CLASSES[name].__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return sorted(names - {"seed"})
+
+
 def build_mitigator(name: str, model: nn.Module, lr: float, strength: float | None = None,
                     **options: Any) -> Mitigator:
     """Build mitigator ``name`` for ``model`` (call right after the model is initialised: anchors are θ0).
@@ -134,5 +147,6 @@ __all__ = [
     "dormant_scores",
     "is_activation",
     "mlp_blocks",
+    "option_names",
     "model_activation",
 ]

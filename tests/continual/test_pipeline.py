@@ -290,3 +290,35 @@ def test_plot_legend_counts_seeds_like_the_table(tmp_path, monkeypatch):
     text = plot([tmp_path], tmp_path / "fig.png")
     assert labels == ["none, 1 of 2 seeds", "spectral (1), 1 seed"]
     assert "| none | 1 of 2 |" in text and "| spectral (1) | 1 |" in text
+
+
+def test_mitigator_options_reach_the_mitigator_the_rows_and_the_resume_guard(tmp_path):
+    from continual.cli import main
+
+    out = tmp_path / "k4"
+    argv = ["run", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--mitigator", "spectral", "none",
+            "--option", "spectral.k=4", "--no-diagnostics", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["mitigator"]: r["options"] for r in rows} == {"spectral": "k=4", "none": ""}
+    assert all(r["epochs"] == "1" and r["width"] == "256" and r["train_size"] == "1497" for r in rows)
+    assert json.loads((out / "config.json").read_text())["options"] == {"spectral": {"k": 4}}
+    from continual.runner import Run
+
+    cfg = RunConfig(dataset="digits", tasks=1, epochs=1, mitigators=["spectral"], options={"spectral": {"k": 4}})
+    from continual.data import load_dataset
+
+    assert Run(cfg, load_dataset("digits"), "spectral", 0).mit.optimizer.param_groups[0]["k"] == 4
+    assert main(argv[:-2] + ["--option", "spectral.k=8", "--resume", "--out", str(out)]) == 2  # the guard sees it
+
+
+def test_bad_mitigator_options_are_one_line_errors(tmp_path, capsys):
+    from continual.cli import main
+
+    for option, message in (("spectral.q=1", "spectral has no option 'q'; valid: k"),
+                            ("magic.k=1", "unknown mitigator 'magic'"), ("k=4", "expected MITIGATOR.KEY=VALUE"),
+                            ("l2.decoupled=maybe", "is not a number, True/False or None")):
+        assert main(["run", "--dataset", "digits", "--option", option, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -31,3 +31,16 @@ def test_tuned_study_writes_one_resumable_sweep_per_mitigator_and_variant(tmp_pa
     bad = subprocess.run(["bash", str(ROOT / "scripts" / "continual_studies.sh"), "nope"], env=env,
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "valid: tuned" in bad.stderr
+
+
+def test_k_study_runs_spectral_once_per_exponent(tmp_path):
+    env = dict(os.environ, STUDY_OUT=str(tmp_path), STUDY_KS="1 4",
+               STUDY_EXTRA="--dataset digits --tasks 2 --epochs 1 --train-size 64 --width 16 --no-diagnostics "
+                           "--seeds 0", PYTHONPATH=str(ROOT))
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "continual_studies.sh"), "k", "1"], env=env,
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for k in (1, 4):
+        [run] = [p for p in (tmp_path / "k" / f"k{k}").iterdir() if p.is_dir()]
+        with open(run / "results.csv") as fh:
+            assert {r["options"] for r in csv.DictReader(fh)} == {f"k={k}"}
