@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rl import streams
 from rl.buffer import ReplayBuffer
 from rl.config import Config
 from rl.sac import SAC

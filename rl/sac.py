@@ -252,15 +252,6 @@ class SAC:
         next_q = self.target(b.next_obs, next_action).min(0).values
         return b.reward + self.cfg.gamma * (1.0 - b.terminated) * (next_q - alpha[:, None] * next_log_prob)
 
-    def _losses(self, b: Batch, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(critic loss (N,), actor loss (N,), log π of the actor's actions (N, B)) — no optimizer step."""
-        shape = (b.obs.shape[-2], self.act_dim)
-        y = self.td_target(b, alpha, self.streams.normal(streams.POLICY, shape))
-        critic_loss = (self.critic(b.obs, b.action) - y).pow(2).mean(-1).sum(0)
-        action, log_prob = self.actor.sample(b.obs, self.streams.normal(streams.POLICY, shape))
-        actor_loss = (alpha[:, None] * log_prob - self.critic(b.obs, action).min(0).values).mean(-1)
-        return critic_loss, actor_loss, log_prob
-
     def _update_tensors(self, b: Batch) -> None:
         cfg = self.cfg
         alpha = self.alpha
