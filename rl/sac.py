@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -317,10 +318,16 @@ class SAC:
             torch.cuda.current_stream(self.device).wait_stream(side)
             self._eager_blocks += 1
         else:
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):  # records the block without running it
-                self._block_tensors(buffer)
-            self._graph_info = self.info  # the graph's own output tensors, rewritten by every replay
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):  # records the block without running it
+                    self._block_tensors(buffer)
+            except RuntimeError as e:  # keep training, eagerly, rather than lose the run
+                warnings.warn(f"CUDA graph capture failed, training without graphs: {str(e).splitlines()[0]}")
+                self._graphs = False
+                self.update_block(buffer.sample(self.cfg.batch_size, *self.streams.draw(streams.REPLAY), blocks=rr))
+                return
+            self._graph, self._graph_info = graph, self.info  # the graph's outputs, rewritten by every replay
             self._graph.replay()
         before, self.updates = self.updates, self.updates + rr
         if any(self.resetting) and self.updates // self.cfg.reset_interval > before // self.cfg.reset_interval:
