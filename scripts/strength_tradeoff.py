@@ -65,6 +65,8 @@ def continual_tuned(results: Path) -> dict[str, dict[float, tuple[float, float, 
         for path in [*(results / variant / "spectral").glob("*/results.csv"),
                      *(results / variant / "none").glob("*/results.csv")]:
             rows = read(path)
+            if not rows or int(rows[-1]["task"]) < json.loads((path.parent / "config.json").read_text())["tasks"]:
+                continue  # unfinished
             accuracy = [float(r["train_accuracy"]) for r in rows]
             strength = float(rows[0]["strength"]) if rows[0]["mitigator"] == "spectral" else 0.0
             per[strength].append(sum(accuracy[-5:]) / len(accuracy[-5:]))
