@@ -14,7 +14,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +207,11 @@ def log_scalars(writer, row: dict[str, Any], step: int) -> None:
 
 
 def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """The settings of ``config`` that differ from ``saved`` (but :data:`LOCATION_SETTINGS`), sorted."""
-    return sorted(k for k in config if k not in LOCATION_SETTINGS and config[k] != saved.get(k))
+    """The settings of ``config`` that differ from ``saved`` (but :data:`LOCATION_SETTINGS`), sorted. A setting
+    ``saved`` lacks (a run from before the field existed) counts as that field's default."""
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(RunConfig)}
+    return sorted(k for k in config if k not in LOCATION_SETTINGS and config[k] != saved.get(k, defaults.get(k)))
 
 
 def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:

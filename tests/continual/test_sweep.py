@@ -230,3 +230,15 @@ def test_killing_a_local_sweep_stops_its_workers(tmp_path):
     alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
              open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
     assert not alive, f"workers still running after the sweep was killed: {alive}"
+
+
+def test_a_run_from_before_a_new_setting_counts_as_that_settings_default():
+    """Finished runs whose config.json predates a RunConfig field (e.g. ``options``) are skipped, not refused."""
+    from dataclasses import asdict
+
+    from continual.runner import RunConfig, changed_settings
+
+    config = asdict(RunConfig())
+    old = {k: v for k, v in config.items() if k != "options"}
+    assert changed_settings(old, config) == []
+    assert changed_settings(old, {**config, "options": {"spectral": {"k": 4}}}) == ["options"]
