@@ -69,10 +69,11 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """``rows`` as a CSV file, written atomically; ``columns`` default to a results.csv's (:data:`COLUMNS`)."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w = csv.DictWriter(f, fieldnames=COLUMNS if columns is None else columns)
             w.writeheader()
             w.writerows(rows)
 

@@ -13,7 +13,6 @@ Lipschitz constant), side by side in one run. Rows go to ``--out`` (CSV, written
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 import specopt
-from continual.runner import atomic_write
+from continual.runner import write_csv
 
 
 def target_function(dim: int, seed: int) -> nn.Module:
@@ -80,13 +79,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(args.out, write)
+    write_csv(args.out, rows, list(rows[0]))
     print("\n| target scale c | optimizer | relative error (mean over seeds) | σ1 max | Π σ1 | output std |")
     print("|---|---|---|---|---|---|")
     for c in args.scales:

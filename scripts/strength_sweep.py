@@ -12,7 +12,6 @@ of the ``continual`` package. Writes one CSV row per (variant, seed, task), atom
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 
 import specopt
 from continual.data import DEBIAN_FMNIST, read_idx
-from continual.runner import atomic_write
+from continual.runner import write_csv
 
 
 
@@ -102,13 +101,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def flush() -> None:
-        def write(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-
-        atomic_write(args.out, write)
+        write_csv(args.out, rows, list(rows[0]))
 
     for variant in args.variants:
         for seed in args.seeds:
