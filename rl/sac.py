@@ -306,7 +306,7 @@ class SAC:
         if not self._graphs:
             self.update_block(buffer.sample(self.cfg.batch_size, *self.streams.draw(streams.REPLAY), blocks=rr))
             return
-        fresh = any(opt._maybe_fresh for opt in (self.actor_opt, self.critic_opt, self.alpha_opt))
+        fresh = any(opt.fresh for opt in (self.actor_opt, self.critic_opt, self.alpha_opt))
         if self._graph is not None and not fresh:
             self._graph.replay()
             self.info = self._graph_info

@@ -51,8 +51,9 @@ class StackedSpectralAdam:
         power_iterations: as in :class:`specopt.SpectralAdam`.
         init_iterations: as in :class:`specopt.SpectralAdam`.
 
-    ``step()`` makes no host-device synchronisation, except the first step after :meth:`reset` or
-    :meth:`load_state_dict` on a non-CPU device, which reads one flag per parameter.
+    ``step()`` makes no host-device synchronisation. After construction, :meth:`reset` or :meth:`load_state_dict`
+    the next step also runs the longer first power iteration and keeps it for the slices that need it
+    (:attr:`fresh`); later steps run only ``power_iterations``.
     """
 
     def __init__(self, params: Sequence[Tensor], roles: Sequence[str], lr: float = 1e-3,
@@ -84,6 +85,11 @@ class StackedSpectralAdam:
         self.strength = strength.to(self.params[0].device)
         self.state: list[dict[str, Tensor]] = [self._fresh_state(p, r) for p, r in zip(self.params, self.roles)]
         self._maybe_fresh = True  # host-side: some slice still needs its first (longer) power iteration
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the next step runs the first (longer) power iteration for some slice (a host-side flag)."""
+        return self._maybe_fresh
 
     # --- state -------------------------------------------------------------------------------------------------
     def _start_vectors(self, p: Tensor, role: str) -> tuple[Tensor, Tensor]:
