@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rl import streams
 from rl.buffer import ReplayBuffer
 from rl.config import Config
 from rl.sac import SAC
@@ -114,6 +115,28 @@ class CleanRLSAC:
 
 
 # ---------------------------------------------------------------- timing
+def profile_block(agent: SAC, buffer: ReplayBuffer, rr: int, device: torch.device) -> None:
+    """Kernels launched by one eager block of ``rr`` updates of the vectorized agent: their count and the top ten by
+    device time (on a GPU a replayed graph still runs each of them; their number bounds the speed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    batch = buffer.sample(agent.cfg.batch_size, *agent.streams.draw(streams.REPLAY), blocks=rr)
+    with profile(activities=activities) as prof:
+        agent.update_block(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.device_time for e in kernels) / 1e3
+        print(f"profile: one eager block of {rr} updates launches {len(kernels)} kernels "
+              f"({len(kernels) / rr:.0f} per update), {busy:.2f} ms of kernel time")
+        print(events.table(sort_by="self_device_time_total", row_limit=12))
+    else:
+        print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def rate(fn, n: int) -> float:
     start = time.perf_counter()
     fn(n)
@@ -134,6 +157,9 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the update")
     p.add_argument("--no-cuda-graphs", action="store_true", help="on CUDA, launch every kernel (no graph replay)")
     p.add_argument("--no-cleanrl", action="store_true", help="skip the CleanRL-style reference")
+    p.add_argument("--no-sequential", action="store_true", help="skip the N single agents (slow for large N)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print the kernels of one eager vectorized block (torch.profiler): count and top times")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -171,12 +197,14 @@ def main() -> None:
                                               **settings), device) if args.agents % 2 == 0 else None
     if vectorized is None:
         raise SystemExit("--agents must be even (half none, half spectral)")
-    singles = [SAC(OBS_DIM, ACT_DIM, Config(mitigators=(m,), seeds=(i,), **settings), device)
-               for i, m in enumerate(mitigators)]
+    singles = [] if args.no_sequential else [
+        SAC(OBS_DIM, ACT_DIM, Config(mitigators=(m,), seeds=(i,), **settings), device) for i, m in enumerate(mitigators)]
     one_buffer = buffer_for(1)
-    contenders = {f"vectorized (N = {args.agents})": (runner(vectorized, buffer_for(args.agents)), args.agents),
-                  f"sequential ({args.agents} × N = 1)": (
-                      lambda k: [runner(a, one_buffer)(k) for a in singles], args.agents)}
+    big_buffer = buffer_for(args.agents)
+    contenders = {f"vectorized (N = {args.agents})": (runner(vectorized, big_buffer), args.agents)}
+    if not args.no_sequential:
+        contenders[f"sequential ({args.agents} × N = 1)"] = (
+            lambda k: [runner(a, one_buffer)(k) for a in singles], args.agents)
     if not args.no_cleanrl:
         clean = CleanRLSAC(data, args.critics, args.hidden, args.batch_size, device)
         contenders["cleanrl-style (1 agent)"] = (lambda k: ([clean.update() for _ in range(k)], sync()), 1)
@@ -194,10 +222,11 @@ def main() -> None:
     med = {name: statistics.median(r) for name, r in rates.items()}
     for name, r in med.items():
         print(f"| {name} | {r:.1f} |")
-    names = list(med)
-    if len(names) > 2:
-        print(f"vectorized / cleanrl-style: {med[names[0]] / med[names[2]]:.2f}×")
-    print(f"vectorized / sequential: {med[names[0]] / med[names[1]]:.2f}×")
+    first, *others = med
+    for name in sorted(others, key=lambda n: n.startswith("sequential")):  # the sequential ratio last
+        print(f"vectorized / {name.split(' (')[0]}: {med[first] / med[name]:.2f}×")
+    if args.profile:
+        profile_block(vectorized, big_buffer, args.rr, device)
 
 
 if __name__ == "__main__":

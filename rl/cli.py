@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m rl {command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"python -m rl {command}: interrupted: the rows up to the last evaluation are written; continue from "
+              "the last checkpoint with the same command and --resume", file=sys.stderr)
+        return 130
 
 
 def _train(args: dict) -> int:

@@ -16,6 +16,7 @@ buries (b) under several wrapper layers.
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import gymnasium as gym
@@ -96,12 +97,12 @@ def make_env(name: str, seed: int, action_repeat: int = 1) -> DMCEnv:
     return DMCEnv(name, seed, action_repeat)
 
 
-
-
-
 # --- many environments, stepped in worker processes ---------------------------------------------------------------
 def _serve(conn, specs: list[tuple[str, int, int]]) -> None:
-    """Worker loop: hosts the environments ``specs`` (name, seed, action_repeat) and answers commands."""
+    """Worker loop: hosts the environments ``specs`` (name, seed, action_repeat) and answers commands. Ctrl-C (or a
+    ``timeout --signal=INT``) goes to the whole process group: the worker ignores it and lets the parent, which
+    handles it, close the pipe — a worker whose parent is gone exits quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("MUJOCO_GL", "disable")
     try:
         from absl import logging as absl_logging
@@ -111,7 +112,10 @@ def _serve(conn, specs: list[tuple[str, int, int]]) -> None:
         pass
     envs = [make_env(*spec) for spec in specs]
     while True:
-        command, arg = conn.recv()
+        try:
+            command, arg = conn.recv()
+        except EOFError:  # the parent is gone
+            return
         if command == "close":
             conn.close()
             return

@@ -16,7 +16,7 @@
 # Rehearse on the CPU:   tests/rl/test_device_script.py runs it at tiny size (DEVICE=cpu plus the *_EXTRA flags)
 #
 # Environment: OUT (default runs/device-rl), DEVICE (cuda), STEPS (100000), SEEDS ("0 1 2 3"), TRAIN_BUDGET (seconds,
-# 360), AGENTS ("8 64": the benchmark's N), BENCH_EXTRA and RL_EXTRA (flags appended to the benchmark and to the run).
+# 360), AGENTS ("8 64": the benchmark's N), BENCH_TIMEOUT (seconds per benchmark, 120), BENCH_EXTRA and RL_EXTRA (flags appended to the benchmark and to the run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,7 @@ STEPS=${STEPS:-100000}
 SEEDS=${SEEDS:-0 1 2 3}
 TRAIN_BUDGET=${TRAIN_BUDGET:-360}
 AGENTS=${AGENTS:-8 64}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
 mkdir -p "$OUT"
 
 if [ -d .whl ] && ! python3 -c "import dm_control" 2>/dev/null; then  # the device has no dm-control: carried wheels
@@ -38,7 +39,9 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} MUJOCO_GL=disable PYTHONUNBUFF
   [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__)"
   for n in $AGENTS; do
-    python3 benchmarks/rl_update_speed.py --device "$DEVICE" --agents "$n" --rounds 3 --updates 160 ${BENCH_EXTRA:-}
+    # shellcheck disable=SC2086  # BENCH_EXTRA is a word list
+    timeout "$BENCH_TIMEOUT" python3 benchmarks/rl_update_speed.py --device "$DEVICE" --agents "$n" --rounds 3 \
+      --updates 160 ${BENCH_EXTRA:-} || echo "benchmark with $n agents: exit $? (124 = stopped after ${BENCH_TIMEOUT}s)"
   done
 } 2>&1 | tee "$OUT/speed.md"
 

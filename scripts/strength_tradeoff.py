@@ -4,7 +4,8 @@ benefit (the Fashion-MNIST random-label benchmark) for every spectral strength m
     python scripts/strength_tradeoff.py                       # table to stdout, docs/figures/strength_tradeoff.png
 
 Rows read:
-  results/strength-sac/<env>/<agent>/metrics.csv           python -m rl train ... --strengths ... (docs/strength.md)
+  results/strength-sac/<run>/<agent>/metrics.csv           python -m rl train ... --strengths ... (docs/strength.md);
+                                                           runs of one env (config.json's env) pool their seeds
   results/strength-supervised/fashion-mnist-mlp/*/results.csv
   results/studies/tuned/{noln,ln}/spectral/*/results.csv   the tuned-baselines study (2 seeds × 20 tasks)
   results/acceptance/{noln,ln}/{none,spectral}*.csv        Adam and λ = 1 (3 seeds × 30 tasks)
@@ -34,20 +35,16 @@ def read(path: Path) -> list[dict[str, str]]:
 
 def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
     """{env: {strength (0 = Adam): (mean, s.e., seeds)}} of the last-10% evaluation return."""
-    out: dict[str, dict[float, tuple[float, float, int]]] = {}
-    for env_dir in sorted(p for p in results.glob("*") if p.is_dir()):
-        per: dict[float, list[float]] = defaultdict(list)
-        for agent in sorted(env_dir.glob("*/metrics.csv")):
-            cfg = json.loads((agent.parent / "config.json").read_text())
-            rows = read(agent)
-            if not rows or int(rows[-1]["step"]) < cfg["steps"]:
-                continue  # unfinished
-            last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= 0.9 * cfg["steps"]]
-            strength = cfg["spectral_strength"] if cfg["mitigator"] == "spectral" else 0.0
-            per[strength].append(sum(last) / len(last))
-        if per:
-            out[env_dir.name] = {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
-    return out
+    per: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for agent in sorted(results.glob("*/*/metrics.csv")):  # <run folder>/<agent>/: several runs per env add seeds
+        cfg = json.loads((agent.parent / "config.json").read_text())
+        rows = read(agent)
+        if not rows or int(rows[-1]["step"]) < cfg["steps"]:
+            continue  # unfinished
+        last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= 0.9 * cfg["steps"]]
+        strength = cfg["spectral_strength"] if cfg["mitigator"] == "spectral" else 0.0
+        per[cfg["env"]][strength].append(sum(last) / len(last))
+    return {env: {s: (*mean_se(v), len(v)) for s, v in sorted(by.items())} for env, by in sorted(per.items())}
 
 
 def supervised(results: Path) -> dict[float, tuple[float, float, int]]:

@@ -215,3 +215,26 @@ def test_plot_standard_error_over_seeds(tmp_path):
     steps, mean, se, n = mean_se(curves["none RR16"])
     assert steps.tolist() == [10, 20, 30] and mean.tolist() == [2.0, 4.0, 7.0] and n.tolist() == [2, 2, 1]
     assert se.tolist() == pytest.approx([1.0, 1.0, 0.0])  # std (ddof 1) √2 over √2 seeds; one seed: 0
+
+
+def test_ctrl_c_stops_a_run_with_env_workers_in_one_line(tmp_path):
+    """SIGINT to the process group (Ctrl-C, `timeout --signal=INT`): exit 130 and one line saying how to continue,
+    no traceback from the trainer or from its environment workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k != "progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "rl", "train", *flags, "--no-progress", "--seeds", "0", "1",
+                             "--env-workers", "2", "--steps", "100000", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "none-s0" / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err, err[-2000:]
