@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from specopt.experiment import mean_se, read_csv, save_figure
+
 from .diagnostics import DIAGNOSTICS
-from .runner import atomic_write
 
 METRICS = ("train_accuracy", "train_loss", "test_accuracy", *DIAGNOSTICS)
 PER_SEED = ("sigma_max", "dormant_fraction", "grad_erank")  # the per-seed table's diagnostics, at the last task
@@ -22,8 +22,7 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
         path = d / "results.csv" if d.is_dir() else d
         if not path.exists():
             raise FileNotFoundError(f"no results.csv in {d}")
-        with open(path, newline="") as f:
-            rows += list(csv.DictReader(f))
+        rows += read_csv(path)
     if not rows:
         raise ValueError("the results hold no rows yet")
     return rows
@@ -33,12 +32,6 @@ def label(row: dict[str, str]) -> str:
     ln = " +LN" if row.get("layernorm") == "1" else ""
     options = f" {row['options']}" if row.get("options") else ""
     return f"{row['mitigator']} ({float(row['strength']):g}{options}){ln}" if row["mitigator"] != "none" else f"none{ln}"
-
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """(mean, standard error of the mean) of ``values``: sample standard deviation (ddof 1) / √n; 0 for one value."""
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
 def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
@@ -124,7 +117,6 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     else:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=120, format=output.suffix.lstrip(".") or "png"))
+    save_figure(fig, output)
     plt.close(fig)
     return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "")

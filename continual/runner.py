@@ -9,10 +9,7 @@ experiment and produces exactly the rows an uninterrupted one would.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from specopt import experiment
 
 from .data import Dataset, load_dataset
 from .diagnostics import DIAGNOSTICS, task_end_diagnostics
@@ -60,24 +59,6 @@ class RunConfig:
 def options_text(options: dict[str, Any]) -> str:
     """A mitigator's options as a row cell: ``k=4 decoupled=True`` (sorted; empty for the defaults)."""
     return " ".join(f"{k}={options[k]}" for k in sorted(options))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    """``rows`` as a CSV file, written atomically; ``columns`` default to a results.csv's (:data:`COLUMNS`)."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS if columns is None else columns)
-            w.writeheader()
-            w.writerows(rows)
-
-    atomic_write(path, write)
 
 
 @torch.no_grad()
@@ -190,29 +171,12 @@ class Run:
 LOCATION_SETTINGS = ("out", "data_dir", "tensorboard")  # settings that do not change a run's results
 
 
-def tensorboard_writer(log_dir: Path):
-    """A ``torch.utils.tensorboard.SummaryWriter`` (needs the ``tensorboard`` extra; CSV stays the record)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'specopt[tensorboard]'") from e
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def log_scalars(writer, row: dict[str, Any], step: int) -> None:
-    """Every finite number of ``row`` as a scalar at ``step`` (strings and NaNs are skipped), flushed."""
-    for key, value in row.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            writer.add_scalar(key, value, step)
-    writer.flush()
-
-
 def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """The settings of ``config`` that differ from ``saved`` (but :data:`LOCATION_SETTINGS`), sorted. A setting
     ``saved`` lacks (a run from before the field existed) counts as that field's default."""
     defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                 for f in fields(RunConfig)}
-    return sorted(k for k in config if k not in LOCATION_SETTINGS and config[k] != saved.get(k, defaults.get(k)))
+    return experiment.changed_settings(saved, config, defaults, ignore=LOCATION_SETTINGS)
 
 
 def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
@@ -233,8 +197,6 @@ def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str
 def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Run every (mitigator, seed) of ``cfg``, writing ``results.csv``, ``config.json`` and a checkpoint to
     ``cfg.out`` after every task; with ``resume``, continue from that checkpoint."""
-    from tqdm import tqdm
-
     out = Path(cfg.out)
     ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,9 +204,9 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     config = asdict(cfg)
     saved = open_checkpoint(out, config, resume)
     rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
-    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    experiment.write_json(out / "config.json", config)
     total = len(cfg.mitigators) * len(cfg.seeds) * cfg.tasks
-    bar = tqdm(total=total, initial=len(rows), unit="task", disable=not progress, dynamic_ncols=True)
+    bar = experiment.progress_bar(total, len(rows), "task", progress)
     t0 = time.time()
     for mitigator in cfg.mitigators:
         for seed in cfg.seeds:
@@ -256,16 +218,16 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
                 run.load_state_dict(saved["run"])
             elif done:
                 raise RuntimeError(f"checkpoint in {out} lacks the state of ({mitigator}, seed {seed})")
-            board = tensorboard_writer(out / "tensorboard" / f"{mitigator}-s{seed}") if cfg.tensorboard else None
+            board = experiment.tensorboard_writer(out / "tensorboard" / f"{mitigator}-s{seed}") if cfg.tensorboard else None
             for t in range(run.next_task, cfg.tasks):
                 row = run.train_task(make_task(ds, cfg.nonstationarity, seed, t), bar)
                 rows.append(row)
                 if board is not None:
-                    log_scalars(board, row, t + 1)
+                    experiment.log_scalars(board, row, t + 1)
                 run.next_task = t + 1
                 state = {"config": config, "rows": rows, "current": (mitigator, seed), "run": run.state_dict()}
-                atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
-                write_csv(out / "results.csv", rows)
+                experiment.atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+                experiment.write_csv(out / "results.csv", rows, COLUMNS)
                 bar.update(1)
                 bar.set_description(f"{mitigator} s{seed} t{t + 1} acc {row['train_accuracy']:.3f}")
     bar.close()

@@ -11,7 +11,6 @@ from their checkpoints. At the end :func:`summarize` writes ``summary.md`` and `
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -23,8 +22,9 @@ from typing import Any, Callable, Iterable
 
 from .data import DataError
 from .mitigators import DEFAULT_STRENGTHS
-from .plot import mean_se
-from .runner import LOCATION_SETTINGS, RunConfig, atomic_write, changed_settings
+from specopt.experiment import atomic_write, mean_se, read_csv, save_figure, write_text
+
+from .runner import LOCATION_SETTINGS, RunConfig, changed_settings
 
 # Mitigators whose strength is unused: they run once per seed, whatever --strengths says.
 NO_STRENGTH = ("none", "crelu")
@@ -73,13 +73,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in json.loads(json.dumps(config)).items() if k not in LOCATION_SETTINGS}
 
 
-def read_results(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def status(run: SweepRun) -> str:
     """"finished" (every task in results.csv), "partial" (something to resume) or "new". Raises ``ValueError`` when
     the folder holds a run with other settings (``--out`` and ``--data-dir`` may differ, as for ``run --resume``)."""
@@ -94,7 +87,7 @@ def status(run: SweepRun) -> str:
         if diff:
             raise ValueError(f"{folder} holds a run with different settings ({', '.join(diff)}): choose another "
                              f"--out, or remove the folder")
-    rows = read_results(folder / "results.csv")
+    rows = read_csv(folder / "results.csv")
     if config_path.exists() and len(rows) >= run.config.tasks:
         return "finished"
     return "partial" if folder.exists() and any(folder.iterdir()) else "new"
@@ -250,7 +243,7 @@ def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | 
 
     def done(run: SweepRun) -> None:
         count[0] += 1
-        rows = read_results(Path(run.config.out) / "results.csv")
+        rows = read_csv(Path(run.config.out) / "results.csv")
         last = float(rows[-1]["train_accuracy"]) if rows else math.nan
         say(f"[{count[0]}/{len(runs)}] {run.name}: {len(rows)} tasks, last-task train accuracy {last:.3f} "
             f"({time.time() - t0:.0f} s)", flush=True)
@@ -281,7 +274,7 @@ def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
     the last-5-task mean and the last task of train accuracy. Runs without results are left out."""
     groups: dict[tuple[str, float | None], list[tuple[float, float, int]]] = {}
     for run in runs:
-        rows = read_results(out / run.name / "results.csv")
+        rows = read_csv(out / run.name / "results.csv")
         if rows:
             groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
     entries = []
@@ -356,7 +349,7 @@ def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | N
         ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    atomic_write(output, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    save_figure(fig, output)
     plt.close(fig)
 
 
@@ -365,7 +358,7 @@ def summarize(runs: list[SweepRun], out: Path) -> str:
     if not entries:
         raise ValueError(f"no results in {out}")
     text = summary_markdown(entries, runs[0].config)
-    atomic_write(out / "summary.md", lambda tmp: tmp.write_text(text))
+    write_text(out / "summary.md", text)
     c = runs[0].config
     title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
     sensitivity_plot(entries, out / "sensitivity.png", title)

@@ -31,7 +31,6 @@ need a stacked version.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import asdict
@@ -43,10 +42,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 import specopt
+from specopt import experiment
 
 from .data import load_dataset
 from .mitigators import DEFAULT_STRENGTHS, ParameterRegularizer
-from .runner import Run, RunConfig, atomic_write, batch_generator, open_checkpoint, write_csv
+from .runner import COLUMNS, Run, RunConfig, batch_generator, open_checkpoint
 from .streams import Task, make_task
 
 VECTORIZABLE = ("none", "spectral", "l2", "l2-init", "wasserstein")
@@ -177,8 +177,6 @@ def run_vectorized(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     Writes the same ``results.csv`` (rows ordered by seed, then task, as the sequential runner), ``config.json``
     (with ``"vectorize_seeds": true``) and an atomic checkpoint after every task; ``resume`` continues it.
     """
-    from tqdm import tqdm
-
     check_vectorizable(cfg)
     out = Path(cfg.out)
     ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
@@ -191,15 +189,15 @@ def run_vectorized(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     if saved is not None:
         stacked.load_state_dict(saved["stacked"])
         per_seed = saved["per_seed"]
-    atomic_write(out / "config.json", lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
-    bar = tqdm(total=cfg.tasks, initial=stacked.next_task, unit="task", disable=not progress, dynamic_ncols=True)
+    experiment.write_json(out / "config.json", config)
+    bar = experiment.progress_bar(cfg.tasks, stacked.next_task, "task", progress)
     t0 = time.time()
     for t in range(stacked.next_task, cfg.tasks):
         for rows, row in zip(per_seed, stacked.train_task(t, bar)):
             rows.append(row)
         state = {"config": config, "per_seed": per_seed, "stacked": stacked.state_dict()}
-        atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
-        write_csv(out / "results.csv", [r for rows in per_seed for r in rows])
+        experiment.atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+        experiment.write_csv(out / "results.csv", [r for rows in per_seed for r in rows], COLUMNS)
         bar.update(1)
         accs = [rows[-1]["train_accuracy"] for rows in per_seed]
         bar.set_description(f"{cfg.mitigators[0]} ×{len(cfg.seeds)} seeds t{t + 1} acc {sum(accs) / len(accs):.3f}")

@@ -3,13 +3,14 @@ table of the last evaluation. ``python -m rl plot runs/A runs/B ... -o fig.png``
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from specopt.experiment import mean_se, read_csv, save_figure
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -42,8 +43,7 @@ def load(paths: list[str]) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndar
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in find_runs(paths):
         cfg = json.loads((run / "config.json").read_text())
-        with open(run / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_csv(run / "metrics.csv")
         if rows:
             steps = np.array([int(r["step"]) for r in rows])
             returns = np.array([float(r["eval_return_mean"]) for r in rows])
@@ -51,15 +51,14 @@ def load(paths: list[str]) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndar
     return groups
 
 
-def mean_se(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per evaluation step: mean, standard error (std/√n, ddof 1; 0 where one seed) and n, over the seeds that
+def over_seeds(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per evaluation step: mean, standard error (:func:`specopt.experiment.mean_se`) and n, over the seeds that
     reached that step (a stopped or still-running seed ends its contribution early)."""
     steps = np.array(sorted({int(s) for st, _ in curves for s in st}))
     mean, se, n = (np.zeros(len(steps)) for _ in range(3))
     for i, step in enumerate(steps):
-        y = np.array([r[st == step][0] for st, r in curves if (st == step).any()])
-        mean[i], n[i] = y.mean(), len(y)
-        se[i] = y.std(ddof=1) / math.sqrt(len(y)) if len(y) > 1 else 0.0
+        y = [r[st == step][0] for st, r in curves if (st == step).any()]
+        (mean[i], se[i]), n[i] = mean_se(y), len(y)
     return steps, mean, se, n
 
 
@@ -79,7 +78,7 @@ def plot(paths: list[str], output: str) -> str:
     # one row per curve, at its last evaluation; "seeds" = how many seeds reached that step
     for ax, env in zip(axes.flat, envs):
         for name in sorted(groups[env]):
-            steps, mean, se, n = mean_se(groups[env][name])
+            steps, mean, se, n = over_seeds(groups[env][name])
             ax.plot(steps, mean, label=f"{name} (seeds={len(groups[env][name])})")
             ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
             table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {mean[-1]:.1f} ± {se[-1]:.1f} |")
@@ -91,10 +90,9 @@ def plot(paths: list[str], output: str) -> str:
     for ax in list(axes.flat)[len(envs):]:
         ax.axis("off")
     fig.tight_layout()
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output, dpi=120)
+    save_figure(fig, output)
     plt.close(fig)
     return "\n".join(table)
 
 
-__all__ = ["find_runs", "load", "mean_se", "plot"]
+__all__ = ["find_runs", "load", "over_seeds", "plot"]

@@ -12,7 +12,6 @@ steps after it; rows of metrics.csv past the checkpoint are dropped first.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -22,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from torch import Tensor
+
+from specopt.experiment import (append_csv, atomic_write, changed_settings, log_scalars, progress_bar, read_csv,
+                                tensorboard_writer, write_csv, write_json)
 
 from . import streams
 from .buffer import ReplayBuffer
@@ -131,40 +132,6 @@ def diagnostics(agent: SAC, buffer: ReplayBuffer, cfg: Config, step: int) -> lis
 
 
 # --- files ------------------------------------------------------------------------------------------------------
-def atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)``, then rename over ``path``: a reader (or a crash) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            if rows:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-
-    atomic_write(path, write)
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
-
-
 def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) -> Config:
     """For ``resume``, the saved config with only RESUMABLE_OVERRIDES taken from ``cfg``; a differing other
     setting that was given explicitly (``explicit``; all fields when None) is an error."""
@@ -178,9 +145,9 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
     saved = Config.from_dict(json.loads((out / CONFIG).read_text()))
     given = cfg.to_dict()
     explicit = set(given) if explicit is None else explicit
-    differs = [k for k in explicit if k not in RESUMABLE_OVERRIDES and k != "out" and given[k] != getattr(saved, k)]
+    differs = changed_settings(saved.to_dict(), {k: given[k] for k in explicit}, ignore={*RESUMABLE_OVERRIDES, "out"})
     if differs:
-        raise ValueError(f"--resume cannot change {', '.join(sorted(differs))} (saved in {out / CONFIG})")
+        raise ValueError(f"--resume cannot change {', '.join(differs)} (saved in {out / CONFIG})")
     merged = saved.to_dict()
     merged.update({k: given[k] for k in RESUMABLE_OVERRIDES if k in explicit})
     merged["out"] = cfg.out
@@ -188,14 +155,6 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
 
 
 # --- the run ----------------------------------------------------------------------------------------------------
-def _tensorboard(log_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ValueError("--tensorboard needs the tensorboard package: pip install 'specopt[tensorboard]'") from e
-    return SummaryWriter(log_dir=str(log_dir / "tensorboard"))
-
-
 def agent_dir(cfg: Config, agent: Agent) -> Path:
     """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>`` (with a strength grid,
     ``<out>/<mitigator>-<strength>-s<seed>``)."""
@@ -237,11 +196,11 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_json(out / CONFIG, cfg.to_dict())
     dirs = [agent_dir(cfg, a) for a in agents]
     for d, a in zip(dirs, agents):
         d.mkdir(parents=True, exist_ok=True)
-        (d / CONFIG).write_text(json.dumps(cfg.agent_dict(a), indent=2) + "\n")
+        write_json(d / CONFIG, cfg.agent_dict(a))
     agent = SAC(obs_dim, act_dim, cfg, device)
     buffer = ReplayBuffer(n, cfg.buffer_size, obs_dim, act_dim, device)
 
@@ -259,7 +218,7 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
             r.extend(saved)
         obs = np.stack(envs.reset(train_ids))  # at an episode boundary the next reset is the saved one's
     for d in dirs:  # rows past the checkpoint are recomputed (all of them if it was killed before its first)
-        write_metrics(d / METRICS, [r for r in read_metrics(d / METRICS) if int(r["step"]) <= step])
+        write_csv(d / METRICS, [r for r in read_csv(d / METRICS) if int(r["step"]) <= step])
 
     def save_checkpoint() -> None:
         state = {"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng, "step": step,
@@ -267,13 +226,9 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
                  "config": cfg.to_dict()}
         atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
 
-    boards = [_tensorboard(d) for d in dirs] if cfg.tensorboard else []
-    bar = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        desc = f"{cfg.env} {'+'.join(cfg.mitigators)} × {len(cfg.seeds)} seeds"
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, desc=desc)
+    boards = [tensorboard_writer(d / "tensorboard") for d in dirs] if cfg.tensorboard else []
+    desc = f"{cfg.env} {'+'.join(cfg.mitigators)} × {len(cfg.seeds)} seeds"
+    bar = progress_bar(cfg.steps, step, "step", cfg.progress, desc)
     start, updates_at_start = time.perf_counter(), agent.updates
     episode_return = np.zeros(n)
     env_rng: list = []
@@ -311,13 +266,10 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
                        "resets": agent.resets[i], "episodes": episodes,
                        "train_return_recent": float(np.mean(recent[i])) if recent[i] else float("nan"),
                        **evals[i], **measured[i], "wall_time_s": wall}
-                append_metrics(d / METRICS, row)
+                append_csv(d / METRICS, row)
                 if boards:
-                    for key, value in row.items():
-                        if isinstance(value, (int, float)) and math.isfinite(value):
-                            boards[i].add_scalar(key, value, step)
-                    boards[i].flush()
-            if bar is not None:
+                    log_scalars(boards[i], row, step)
+            if cfg.progress:
                 returns = " ".join(f"{e['eval_return_mean']:.0f}" for e in evals)
                 bar.write(f"step {step}: eval return per agent {returns}")
 
@@ -330,13 +282,11 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
         if done.any():
             obs[done] = np.stack(envs.reset([int(i) for i in np.flatnonzero(done)]))
 
-        if bar is not None:
-            bar.update(1)
-            if step % 100 == 0 or step == cfg.steps:
-                rate = n * (agent.updates - updates_at_start) / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(seed_updates_per_s=f"{rate:.0f}", refresh=False)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+        if cfg.progress and (step % 100 == 0 or step == cfg.steps):
+            rate = n * (agent.updates - updates_at_start) / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(seed_updates_per_s=f"{rate:.0f}", refresh=False)
+    bar.close()
     return out
 
 

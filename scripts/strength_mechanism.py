@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import specopt
-from continual.runner import write_csv
+from specopt.experiment import write_csv
 
 
 def target_function(dim: int, seed: int) -> nn.Module:
@@ -79,7 +79,7 @@ def main() -> None:
                 print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    write_csv(args.out, rows, list(rows[0]))
+    write_csv(args.out, rows)
     print("\n| target scale c | optimizer | relative error (mean over seeds) | σ1 max | Π σ1 | output std |")
     print("|---|---|---|---|---|---|")
     for c in args.scales:

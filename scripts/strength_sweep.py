@@ -22,8 +22,7 @@ from torch import nn
 
 import specopt
 from continual.data import DEBIAN_FMNIST, read_idx
-from continual.runner import write_csv
-
+from specopt.experiment import write_csv
 
 
 def mlp(layernorm: bool, width: int = 256, depth: int = 4) -> nn.Sequential:
@@ -101,7 +100,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def flush() -> None:
-        write_csv(args.out, rows, list(rows[0]))
+        write_csv(args.out, rows)
 
     for variant in args.variants:
         for seed in args.seeds:

@@ -18,19 +18,13 @@ mean train accuracy (tuned study) and last-task / first-task train accuracy per 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
 
-from continual.plot import mean_se
+from specopt.experiment import mean_se, read_csv, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def read(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
@@ -38,7 +32,7 @@ def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
     per: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for agent in sorted(results.glob("*/*/metrics.csv")):  # <run folder>/<agent>/: several runs per env add seeds
         cfg = json.loads((agent.parent / "config.json").read_text())
-        rows = read(agent)
+        rows = read_csv(agent)
         if not rows or int(rows[-1]["step"]) < cfg["steps"]:
             continue  # unfinished
         last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= 0.9 * cfg["steps"]]
@@ -50,7 +44,7 @@ def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
 def supervised(results: Path) -> dict[float, tuple[float, float, int]]:
     per: dict[float, list[float]] = defaultdict(list)
     for path in results.glob("*/results.csv"):
-        for r in read(path):
+        for r in read_csv(path):
             per[float(r["strength"]) if r["mitigator"] == "spectral" else 0.0].append(float(r["test_accuracy"]))
     return {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
 
@@ -61,7 +55,7 @@ def continual_tuned(results: Path) -> dict[str, dict[float, tuple[float, float, 
         per: dict[float, list[float]] = defaultdict(list)
         for path in [*(results / variant / "spectral").glob("*/results.csv"),
                      *(results / variant / "none").glob("*/results.csv")]:
-            rows = read(path)
+            rows = read_csv(path)
             if not rows or int(rows[-1]["task"]) < json.loads((path.parent / "config.json").read_text())["tasks"]:
                 continue  # unfinished
             accuracy = [float(r["train_accuracy"]) for r in rows]
@@ -80,7 +74,7 @@ def acceptance(results: Path) -> dict[str, dict[str, list[tuple[float, float]]]]
             pairs = []
             for path in sorted((results / variant).glob(f"{mitigator}*.csv")):
                 by_seed: dict[str, list[float]] = defaultdict(list)
-                for r in read(path):
+                for r in read_csv(path):
                     if r["mitigator"] == mitigator:
                         by_seed[r["seed"]].append(float(r["train_accuracy"]))
                 pairs += [(acc[0], acc[-1]) for acc in by_seed.values()]
@@ -143,8 +137,7 @@ def main() -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
     fig.tight_layout()
-    args.figure.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.figure, dpi=120)
+    save_figure(fig, args.figure)
     print(f"\nfigure: {args.figure.relative_to(ROOT) if args.figure.is_relative_to(ROOT) else args.figure}")
 
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 from collections import defaultdict
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from specopt.experiment import mean_se, read_csv, save_figure  # noqa: E402
 
 
 def main() -> None:
@@ -25,7 +26,7 @@ def main() -> None:
     acc: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     sigma: dict[str, list[float]] = defaultdict(list)
     for path in args.csv:
-        for row in csv.DictReader(open(path)):
+        for row in read_csv(path):
             name = row["variant"] + (" +LN" if row.get("layernorm") == "1" else "")
             acc[name][int(row["task"])].append(float(row["train_accuracy"]))
             sigma[name].append(float(row["sigma_max"]))
@@ -34,8 +35,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in sorted(acc):
         tasks = sorted(acc[name])
-        mean = np.array([np.mean(acc[name][t]) for t in tasks])
-        sem = np.array([np.std(acc[name][t]) / np.sqrt(len(acc[name][t])) for t in tasks])
+        mean, sem = (np.array(v) for v in zip(*(mean_se(acc[name][t]) for t in tasks)))
         ax.plot(tasks, mean, label=name)
         ax.fill_between(tasks, mean - sem, mean + sem, alpha=0.2)
         seeds = len(acc[name][tasks[0]])
@@ -46,8 +46,7 @@ def main() -> None:
     ax.set_title("Fashion-MNIST, random labels, MLP 4×256, Adam 1e-3")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.output, dpi=120)
+    save_figure(fig, args.output)
 
 
 if __name__ == "__main__":

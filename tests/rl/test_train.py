@@ -139,7 +139,7 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint_and_recomputes_them
     monkeypatch.setattr(SAC, "train_block", real)
     assert all([int(r["step"]) for r in t] == [100, 200, 300] for t in rows(out).values())  # 300: past the checkpoint
     assert checkpoint(out)["step"] == 250
-    (out / "checkpoint.pt.tmp").write_bytes(b"half-written")  # a write interrupted by the crash is ignored
+    (out / ".checkpoint.pt.tmp").write_bytes(b"half-written")  # a write interrupted by the crash is ignored
     train(Config(out=str(out), **RUN), resume=True)
     assert rows(out) == rows(full_run)
     assert_same_state(checkpoint(out), checkpoint(full_run))
@@ -203,7 +203,7 @@ def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
 
 
 def test_plot_standard_error_over_seeds(tmp_path):
-    from rl.plot import load, mean_se
+    from rl.plot import load, over_seeds
 
     for seed, returns in ((0, [1.0, 3.0, 7.0]), (1, [3.0, 5.0])):  # seed 1 stopped after two evaluations
         d = tmp_path / f"none-s{seed}"
@@ -212,7 +212,7 @@ def test_plot_standard_error_over_seeds(tmp_path):
         (d / "metrics.csv").write_text("step,eval_return_mean\n" + "".join(f"{(i + 1) * 10},{r}\n" for i, r in enumerate(returns)))
     [(env, curves)] = load([str(tmp_path)]).items()
     assert env == "cheetah-run" and list(curves) == ["none RR16"]
-    steps, mean, se, n = mean_se(curves["none RR16"])
+    steps, mean, se, n = over_seeds(curves["none RR16"])
     assert steps.tolist() == [10, 20, 30] and mean.tolist() == [2.0, 4.0, 7.0] and n.tolist() == [2, 2, 1]
     assert se.tolist() == pytest.approx([1.0, 1.0, 0.0])  # std (ddof 1) √2 over √2 seeds; one seed: 0
 

@@ -1,0 +1,72 @@
+"""specopt.experiment: the run skeleton continual and rl share (files written whole, CSV rows, mean ± s.e., the
+resume guard's comparison)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from specopt.experiment import (append_csv, atomic_write, changed_settings, mean_se, read_csv, write_csv,
+                                write_json)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20))
+def test_mean_se_is_the_sample_standard_error(values):
+    mean, se = mean_se(values)
+    assert mean == pytest.approx(statistics.fmean(values), rel=1e-9, abs=1e-6)
+    expected = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    assert se == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+def test_mean_se_of_nothing_is_an_error():
+    with pytest.raises(ValueError, match="no values"):
+        mean_se([])
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("old")
+
+    def broken(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, broken)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
+def test_csv_round_trip_append_and_rewrite(tmp_path):
+    path = tmp_path / "metrics.csv"
+    assert read_csv(path) == []
+    append_csv(path, {"step": 1, "x": 0.5})
+    append_csv(path, {"step": 2, "x": 0.25})
+    assert read_csv(path) == [{"step": "1", "x": "0.5"}, {"step": "2", "x": "0.25"}]
+    write_csv(path, [r for r in read_csv(path) if int(r["step"]) <= 1])  # a resume drops rows past its checkpoint
+    assert read_csv(path) == [{"step": "1", "x": "0.5"}]
+    write_csv(path, [{"b": 2, "a": 1}], columns=["a", "b"])
+    assert path.read_text().splitlines() == ["a,b", "1,2"]
+    write_csv(path, [])
+    assert path.read_text() == ""
+    write_json(tmp_path / "config.json", {"k": 2})
+    assert (tmp_path / "config.json").read_text() == '{\n  "k": 2\n}\n'
+
+
+def test_changed_settings_ignores_locations_and_fills_missing_keys_with_defaults():
+    saved = {"lr": 1e-3, "out": "a"}  # a run from before "k" existed
+    assert changed_settings(saved, {"lr": 1e-3, "out": "b", "k": 2}, {"k": 2}, ignore={"out"}) == []
+    assert changed_settings(saved, {"lr": 1e-2, "out": "b", "k": 4}, {"k": 2}, ignore={"out"}) == ["k", "lr"]
+
+
+def test_import_specopt_does_not_load_the_experiment_layer():
+    code = "import sys, specopt; print('specopt.experiment' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False"]
