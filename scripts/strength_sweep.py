@@ -22,24 +22,15 @@ from torch import nn
 
 import specopt
 from continual.data import DEBIAN_FMNIST, read_idx
+from continual.models import MLP
 from specopt.experiment import write_csv
-
-
-def mlp(layernorm: bool, width: int = 256, depth: int = 4) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Flatten()]
-    fan_in = 784
-    for _ in range(depth):
-        layers += [nn.Linear(fan_in, width)] + ([nn.LayerNorm(width)] if layernorm else []) + [nn.ReLU()]
-        fan_in = width
-    layers.append(nn.Linear(fan_in, 10))
-    return nn.Sequential(*layers)
 
 
 def run(variant: str, seed: int, args, x: torch.Tensor, writer_rows: list[dict], flush) -> None:
     kind, _, value = variant.partition(":")
     strength = float(value) if value else 0.0
     torch.manual_seed(seed)
-    model = mlp(args.layernorm)
+    model = MLP(784, 10, width=256, depth=4, layernorm=args.layernorm)  # the benchmark's MLP 4×256
     if kind == "decoupled":
         opt = specopt.SpectralAdam(specopt.param_groups(model), lr=args.lr, spectral_strength=strength)
     elif kind in ("none", "coupled"):
