@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from specopt.experiment import add_config_flags, given_fields
+
 from .data import DATASETS, DataError
 from .mitigators import MITIGATORS
 from .models import MODELS
@@ -48,7 +50,6 @@ PRESETS: dict[str, dict] = {
     "tiny-imagenet-pixel-permutation": dict(dataset="tiny-imagenet", nonstationarity="pixel-permutation",
                                             model="resnet18", tasks=100, epochs=20, batch_size=250),
 }
-PRESET_KEYS = ("dataset", "nonstationarity", "model", "tasks", "epochs", "batch_size", "train_size")  # a preset sets
 
 
 def _positive(kind):
@@ -68,38 +69,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
-    """The flags of ``run``; with ``sweep``, those of ``sweep``: the same settings, with ``--strengths`` (a grid)
-    for ``--strength``, ``--workers``/``--backend``/``--ray-address``, ``--threads`` per run (default 1), and neither
-    ``--resume`` (a sweep always continues what is in ``--out``) nor ``--vectorize-seeds``."""
+    """The flags of ``run``: one per :class:`~continual.runner.RunConfig` field, generated from it (the defaults
+    and the help are the dataclass's), plus ``--preset``, ``--option``, ``--no-progress``. With ``sweep``, those of
+    ``sweep``: the same settings, with ``--strengths`` (a grid) for ``--strength``, ``--workers``/``--backend``/
+    ``--ray-address``, ``--threads`` per run (default 1), and neither ``--resume`` (a sweep always continues what is
+    in ``--out``) nor ``--vectorize-seeds``."""
+    from .runner import RunConfig
+
     r.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Appendix B setting (flags override)")
-    r.add_argument("--dataset", choices=DATASETS)
-    r.add_argument("--nonstationarity", choices=NONSTATIONARITIES)
-    r.add_argument("--model", choices=MODELS)
-    r.add_argument("--layernorm", action="store_true", help="LayerNorm after each linear layer (mlp)")
-    r.add_argument("--width", type=_positive(int), default=256, help="mlp hidden width (default 256)")
-    r.add_argument("--mitigator", nargs="+", choices=MITIGATORS, default=["none"], metavar="NAME",
-                   help=f"one or more of: {', '.join(MITIGATORS)}")
+    positive_int, positive_float = _positive(int), _positive(float)
+    add_config_flags(
+        r, RunConfig, skip={"options", *(("strength",) if sweep else ())}, required={"out"},
+        names={"mitigators": ("--mitigator", "--mitigators"), "seeds": ("--seeds", "--seed")},
+        choices={"dataset": DATASETS, "nonstationarity": NONSTATIONARITIES, "model": MODELS, "mitigators": MITIGATORS},
+        types={**dict.fromkeys(("tasks", "epochs", "batch_size", "train_size", "width", "probe_size"), positive_int),
+               "lr": positive_float})
     if sweep:
         r.add_argument("--strengths", type=_positive(float), nargs="+", metavar="S",
                        help="strengths for every mitigator that has one (default: each one's default); none and "
                             "crelu run once per seed")
-    else:
-        r.add_argument("--strength", type=float, help="mitigator strength (default: each mitigator's default)")
     r.add_argument("--option", action="append", default=[], metavar="MITIGATOR.KEY=VALUE",
                    help="a mitigator's option, e.g. spectral.k=4 or l2.decoupled=True (repeatable; docs/mitigators.md)")
-    r.add_argument("--tasks", type=_positive(int))
-    r.add_argument("--epochs", type=_positive(int), help="epochs per task")
-    r.add_argument("--batch-size", type=_positive(int))
-    r.add_argument("--train-size", type=_positive(int), help="number of training images (default: the paper's)")
-    r.add_argument("--lr", type=_positive(float), default=1e-3)
-    r.add_argument("--seeds", type=int, nargs="+", default=[0])
-    r.add_argument("--data-dir", type=Path, help="folder with the dataset's files")
-    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    r.add_argument("--no-diagnostics", action="store_true", help="skip the task-end plasticity diagnostics")
-    r.add_argument("--out", type=Path, required=True, help="output folder")
-    r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--tensorboard", action="store_true",
-                   help="also log each task's row to TensorBoard under OUT/tensorboard (results.csv stays the record)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     if sweep:
         r.add_argument("--threads", type=_positive(int), default=1, help="CPU threads for torch per run (default 1)")
         r.add_argument("--workers", type=_positive(int),
@@ -168,22 +159,19 @@ def parse_options(items: list[str]) -> dict[str, dict]:
 
 
 def config_from(args: argparse.Namespace, check_device: bool = True):
+    """The run's :class:`~continual.runner.RunConfig`: its defaults, then the preset's settings, then the flags given."""
     from .runner import RunConfig
 
-    settings = dict(PRESETS[args.preset]) if args.preset else {}  # RunConfig's defaults for the rest
-    for key in PRESET_KEYS:
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    if check_device and args.device.startswith("cuda"):  # not when the runs go to other machines (sweep on Ray)
+    settings = {**(PRESETS[args.preset] if args.preset else {}), **given_fields(RunConfig, args)}
+    if "mitigators" in settings:
+        settings["mitigators"] = list(dict.fromkeys(settings["mitigators"]))
+    device = settings.get("device", RunConfig.device)
+    if check_device and device.startswith("cuda"):  # not when the runs go to other machines (sweep on Ray)
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
-    return RunConfig(mitigators=list(dict.fromkeys(args.mitigator)), strength=getattr(args, "strength", None),
-                     seeds=args.seeds, lr=args.lr, layernorm=args.layernorm, width=args.width,
-                     data_dir=str(args.data_dir) if args.data_dir else None, device=args.device,
-                     diagnostics=not args.no_diagnostics, out=str(args.out), options=parse_options(args.option),
-                     tensorboard=getattr(args, "tensorboard", False), **settings)
+            raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return RunConfig(options=parse_options(args.option), **settings)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,26 +34,26 @@ COLUMNS = BASE_COLUMNS + list(DIAGNOSTICS)
 
 @dataclass
 class RunConfig:
-    dataset: str = "digits"
-    nonstationarity: str = "random-labels"
-    model: str = "mlp"
-    mitigators: list[str] = field(default_factory=lambda: ["none", "spectral"])
-    strength: float | None = None  # None → each mitigator's default
-    seeds: list[int] = field(default_factory=lambda: [0])
-    tasks: int = 10
-    epochs: int = 10
-    batch_size: int = 128
-    train_size: int | None = None
-    lr: float = 1e-3
-    layernorm: bool = False
-    width: int = 256
-    data_dir: str | None = None
-    device: str = "cpu"
-    diagnostics: bool = True
-    probe_size: int = 256
+    dataset: str = "digits"  # the images (docs/continual.md: datasets)
+    nonstationarity: str = "random-labels"  # how each task changes the data
+    model: str = "mlp"  # the network
+    mitigators: list[str] = field(default_factory=lambda: ["none", "spectral"])  # one run per mitigator and seed
+    strength: float | None = None  # every mitigator's strength (None: each one's default, docs/mitigators.md)
+    seeds: list[int] = field(default_factory=lambda: [0])  # one run per mitigator and seed
+    tasks: int = 10  # tasks in the stream
+    epochs: int = 10  # epochs per task
+    batch_size: int = 128  # minibatch size
+    train_size: int | None = None  # training images (None: all of the dataset's)
+    lr: float = 1e-3  # Adam's learning rate
+    layernorm: bool = False  # LayerNorm after each linear layer of the mlp
+    width: int = 256  # the mlp's hidden width
+    data_dir: str | None = None  # folder with the dataset's files (None: the default place, docs/continual.md)
+    device: str = "cpu"  # torch device: cpu, cuda, cuda:1, ...
+    diagnostics: bool = True  # the task-end plasticity diagnostics (rank, dead units, σ1, ...)
+    probe_size: int = 256  # held-out inputs the diagnostics measure on
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per mitigator, e.g. {"spectral": {"k": 4}}
-    out: str = "runs/default"
-    tensorboard: bool = False  # also log every row's numbers to TensorBoard (out/tensorboard/<mitigator>-s<seed>)
+    out: str = "runs/default"  # output folder: results.csv, config.json, checkpoint.pt
+    tensorboard: bool = False  # also log each task's row to TensorBoard under out/tensorboard (CSV stays the record)
 
 
 def options_text(options: dict[str, Any]) -> str:

@@ -45,17 +45,16 @@ PAPER7_ENVS = (
 class Config:
     # --- run -------------------------------------------------------------------------------------------------
     env: str = "cheetah-run"  # DMC "<domain>-<task>"
-    mitigators: tuple[str, ...] = ("none",)  # each of MITIGATORS; "none" is SAC + LayerNorm (the paper's Baseline)
+    mitigators: tuple[str, ...] = ("none",)  # one agent per mitigator and seed; none = SAC + LayerNorm (the Baseline)
     seeds: tuple[int, ...] = (0,)  # one agent per (mitigator, seed), all trained together in one process
     strengths: tuple[float, ...] = ()  # a grid: one agent per strength for each mitigator that has one
     steps: int = 100_000  # env (agent) steps; each covers `action_repeat` simulator control steps
-    out: str = "runs/default"
-    device: str = "cpu"
+    out: str = ""  # run directory, one folder <mitigator>-s<seed> per agent in it; "" = runs/<env>
+    device: str = "cpu"  # torch device: cpu, cuda, cuda:1, ...
     threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
     cuda_graphs: bool = True  # on CUDA, replay each block of RR updates (sampling included) as one CUDA graph
     compile: bool = False  # torch.compile the update (slow to compile on CPU, no faster there: docs/rl.md)
-    env_workers: int = -1  # processes stepping the environments; 0 = in this process, -1 = one per agent up to
-    # the number of CPU cores less one
+    env_workers: int = -1  # processes stepping the environments: 0 = in this process, -1 = one per agent (≤ cores−1)
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = False  # also log every metrics row to TensorBoard (<agent folder>/tensorboard)
 
@@ -95,6 +94,9 @@ class Config:
     recent_episodes: int = 10  # training returns averaged in the log
     diagnostic_batch: int = 1024  # replay samples for mean Q and gradient norms at each evaluation
     checkpoint_interval: int = 10_000  # env steps; taken at the first episode boundary at or after each multiple
+
+    def __post_init__(self) -> None:
+        self.out = self.out or f"runs/{self.env}"
 
     def validate(self) -> None:
         """Raise a one-line ValueError for any inconsistent setting."""

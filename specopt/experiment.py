@@ -11,15 +11,20 @@ Every file a run writes goes through :func:`atomic_write` (a temporary file besi
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["append_csv", "atomic_write", "changed_settings", "log_scalars", "mean_se", "progress_bar", "read_csv",
+__all__ = ["add_config_flags", "append_csv", "atomic_write", "changed_settings", "field_docs", "given_fields",
+           "log_scalars", "mean_se", "progress_bar", "read_csv",
            "save_figure", "tensorboard_writer", "write_csv", "write_json", "write_text"]
 
 
@@ -134,3 +139,81 @@ def log_scalars(writer, row: Mapping[str, Any], step: int) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             writer.add_scalar(key, value, step)
     writer.flush()
+
+
+# --- the command line, generated from a config dataclass --------------------------------------------------------------
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's trailing comment in the dataclass ``cls``'s source (``name: type = default  # doc``): a field is
+    documented once, beside its default, and ``--help`` shows that text."""
+    source = inspect.getsource(cls)
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^    (\w+): [^=\n]+=[^#\n]+#\s*(.*)$", source, re.M)}
+
+
+def _kind(f: dataclasses.Field) -> tuple[type, bool] | None:
+    """(element type, several values?) of a field typed ``int``, ``float | None``, ``tuple[int, ...]``,
+    ``list[str]``, ...; None for a type no flag can carry (a dict)."""
+    text = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    text = re.sub(r"\|None$", "", text.replace(" ", ""))
+    if text in _SCALARS:
+        return _SCALARS[text], False
+    many = re.fullmatch(r"(?:tuple|list)\[(\w+)(?:,\.\.\.)?\]", text)
+    if many and many.group(1) in _SCALARS:
+        return _SCALARS[many.group(1)], True
+    return None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, names: Mapping[str, Sequence[str]] | None = None,
+                     types: Mapping[str, Callable[[str], Any]] | None = None,
+                     choices: Mapping[str, Sequence[str]] | None = None, skip: Iterable[str] = (),
+                     required: Iterable[str] = ()) -> None:
+    """One flag per field of the dataclass ``cls``: ``--field-name`` (or the spellings ``names[field]``), parsed as
+    the field's type (``types[field]`` instead, e.g. a check that the value is positive), one or more values for a
+    tuple or list, ``--x`` / ``--no-x`` for a boolean, help from the field's comment (:func:`field_docs`) and its
+    default. Fields in ``skip`` (and those of a type no flag carries) get none.
+
+    No flag has a default of its own: a flag that is not given is absent from the parsed namespace, so the defaults
+    stay written once, in the dataclass, and the caller knows exactly what was set (:func:`given_fields`) — for a
+    preset to fill the rest, and for a resumed run to refuse a changed setting."""
+    names, types, choices = names or {}, types or {}, choices or {}
+    docs, skip, required = field_docs(cls), set(skip), set(required)
+    for f in dataclasses.fields(cls):
+        kind = _kind(f)
+        if f.name in skip or kind is None:
+            continue
+        element, many = kind
+        flags = list(names.get(f.name, ["--" + f.name.replace("_", "-")]))
+        doc = docs.get(f.name, "")
+        default = _default(f)
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        help_ = doc if f.name in required or shown in ("", None) else f"{doc} (default {shown})"
+        if f.name in choices:
+            help_ += f"; one of: {', '.join(choices[f.name])}"
+        if element is bool and not many:
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_)
+            continue
+        parser.add_argument(*flags, dest=f.name, type=types.get(f.name, element), nargs="+" if many else None,
+                            choices=choices.get(f.name), metavar=f.name.upper(),
+                            default=argparse.SUPPRESS, required=f.name in required, help=help_)
+
+
+def given_fields(cls: type, namespace: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``cls`` set on the command line (flags from :func:`add_config_flags`), with several values as
+    the field's container type (a tuple where the field is a tuple)."""
+    values = vars(namespace) if isinstance(namespace, argparse.Namespace) else dict(namespace)
+    given = {}
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            value = values[f.name]
+            kind = _kind(f)
+            if kind is not None and kind[1]:
+                value = tuple(value) if "tuple" in str(f.type) else list(value)
+            given[f.name] = value
+    return given

@@ -322,3 +322,24 @@ def test_bad_mitigator_options_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_run_flags_are_generated_from_runconfig_and_a_preset_fills_what_is_not_given():
+    """Every RunConfig field (but ``options``: ``--option``) is a flag whose help is the field's comment; the config
+    is RunConfig's defaults, then the preset's settings, then the flags given — each default written once."""
+    import dataclasses
+
+    from continual.cli import PRESETS, config_from, parser
+    from specopt.experiment import field_docs
+
+    run = next(a for a in parser()._actions if a.dest == "command").choices["run"]
+    flags = {a.dest: a for a in run._actions}
+    docs = field_docs(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        if f.name != "options":
+            assert f.name in flags and docs.get(f.name) and docs[f.name] in flags[f.name].help, f.name
+    args = parser().parse_args(["run", "--preset", "fmnist-random-labels", "--epochs", "3", "--no-diagnostics",
+                                "--option", "spectral.k=4", "--out", "x"])
+    assert config_from(args) == RunConfig(**{**PRESETS["fmnist-random-labels"], "epochs": 3, "diagnostics": False,
+                                             "options": {"spectral": {"k": 4}}, "out": "x"})
+    assert config_from(parser().parse_args(["run", "--out", "x"])) == RunConfig(out="x")

@@ -182,12 +182,37 @@ def test_cli_takes_lists_of_mitigators_and_seeds(tmp_path, capsys, monkeypatch):
     assert len(cfg.agents) == 6
     assert {"mitigators", "seeds", "out"} <= seen["explicit"]
     for argv, message in ((["--seeds", "0", "0"], "seeds has repeats"),
-                          (["--mitigator", "none", "none"], "mitigators has repeats"),
-                          (["--mitigator", "none", "magic"], "unknown mitigator 'magic'")):
+                          (["--mitigator", "none", "none"], "mitigators has repeats")):
         seen.clear()
         assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
         assert message in one_line_error(capsys)
         assert not seen and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--mitigator", "none", "magic", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2 and "invalid choice: 'magic'" in one_line_error(capsys)
+    assert not seen and not (tmp_path / "x").exists()
+
+
+def test_every_config_field_is_a_flag_documented_once_in_config_py(monkeypatch, tmp_path):
+    """The train command line is generated from Config: each field has a flag whose help is the field's comment,
+    and a flag given sets exactly that field (the others keep Config's defaults)."""
+    import dataclasses
+
+    import rl.train
+    from rl.cli import _parser
+    from specopt.experiment import field_docs
+
+    train = next(a for a in _parser()._actions if a.dest == "command").choices["train"]
+    flags = {a.dest: a for a in train._actions}
+    docs = field_docs(Config)
+    for f in dataclasses.fields(Config):
+        assert f.name in flags, f"Config.{f.name} has no flag"
+        assert docs.get(f.name) and docs[f.name] in flags[f.name].help, f"Config.{f.name} is undocumented"
+    seen = {}
+    monkeypatch.setattr(rl.train, "train", lambda cfg, resume=False, explicit=None: seen.update(cfg=cfg) or tmp_path)
+    assert main(["train", "--gamma", "0.9", "--no-layer-norm", "--strengths", "0.1", "1", "--out", str(tmp_path)]) == 0
+    expected = dataclasses.replace(Config(), gamma=0.9, layer_norm=False, strengths=(0.1, 1.0), out=str(tmp_path))
+    assert seen["cfg"] == expected
 
 
 def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
