@@ -23,7 +23,8 @@ import torch
 import continual.runner
 import continual.vmap_seeds
 from continual.runner import RunConfig, run_experiment
-from continual.vmap_seeds import VECTORIZABLE, max_row_difference, run_vectorized
+from continual.vmap_seeds import VECTORIZABLE
+from specopt.experiment import max_row_difference
 
 # Read the dataset's files once: the timings are of training, not of loading (the same cost in every run,
 # which would flatter the ratios to one seed).
@@ -54,7 +55,7 @@ def main() -> None:
         t0 = time.perf_counter()
         seq = run_experiment(RunConfig(out=str(Path(tmp, "seq")), **settings), progress=False)
         t1 = time.perf_counter()
-        vec = run_vectorized(RunConfig(out=str(Path(tmp, "vec")), **settings), progress=False)
+        vec = run_experiment(RunConfig(out=str(Path(tmp, "vec")), vectorize_seeds=True, **settings), progress=False)
         t2 = time.perf_counter()
     steps = int(seq[-1]["step"]) * len(args.seeds)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.dataset}, {args.mitigator}, "

@@ -79,7 +79,7 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Appendix B setting (flags override)")
     positive_int, positive_float = _positive(int), _positive(float)
     add_config_flags(
-        r, RunConfig, skip={"options", *(("strength",) if sweep else ())}, required={"out"},
+        r, RunConfig, skip={"options", *(("strength", "vectorize_seeds") if sweep else ())}, required={"out"},
         names={"mitigators": ("--mitigator", "--mitigators"), "seeds": ("--seeds", "--seed")},
         choices={"dataset": DATASETS, "nonstationarity": NONSTATIONARITIES, "model": MODELS, "mitigators": MITIGATORS},
         types={**dict.fromkeys(("tasks", "epochs", "batch_size", "train_size", "width", "probe_size"), positive_int),
@@ -103,9 +103,6 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
         return
     r.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     r.add_argument("--threads", type=_positive(int), help="CPU threads for torch (default: torch's choice)")
-    r.add_argument("--vectorize-seeds", action="store_true",
-                   help="train all --seeds in one process (stacked parameters + vmap); mitigator none, spectral, l2, "
-                        "l2-init or wasserstein, mlp only")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -184,12 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 import torch
 
                 torch.set_num_threads(args.threads)
-            if args.vectorize_seeds:
-                from .vmap_seeds import run_vectorized
-
-                run_vectorized(config_from(args), resume=args.resume, progress=not args.no_progress)
-            else:
-                run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
+            run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
             from .sweep import main as sweep_main
 

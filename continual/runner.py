@@ -54,6 +54,7 @@ class RunConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per mitigator, e.g. {"spectral": {"k": 4}}
     out: str = "runs/default"  # output folder: results.csv, config.json, checkpoint.pt
     tensorboard: bool = False  # also log each task's row to TensorBoard under out/tensorboard (CSV stays the record)
+    vectorize_seeds: bool = False  # train all seeds in one process (stacked parameters + vmap; continual.vmap_seeds)
 
 
 def options_text(options: dict[str, Any]) -> str:
@@ -196,7 +197,16 @@ def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str
 
 def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Run every (mitigator, seed) of ``cfg``, writing ``results.csv``, ``config.json`` and a checkpoint to
-    ``cfg.out`` after every task; with ``resume``, continue from that checkpoint."""
+    ``cfg.out`` after every task; with ``resume``, continue from that checkpoint.
+
+    The unit of work is a mitigator with a group of seeds: one seed at a time (a :class:`Run`), or with
+    ``cfg.vectorize_seeds`` all seeds at once (:class:`continual.vmap_seeds.StackedSeeds`, stacked parameters and
+    ``vmap``: the same rows up to floating-point reduction order). Either way the rows are written ordered by
+    mitigator, seed and task."""
+    if cfg.vectorize_seeds:
+        from .vmap_seeds import StackedSeeds, check_vectorizable
+
+        check_vectorizable(cfg)
     out = Path(cfg.out)
     ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,31 +215,41 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     saved = open_checkpoint(out, config, resume)
     rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
     experiment.write_json(out / "config.json", config)
-    total = len(cfg.mitigators) * len(cfg.seeds) * cfg.tasks
-    bar = experiment.progress_bar(total, len(rows), "task", progress)
+    order = {key: i for i, key in enumerate((m, s) for m in cfg.mitigators for s in cfg.seeds)}
+    bar = experiment.progress_bar(len(order) * cfg.tasks, len(rows), "task", progress)
+    groups = ([(m, tuple(cfg.seeds)) for m in cfg.mitigators] if cfg.vectorize_seeds
+              else [(m, (s,)) for m in cfg.mitigators for s in cfg.seeds])
     t0 = time.time()
-    for mitigator in cfg.mitigators:
-        for seed in cfg.seeds:
-            done = sum(1 for r in rows if r["mitigator"] == mitigator and r["seed"] == seed)
-            if done >= cfg.tasks:
-                continue
-            run = Run(cfg, ds, mitigator, seed)
-            if saved is not None and saved.get("current") == (mitigator, seed):
-                run.load_state_dict(saved["run"])
-            elif done:
-                raise RuntimeError(f"checkpoint in {out} lacks the state of ({mitigator}, seed {seed})")
-            board = experiment.tensorboard_writer(out / "tensorboard" / f"{mitigator}-s{seed}") if cfg.tensorboard else None
-            for t in range(run.next_task, cfg.tasks):
-                row = run.train_task(make_task(ds, cfg.nonstationarity, seed, t), bar)
-                rows.append(row)
-                if board is not None:
-                    experiment.log_scalars(board, row, t + 1)
-                run.next_task = t + 1
-                state = {"config": config, "rows": rows, "current": (mitigator, seed), "run": run.state_dict()}
-                experiment.atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
-                experiment.write_csv(out / "results.csv", rows, COLUMNS)
-                bar.update(1)
-                bar.set_description(f"{mitigator} s{seed} t{t + 1} acc {row['train_accuracy']:.3f}")
+    for mitigator, seeds in groups:
+        done = min(sum(1 for r in rows if r["mitigator"] == mitigator and r["seed"] == s) for s in seeds)
+        if done >= cfg.tasks:
+            continue
+        if cfg.vectorize_seeds:
+            learner, key, name = StackedSeeds(cfg, ds, list(seeds)), (mitigator, seeds), f"×{len(seeds)} seeds"
+            train = learner.train_task
+        else:
+            learner, key, name = Run(cfg, ds, mitigator, seeds[0]), (mitigator, seeds[0]), f"s{seeds[0]}"
+
+            def train(t: int, bar, run: Run = learner) -> list[dict[str, Any]]:
+                return [run.train_task(make_task(ds, cfg.nonstationarity, run.seed, t), bar)]
+        if saved is not None and tuple(saved.get("current", ())) == key:
+            learner.load_state_dict(saved["run"])
+        elif done:
+            raise RuntimeError(f"checkpoint in {out} lacks the state of ({mitigator}, seeds {list(seeds)})")
+        boards = ({s: experiment.tensorboard_writer(out / "tensorboard" / f"{mitigator}-s{s}") for s in seeds}
+                  if cfg.tensorboard else {})
+        for t in range(learner.next_task, cfg.tasks):
+            new = train(t, bar)
+            rows = sorted(rows + new, key=lambda r: (order[(r["mitigator"], r["seed"])], r["task"]))
+            for row in new if boards else ():
+                experiment.log_scalars(boards[row["seed"]], row, t + 1)
+            learner.next_task = t + 1
+            state = {"config": config, "rows": rows, "current": key, "run": learner.state_dict()}
+            experiment.atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+            experiment.write_csv(out / "results.csv", rows, COLUMNS)
+            bar.update(len(new))
+            accuracy = sum(r["train_accuracy"] for r in new) / len(new)
+            bar.set_description(f"{mitigator} {name} t{t + 1} acc {accuracy:.3f}")
     bar.close()
     if progress:
         print(f"{len(rows)} rows in {out / 'results.csv'} ({time.time() - t0:.0f} s)")

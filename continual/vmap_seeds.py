@@ -31,10 +31,6 @@ need a stacked version.
 from __future__ import annotations
 
 import copy
-import math
-import time
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,11 +38,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 import specopt
-from specopt import experiment
 
-from .data import load_dataset
 from .mitigators import DEFAULT_STRENGTHS, ParameterRegularizer
-from .runner import COLUMNS, Run, RunConfig, batch_generator, open_checkpoint
+from .runner import Run, RunConfig, batch_generator
 from .streams import Task, make_task
 
 VECTORIZABLE = ("none", "spectral", "l2", "l2-init", "wasserstein")
@@ -169,51 +163,3 @@ class StackedSeeds:
                 rows.append(run.measure(task))
         self.next_task = t + 1
         return rows
-
-
-def run_vectorized(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
-    """Like :func:`continual.runner.run_experiment` for one mitigator of :data:`VECTORIZABLE`, all seeds at once.
-
-    Writes the same ``results.csv`` (rows ordered by seed, then task, as the sequential runner), ``config.json``
-    (with ``"vectorize_seeds": true``) and an atomic checkpoint after every task; ``resume`` continues it.
-    """
-    check_vectorizable(cfg)
-    out = Path(cfg.out)
-    ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
-    config = {**asdict(cfg), "vectorize_seeds": True}
-    stacked = StackedSeeds(cfg, ds, cfg.seeds)
-    per_seed: list[list[dict[str, Any]]] = [[] for _ in cfg.seeds]
-    saved = open_checkpoint(out, config, resume)
-    if saved is not None:
-        stacked.load_state_dict(saved["stacked"])
-        per_seed = saved["per_seed"]
-    experiment.write_json(out / "config.json", config)
-    bar = experiment.progress_bar(cfg.tasks, stacked.next_task, "task", progress)
-    t0 = time.time()
-    for t in range(stacked.next_task, cfg.tasks):
-        for rows, row in zip(per_seed, stacked.train_task(t, bar)):
-            rows.append(row)
-        state = {"config": config, "per_seed": per_seed, "stacked": stacked.state_dict()}
-        experiment.atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
-        experiment.write_csv(out / "results.csv", [r for rows in per_seed for r in rows], COLUMNS)
-        bar.update(1)
-        accs = [rows[-1]["train_accuracy"] for rows in per_seed]
-        bar.set_description(f"{cfg.mitigators[0]} ×{len(cfg.seeds)} seeds t{t + 1} acc {sum(accs) / len(accs):.3f}")
-    bar.close()
-    flat = [r for rows in per_seed for r in rows]
-    if progress:
-        print(f"{len(flat)} rows in {out / 'results.csv'} ({time.time() - t0:.0f} s, {len(cfg.seeds)} seeds "
-              f"vectorized)")
-    return flat
-
-
-def max_row_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str) -> float:
-    """Largest |a[i][key] − b[i][key]| over paired rows (NaN pairs count as equal)."""
-    worst = 0.0
-    for ra, rb in zip(a, b, strict=True):
-        va, vb = float(ra[key]), float(rb[key])
-        if not (math.isnan(va) and math.isnan(vb)):
-            worst = max(worst, abs(va - vb))
-    return worst

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["add_config_flags", "append_csv", "atomic_write", "changed_settings", "field_docs", "given_fields",
-           "log_scalars", "mean_se", "progress_bar", "read_csv",
+           "log_scalars", "max_row_difference", "mean_se", "progress_bar", "read_csv",
            "save_figure", "tensorboard_writer", "write_csv", "write_json", "write_text"]
 
 
@@ -104,6 +104,17 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
     if n == 1:
         return mean, 0.0
     return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (n - 1) / n)
+
+
+def max_row_difference(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], key: str) -> float:
+    """Largest |a[i][key] − b[i][key]| over paired rows of two runs (a NaN in both counts as equal): how far two
+    ways of computing the same runs (vectorized and sequential seeds, say) drifted apart."""
+    worst = 0.0
+    for ra, rb in zip(a, b, strict=True):
+        va, vb = float(ra[key]), float(rb[key])
+        if not (math.isnan(va) and math.isnan(vb)):
+            worst = max(worst, abs(va - vb))
+    return worst
 
 
 def changed_settings(saved: Mapping[str, Any], given: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,

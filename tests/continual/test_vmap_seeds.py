@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import functools
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import specopt
 
 from continual import vmap_seeds
 from continual.runner import COLUMNS, RunConfig, run_experiment
-from continual.vmap_seeds import StackedSeeds, max_row_difference, run_vectorized
+from continual.vmap_seeds import StackedSeeds
+from specopt.experiment import max_row_difference, read_csv
 
 
 def config(out: Path, **kw) -> RunConfig:
@@ -25,11 +25,6 @@ def config(out: Path, **kw) -> RunConfig:
     return RunConfig(**settings)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.parametrize("nonstationarity, mitigator, layernorm", [
     ("random-labels", "none", False), ("pixel-permutation", "none", False), ("class-incremental", "none", False),
     ("random-labels", "spectral", False), ("label-flip", "spectral", True), ("random-labels", "l2", False),
@@ -37,7 +32,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_vectorized_seeds_match_the_sequential_runner(tmp_path, nonstationarity, mitigator, layernorm):
     kw = dict(nonstationarity=nonstationarity, mitigators=[mitigator], layernorm=layernorm)
     seq = run_experiment(config(tmp_path / "seq", **kw), progress=False)
-    vec = run_vectorized(config(tmp_path / "vec", **kw), progress=False)
+    vec = run_experiment(config(tmp_path / "vec", vectorize_seeds=True, **kw), progress=False)
     assert {r["mitigator"] for r in vec} == {mitigator}
     assert [(r["seed"], r["task"], r["step"]) for r in vec] == [(r["seed"], r["task"], r["step"]) for r in seq]
     assert max_row_difference(seq, vec, "train_accuracy") <= 0.01
@@ -144,8 +139,8 @@ def test_each_seed_gets_its_own_regularized_step(tmp_path, monkeypatch, mitigato
 
 @pytest.mark.parametrize("mitigator", ["none", "spectral", "l2-init"])
 def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatch, mitigator):
-    make = functools.partial(config, mitigators=[mitigator])
-    run_vectorized(make(tmp_path / "full", tasks=3), progress=False)
+    make = functools.partial(config, mitigators=[mitigator], vectorize_seeds=True)
+    run_experiment(make(tmp_path / "full", tasks=3), progress=False)
     real = StackedSeeds.train_task
 
     def dying(self, t, progress=None):
@@ -155,10 +150,10 @@ def test_vectorized_resume_after_a_kill_reproduces_the_rows(tmp_path, monkeypatc
 
     monkeypatch.setattr(StackedSeeds, "train_task", dying)
     with pytest.raises(KeyboardInterrupt):
-        run_vectorized(make(tmp_path / "resumed", tasks=3), progress=False)
+        run_experiment(make(tmp_path / "resumed", tasks=3), progress=False)
     monkeypatch.setattr(StackedSeeds, "train_task", real)
     assert len(read_csv(tmp_path / "resumed" / "results.csv")) == 4
-    run_vectorized(make(tmp_path / "resumed", tasks=3), resume=True, progress=False)
+    run_experiment(make(tmp_path / "resumed", tasks=3), resume=True, progress=False)
     assert read_csv(tmp_path / "full" / "results.csv") == read_csv(tmp_path / "resumed" / "results.csv")
 
 
@@ -183,7 +178,7 @@ def test_a_checkpoint_written_before_mitigator_state_was_saved_still_resumes(tmp
                                              (dict(model="resnet18"), "model mlp only")])
 def test_unsupported_settings_are_refused_with_a_clear_message(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
-        run_vectorized(config(tmp_path, **change), progress=False)
+        run_experiment(config(tmp_path, vectorize_seeds=True, **change), progress=False)
 
 
 def test_cli_vectorize_seeds_writes_the_fixed_columns_and_refuses_other_mitigators(tmp_path, capsys):
