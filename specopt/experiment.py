@@ -1,5 +1,6 @@
 """The run skeleton the two experiment packages share: files written whole, CSV rows, mean ± standard error over
-seeds, the resume guard's comparison and the progress bar — each written once.
+seeds, the resume guard's comparison, the progress bar, TensorBoard logging and the command line generated from a
+config dataclass — each written once.
 
 It ships in the ``specopt`` distribution so that ``continual`` and ``rl`` can both import it while imports still run
 one way (``continual`` → ``specopt``, ``rl`` → ``specopt``; neither experiment package imports the other). The
