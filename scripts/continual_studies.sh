@@ -6,6 +6,11 @@
 #                                                          # 20 tasks, without then with LayerNorm
 #   bash scripts/continual_studies.sh k [WORKERS]         # spectral's exponent k ∈ {1, 2, 4, 8} at the default
 #                                                          # strength, 3 seeds, 30 tasks, no LayerNorm (paper Fig. 7)
+#   STUDY_BASELINES="l2-init:1e-5 shrink-perturb:1e-3" \
+#   bash scripts/continual_studies.sh shift [WORKERS]     # the other non-stationarities (pixel permutation, label
+#                                                          # flip, class-incremental): none, spectral and the two best
+#                                                          # tuned baselines (NAME:STRENGTH, from the tuned study's
+#                                                          # summary.md files), 3 seeds, train and test accuracy
 #
 # Run folders (results.csv + config.json, committed as they finish; checkpoint.pt is ignored by git) live under
 # results/studies/tuned/{noln,ln}/MITIGATOR/, with each sweep's summary.md and sensitivity.png beside them, so a
@@ -21,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-study=${1:?usage: bash scripts/continual_studies.sh tuned|k [WORKERS]}
+study=${1:?usage: bash scripts/continual_studies.sh tuned|k|shift [WORKERS]}
 workers=${2:-2}
 out=${STUDY_OUT:-results/studies}
 
@@ -61,8 +66,22 @@ case "$study" in
         --mitigator spectral --option "spectral.k=$k" --workers "$workers" --out "$out/k/k$k" ${STUDY_EXTRA:-}
     done
     ;;
+  shift)
+    baselines=${STUDY_BASELINES:?set STUDY_BASELINES to the two best tuned baselines, e.g. "l2-init:1e-5 shrink-perturb:1e-3" (results/studies/tuned/*/*/summary.md)}
+    for ns in ${STUDY_SHIFTS:-pixel-permutation label-flip class-incremental}; do
+      common="--dataset fashion-mnist --nonstationarity $ns --model mlp --tasks 20 --epochs 40 --batch-size 512
+              --train-size 12800 --lr 1e-3 --seeds 0 1 2 --workers $workers"
+      # shellcheck disable=SC2086  # word lists
+      python -m continual sweep $common --mitigator none spectral --out "$out/shift/$ns/none-spectral" ${STUDY_EXTRA:-}
+      for b in $baselines; do
+        # shellcheck disable=SC2086
+        python -m continual sweep $common --mitigator "${b%%:*}" --strengths "${b#*:}" --out "$out/shift/$ns/${b%%:*}" \
+          ${STUDY_EXTRA:-}
+      done
+    done
+    ;;
   *)
-    echo "unknown study '$study'; valid: tuned, k" >&2
+    echo "unknown study '$study'; valid: tuned, k, shift" >&2
     exit 2
     ;;
 esac

@@ -43,3 +43,22 @@ def test_k_study_runs_spectral_once_per_exponent(tmp_path):
         [run] = [p for p in (tmp_path / "k" / f"k{k}").iterdir() if p.is_dir()]
         with open(run / "results.csv") as fh:
             assert {r["options"] for r in csv.DictReader(fh)} == {f"k={k}"}
+
+
+def test_shift_study_runs_none_spectral_and_the_named_baselines_per_nonstationarity(tmp_path):
+    env = dict(os.environ, STUDY_OUT=str(tmp_path), STUDY_SHIFTS="label-flip", STUDY_BASELINES="l2-init:1e-5",
+               STUDY_EXTRA="--dataset digits --tasks 2 --epochs 1 --train-size 64 --width 16 --no-diagnostics "
+                           "--seeds 0", PYTHONPATH=str(ROOT))
+    cmd = ["bash", str(ROOT / "scripts" / "continual_studies.sh"), "shift", "1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = set()
+    for results in (tmp_path / "shift" / "label-flip").glob("*/*/results.csv"):
+        with open(results) as fh:
+            rows = list(csv.DictReader(fh))
+        assert {r["nonstationarity"] for r in rows} == {"label-flip"} and all(r["test_accuracy"] for r in rows)
+        seen |= {(r["mitigator"], r["strength"]) for r in rows}
+    assert {m for m, _ in seen} == {"none", "spectral", "l2-init"} and ("l2-init", "1e-05") in seen
+    missing = subprocess.run(cmd, env={k: v for k, v in env.items() if k != "STUDY_BASELINES"},
+                             capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0 and "STUDY_BASELINES" in missing.stderr
