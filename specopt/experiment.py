@@ -108,7 +108,7 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
 
 
 def max_row_difference(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]], key: str) -> float:
-    """Largest |a[i][key] − b[i][key]| over paired rows of two runs (a NaN in both counts as equal): how far two
+    """Largest ``|a[i][key] − b[i][key]|`` over paired rows of two runs (a NaN in both counts as equal): how far two
     ways of computing the same runs (vectorized and sequential seeds, say) drifted apart."""
     worst = 0.0
     for ra, rb in zip(a, b, strict=True):
