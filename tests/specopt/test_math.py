@@ -362,10 +362,15 @@ def test_coupled_penalty_of_qkv_equals_exact_sum_over_blocks_with_its_gradient(t
         left, _, right = torch.linalg.svd(block)
         assert abs(torch.dot(u[j].double(), left[:, 0]).item()) == pytest.approx(1.0, abs=1e-5)
         assert abs(torch.dot(v[j].double(), right[0]).item()) == pytest.approx(1.0, abs=1e-5)
-    # the stacked 3·dim × dim matrix would be a different (wrong) term
-    stacked = (torch.linalg.svdvals(qkv_w.detach())[0] ** k - 1) ** 2
-    per_block = _exact_penalty([(qkv_w.detach(), "qkv")], k)
-    assert stacked.item() != pytest.approx(per_block.item(), rel=1e-3)
+
+
+def test_the_stacked_qkv_matrix_would_be_a_different_term():
+    """q, k and v each at σ1 = 1 owe nothing; their stack, read as one 3·dim × dim matrix, has σ1 > 1 and would be
+    pulled down (shrinking each projection below 1) — why the qkv role regularizes the blocks one by one."""
+    qkv = _qkv_weight(6, [1.0, 1.0, 1.0], seed=0)
+    assert [torch.linalg.matrix_norm(b, ord=2).item() for b in qkv.chunk(3)] == pytest.approx([1.0] * 3)
+    assert _exact_penalty([(qkv, "qkv")], 2).item() == pytest.approx(0.0, abs=1e-12)
+    assert torch.linalg.matrix_norm(qkv, ord=2).item() > 1.1
 
 
 def test_coupled_penalty_rejects_unknown_roles_and_restarts_vectors_of_another_shape():
