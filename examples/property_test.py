@@ -26,14 +26,15 @@ def sigma1(model: nn.Module) -> dict[str, float]:
 
 
 @settings(max_examples=5 if "--tiny" in sys.argv else 50, deadline=None)
-@given(scale=st.floats(1e-2, 1e3), lr=st.floats(1e-5, 1.0), seed=st.integers(0, 2**16))
-def test_one_step_moves_sigma1_toward_one_and_never_past_it(scale, lr, seed):
+@given(scale=st.floats(1e-2, 1e3), lr=st.floats(1e-5, 1.0), strength=st.floats(1e-3, 10.0),
+       seed=st.integers(0, 2**16))
+def test_one_step_moves_sigma1_toward_one_and_never_past_it(scale, lr, strength, seed):
     torch.manual_seed(seed)
     model = my_model()
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(scale)
-    optimizer = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, init_iterations=100)
+    optimizer = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, spectral_strength=strength, init_iterations=100)
     before = sigma1(model)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # only the spectral step moves the weights

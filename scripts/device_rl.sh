@@ -49,8 +49,9 @@ run="$OUT/run"
 rm -rf "$run"
 status=0
 # shellcheck disable=SC2086  # SEEDS and RL_EXTRA are word lists
-timeout --signal=INT "$TRAIN_BUDGET" python3 -m rl train --env cheetah-run --mitigator none spectral --seeds $SEEDS \
-  --replay-ratio 16 --steps "$STEPS" --device "$DEVICE" --out "$run" --no-progress ${RL_EXTRA:-} \
+# spectral at λ = 1 (specopt.CONTINUAL_STRENGTH, the paper's plasticity setting; the committed H100 rows used it)
+timeout --signal=INT "$TRAIN_BUDGET" python3 -m rl train --env cheetah-run --mitigator none spectral --strength 1 \
+  --seeds $SEEDS --replay-ratio 16 --steps "$STEPS" --device "$DEVICE" --out "$run" --no-progress ${RL_EXTRA:-} \
   > "$OUT/train.log" 2>&1 || status=$?
 if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then  # 124: stopped at the time budget, the rows so far are kept
   tail -20 "$OUT/train.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short CPU comparison for docs/results.md: cheetah-run, 20k env steps, replay ratio 4 (16 does not fit a shared
 # 2-core CPU in the time available), warm-up 5k random steps, evaluation every 2.5k steps (5 episodes), 1 thread
-# per process. Runs: SAC+LayerNorm (none) and spectral λ=1 (the default), seeds 0 and 1, as one process of 4 agents;
+# per process. Runs: SAC+LayerNorm (none) and spectral λ=1 (specopt.CONTINUAL_STRENGTH), seeds 0 and 1, as one process of 4 agents;
 # spectral λ=0.1 seed 0. (docs/results.md's table came from this script's earlier one-agent-per-process form.)
 # Usage: bash scripts/rl_short_cheetah.sh [OUT_ROOT]   (runs in the background; logs in OUT_ROOT/*.log)
 #        python -m rl plot OUT_ROOT -o fig.png          (figure + markdown table)
@@ -14,6 +14,6 @@ run() {  # NAME EXTRA_FLAGS...
     --eval-interval 2500 --eval-episodes 5 --checkpoint-interval 5000 --threads 1 --no-progress \
     --out "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 &
 }
-run default --mitigator none spectral --seeds 0 1
+run default --mitigator none spectral --strength 1 --seeds 0 1
 run spectral0.1 --mitigator spectral --strength 0.1 --seeds 0
 echo "started 2 processes (5 agents) under $OUT; progress: tail -n 1 $OUT/*/*/metrics.csv"

@@ -12,7 +12,8 @@ Rows read:
 
 SAC: mean evaluation return over the evaluations in the last 10% of env steps, per agent, then mean ± standard error
 over seeds, and its ratio to Adam's (`none`). Supervised: test accuracy after 20 epochs. Continual: the last-5-task
-mean train accuracy (tuned study) and last-task / first-task train accuracy per seed (acceptance).
+mean train accuracy and last-task / first-task train accuracy per seed (tuned study), and the latter again on the
+30-task acceptance runs.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+import specopt
 from specopt.experiment import mean_se, read_csv, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_STRENGTH: " (`CONTINUAL_STRENGTH`, old default)"}
 
 
 def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
@@ -49,21 +52,27 @@ def supervised(results: Path) -> dict[float, tuple[float, float, int]]:
     return {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
 
 
-def continual_tuned(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
+def continual_tuned(results: Path) -> tuple[dict[str, dict[float, tuple[float, float, int]]],
+                                            dict[str, dict[float, list[float]]]]:
+    """({variant: {strength: last-5-task mean (mean, s.e., seeds)}}, {variant: {strength: [last / first per seed]}})."""
     out: dict[str, dict[float, tuple[float, float, int]]] = {}
+    ratios: dict[str, dict[float, list[float]]] = {}
     for variant in ("noln", "ln"):
         per: dict[float, list[float]] = defaultdict(list)
-        for path in [*(results / variant / "spectral").glob("*/results.csv"),
-                     *(results / variant / "none").glob("*/results.csv")]:
+        kept: dict[float, list[float]] = defaultdict(list)
+        for path in sorted([*(results / variant / "spectral").glob("*/results.csv"),
+                            *(results / variant / "none").glob("*/results.csv")]):
             rows = read_csv(path)
             if not rows or int(rows[-1]["task"]) < json.loads((path.parent / "config.json").read_text())["tasks"]:
                 continue  # unfinished
             accuracy = [float(r["train_accuracy"]) for r in rows]
             strength = float(rows[0]["strength"]) if rows[0]["mitigator"] == "spectral" else 0.0
             per[strength].append(sum(accuracy[-5:]) / len(accuracy[-5:]))
+            kept[strength].append(accuracy[-1] / accuracy[0])
         if per:
             out[variant] = {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
-    return out
+            ratios[variant] = dict(kept)
+    return out, ratios
 
 
 def acceptance(results: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
@@ -93,20 +102,22 @@ def main() -> None:
     args = p.parse_args()
     rl = sac(ROOT / "results/strength-sac")
     sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
-    tuned = continual_tuned(ROOT / "results/studies/tuned")
+    tuned, kept = continual_tuned(ROOT / "results/studies/tuned")
     accept = acceptance(ROOT / "results/acceptance")
 
     strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
     envs = sorted(rl)
     head = ["strength λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
-    head += ["supervised test accuracy (seeds)", "continual, last-5-task train accuracy: no LN", "with LN"]
+    head += ["supervised test accuracy (seeds)", "continual, last-5-task train accuracy: no LN", "with LN",
+             "continual, last / first task per seed: no LN"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for s in strengths:
-        name = "Adam (none)" if s == 0 else f"{s:g}" + (" (old default)" if s == 1 else "")
+        name = "Adam (none)" if s == 0 else f"{s:g}" + NAMED.get(s, "")
         cells = [name] + [fmt(rl[e].get(s)) for e in envs]
         cells += [("–" if s not in rl[e] or 0.0 not in rl[e] else f"{rl[e][s][0] / rl[e][0.0][0]:.2f}×") for e in envs]
         cells += [fmt(sup.get(s), 4)] + [fmt(tuned.get(v, {}).get(s), 3) for v in ("noln", "ln")]
+        cells += [" / ".join(f"{r:.2f}" for r in kept.get("noln", {}).get(s, [])) or "–"]
         print("| " + " | ".join(cells) + " |")
     for variant, by in accept.items():
         for mitigator, pairs in by.items():
@@ -123,19 +134,25 @@ def main() -> None:
     for e in envs:
         pts = [(xi, rl[e][s][0] / rl[e][0.0][0]) for xi, s in zip(x, strengths) if s in rl[e] and 0.0 in rl[e]]
         axes[0].plot(*zip(*pts), "o-", label=e)
+    axes[0].axhline(0.9, color="grey", ls=":", label="0.9× (no-harm bar)")
     axes[0].set_title("drop-in cost: SAC return / Adam's")
     pts = [(xi, sup[s][0]) for xi, s in zip(x, strengths) if s in sup]
     axes[1].plot(*zip(*pts), "o-")
+    if 0.0 in sup:
+        axes[1].axhline(sup[0.0][0] - 0.01, color="grey", ls=":", label="Adam − 1 point (no-harm bar)")
     axes[1].set_title("drop-in cost: supervised test accuracy")
     for variant in tuned:
         pts = [(xi, tuned[variant][s][0]) for xi, s in zip(x, strengths) if s in tuned[variant]]
         axes[2].plot(*zip(*pts), "o-", label={"noln": "no LayerNorm", "ln": "LayerNorm"}[variant])
     axes[2].set_title("plasticity: last-5-task train accuracy")
     for ax in axes:
+        for lam, ls in ((specopt.DEFAULT_STRENGTH, "--"), (specopt.CONTINUAL_STRENGTH, "-.")):
+            ax.axvline(lam, color="lightgrey", ls=ls, zorder=0)
         ax.set_xscale("log")
         ax.set_xlabel("spectral strength λ (leftmost point: Adam)")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
+    fig.suptitle("dashed: DEFAULT_STRENGTH (drop-in), dash-dot: CONTINUAL_STRENGTH", fontsize=9)
     fig.tight_layout()
     save_figure(fig, args.figure)
     print(f"\nfigure: {args.figure.relative_to(ROOT) if args.figure.is_relative_to(ROOT) else args.figure}")

@@ -11,7 +11,7 @@ optimizer step, in the style of AdamW's weight decay::
 """
 
 from .functional import power_iteration
-from .optim import DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, Spectral, SpectralAdam
+from .optim import CONTINUAL_STRENGTH, DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, Spectral, SpectralAdam
 from .penalty import SpectralPenalty, spectral_norms, spectral_penalty
 from .roles import ROLES, describe, infer_role, named_roles, param_groups
 from .stacked import StackedSpectralAdam
@@ -19,6 +19,7 @@ from .stacked import StackedSpectralAdam
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONTINUAL_STRENGTH",
     "DEFAULT_INIT_ITERATIONS",
     "DEFAULT_STRENGTH",
     "ROLES",

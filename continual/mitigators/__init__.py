@@ -77,7 +77,7 @@ DEFAULT_STRENGTHS: dict[str, float] = {
     "crelu": 0.0,
     "wasserstein": 1e-4,
     "ewc": 1e-4,
-    "spectral": float(specopt.DEFAULT_STRENGTH),  # decoupled, per unit learning rate
+    "spectral": float(specopt.CONTINUAL_STRENGTH),  # decoupled, per unit lr: the continual setting (docs/strength.md)
     "spectral-coupled": 1e-4,
     "cbp": 1e-4,  # replacement rate ρ
 }

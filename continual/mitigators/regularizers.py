@@ -175,7 +175,7 @@ class SpectralDecoupled(Mitigator):
     r"""``spectral``: :class:`specopt.SpectralAdam` over :func:`specopt.param_groups` — Adam, then
     :math:`\theta \leftarrow \theta - \eta\lambda\nabla R(\theta)` with
     :math:`R = \sum_W(\sigma_1(W)^k-1)^2 + \sum_b\lVert b\rVert^{2k} + \sum_\gamma\sum_i(\gamma_i-1)^2`, k = 2.
-    Default λ = ``specopt.DEFAULT_STRENGTH`` (decoupled, per unit learning rate). Its power-iteration vectors live
+    Default λ = ``specopt.CONTINUAL_STRENGTH`` (decoupled, per unit learning rate). Its power-iteration vectors live
     in the optimizer's state."""
 
     name = "spectral"

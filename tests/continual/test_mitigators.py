@@ -57,7 +57,7 @@ def test_registry_lists_all_baselines_with_defaults():
     expected = {"none", "l2", "l2-init", "shrink-perturb", "redo", "crelu", "wasserstein", "ewc", "spectral",
                 "spectral-coupled", "cbp"}
     assert set(MITIGATORS) == expected == set(DEFAULT_STRENGTHS)
-    assert DEFAULT_STRENGTHS["spectral"] == specopt.DEFAULT_STRENGTH
+    assert DEFAULT_STRENGTHS["spectral"] == specopt.CONTINUAL_STRENGTH
     assert model_activation("crelu") == "crelu" and model_activation("l2") == "relu"
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import specopt
 from rl.cli import main
 from rl.config import Agent, Config
 from rl.sac import SAC
@@ -72,7 +73,8 @@ def test_tiny_run_writes_metrics_and_config(full_run):
     cfg = json.loads((full_run / "config.json").read_text())
     assert cfg["env"] == "cheetah-run" and cfg["steps"] == 375
     assert cfg["mitigators"] == ["spectral", "resets"] and cfg["seeds"] == [0, 1]
-    assert Config.from_dict(cfg).agents == [("spectral", 0, 1.0), ("spectral", 1, 1.0), ("resets", 0, None),
+    lam = specopt.DEFAULT_STRENGTH
+    assert Config.from_dict(cfg).agents == [("spectral", 0, lam), ("spectral", 1, lam), ("resets", 0, None),
                                             ("resets", 1, None)]
     assert sorted(p.name for p in full_run.iterdir() if p.is_dir()) == sorted(AGENTS)
     required = {"mitigator", "strength", "seed", "step", "updates", "resets", "episodes", "eval_return_mean", "eval_return_std",
@@ -178,7 +180,8 @@ def test_cli_takes_lists_of_mitigators_and_seeds(tmp_path, capsys, monkeypatch):
     assert main(["train", "--mitigator", "none", "spectral", "--seeds", "0", "1", "2", "--out", str(tmp_path)]) == 0
     cfg = seen["cfg"]
     assert cfg.mitigators == ("none", "spectral") and cfg.seeds == (0, 1, 2)
-    assert cfg.agents[:4] == [("none", 0, None), ("none", 1, None), ("none", 2, None), ("spectral", 0, 1.0)]
+    assert cfg.agents[:4] == [("none", 0, None), ("none", 1, None), ("none", 2, None),
+                              ("spectral", 0, specopt.DEFAULT_STRENGTH)]
     assert len(cfg.agents) == 6
     assert {"mitigators", "seeds", "out"} <= seen["explicit"]
     for argv, message in ((["--seeds", "0", "0"], "seeds has repeats"),
@@ -221,7 +224,8 @@ def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert fig.stat().st_size > 0
     tables = rows(full_run)
-    for mitigator, name in (("spectral", "spectral λ=1 buffer 1k RR1"), ("resets", "resets buffer 1k RR1")):
+    spectral = f"spectral λ={specopt.DEFAULT_STRENGTH:g} buffer 1k RR1"
+    for mitigator, name in (("spectral", spectral), ("resets", "resets buffer 1k RR1")):
         y = np.array([float(tables[f"{mitigator}-s{s}"][-1]["eval_return_mean"]) for s in (0, 1)])
         se = y.std(ddof=1) / math.sqrt(2)
         assert f"| cheetah-run | {name} | 2 | 300 | {y.mean():.1f} ± {se:.1f} |" in out
