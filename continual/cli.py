@@ -70,8 +70,8 @@ class _Parser(argparse.ArgumentParser):
 
 def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
     """The flags of ``run``: one per :class:`~continual.runner.RunConfig` field, generated from it (the defaults
-    and the help are the dataclass's), plus ``--preset``, ``--option``, ``--no-progress``. With ``sweep``, those of
-    ``sweep``: the same settings, with ``--strengths`` (a grid) for ``--strength``, ``--workers``/``--backend``/
+    and the help are the dataclass's; each mitigator's options as ``--spectral.k``, ``--l2.decoupled``, ...), plus
+    ``--preset`` and ``--no-progress``. With ``sweep``, those of ``sweep``: the same settings, with ``--strengths`` (a grid) for ``--strength``, ``--workers``/``--backend``/
     ``--ray-address``, ``--threads`` per run (default 1), and neither ``--resume`` (a sweep always continues what is
     in ``--out``) nor ``--vectorize-seeds``."""
     from .runner import RunConfig
@@ -79,7 +79,7 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Appendix B setting (flags override)")
     positive_int, positive_float = _positive(int), _positive(float)
     add_config_flags(
-        r, RunConfig, skip={"options", *(("strength", "vectorize_seeds") if sweep else ())}, required={"out"},
+        r, RunConfig, skip=("strength", "vectorize_seeds") if sweep else (), required={"out"},
         names={"mitigators": ("--mitigator", "--mitigators"), "seeds": ("--seeds", "--seed")},
         choices={"dataset": DATASETS, "nonstationarity": NONSTATIONARITIES, "model": MODELS, "mitigators": MITIGATORS},
         types={**dict.fromkeys(("tasks", "epochs", "batch_size", "train_size", "width", "probe_size"), positive_int),
@@ -88,8 +88,6 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
         r.add_argument("--strengths", type=_positive(float), nargs="+", metavar="S",
                        help="strengths for every mitigator that has one (default: each one's default); none and "
                             "crelu run once per seed")
-    r.add_argument("--option", action="append", default=[], metavar="MITIGATOR.KEY=VALUE",
-                   help="a mitigator's option, e.g. spectral.k=4 or l2.decoupled=True (repeatable; docs/mitigators.md)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     if sweep:
         r.add_argument("--threads", type=_positive(int), default=1, help="CPU threads for torch per run (default 1)")
@@ -129,32 +127,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_options(items: list[str]) -> dict[str, dict]:
-    """``["spectral.k=4", ...]`` → ``{"spectral": {"k": 4}}``; a one-line ValueError names what is valid."""
-    import ast
-
-    from .mitigators import option_names
-
-    options: dict[str, dict] = {}
-    for item in items:
-        key, eq, text = item.partition("=")
-        mitigator, dot, name = key.partition(".")
-        if not (eq and dot and mitigator and name):
-            raise ValueError(f"--option {item!r}: expected MITIGATOR.KEY=VALUE, e.g. spectral.k=4")
-        if mitigator not in MITIGATORS:
-            raise ValueError(f"--option {item!r}: unknown mitigator {mitigator!r}; valid: {', '.join(MITIGATORS)}")
-        valid = option_names(mitigator)
-        if name not in valid:
-            raise ValueError(f"--option {item!r}: {mitigator} has no option {name!r}; valid: "
-                             f"{', '.join(valid) if valid else 'none'}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"--option {item!r}: {text!r} is not a number, True/False or None") from None
-        options.setdefault(mitigator, {})[name] = value
-    return options
-
-
 def config_from(args: argparse.Namespace, check_device: bool = True):
     """The run's :class:`~continual.runner.RunConfig`: its defaults, then the preset's settings, then the flags given."""
     from .runner import RunConfig
@@ -168,7 +140,7 @@ def config_from(args: argparse.Namespace, check_device: bool = True):
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return RunConfig(options=parse_options(args.option), **settings)
+    return RunConfig(**settings)
 
 
 def main(argv: list[str] | None = None) -> int:

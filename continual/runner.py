@@ -22,7 +22,7 @@ from specopt import experiment
 
 from .data import Dataset, load_dataset
 from .diagnostics import DIAGNOSTICS, task_end_diagnostics
-from .mitigators import DEFAULT_STRENGTHS, build_mitigator, model_activation
+from .mitigators import DEFAULT_STRENGTHS, MitigatorOptions, build_mitigator, model_activation
 from .models import build_model
 from .streams import Task, make_task
 
@@ -51,15 +51,21 @@ class RunConfig:
     device: str = "cpu"  # torch device: cpu, cuda, cuda:1, ...
     diagnostics: bool = True  # the task-end plasticity diagnostics (rank, dead units, σ1, ...)
     probe_size: int = 256  # held-out inputs the diagnostics measure on
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per mitigator, e.g. {"spectral": {"k": 4}}
+    options: MitigatorOptions = field(default_factory=MitigatorOptions)  # every mitigator's options (--spectral.k 4)
     out: str = "runs/default"  # output folder: results.csv, config.json, checkpoint.pt
     tensorboard: bool = False  # also log each task's row to TensorBoard under out/tensorboard (CSV stays the record)
     vectorize_seeds: bool = False  # train all seeds in one process (stacked parameters + vmap; continual.vmap_seeds)
 
+    def __post_init__(self) -> None:
+        # options may come as a mapping (config.json, or {"spectral": {"k": 4}} from Python): checked and completed
+        self.options = MitigatorOptions.from_dict(self.options)
+
 
 def options_text(options: dict[str, Any]) -> str:
-    """A mitigator's options as a row cell: ``k=4 decoupled=True`` (sorted; empty for the defaults)."""
-    return " ".join(f"{k}={options[k]}" for k in sorted(options))
+    """A mitigator's options that differ from the defaults as a row cell: ``k=4 decoupled=True`` (sorted; empty for
+    the defaults; numbers as ``%g``, so ``k=4`` whether it was given as 4 or 4.0)."""
+    return " ".join(f"{k}={options[k]:g}" if isinstance(options[k], float) else f"{k}={options[k]}"
+                    for k in sorted(options))
 
 
 @torch.no_grad()
@@ -92,7 +98,7 @@ class Run:
         self.init_params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
         self.mit = build_mitigator(mitigator, self.model, cfg.lr, self.strength, seed=seed,
-                                   **cfg.options.get(mitigator, {}))
+                                   **cfg.options.of(mitigator))
         self.step, self.next_task = 0, 0
         self.prev_rep: Tensor | None = None
 
@@ -142,7 +148,7 @@ class Run:
             task.x_test.shape[0] else math.nan
         row: dict[str, Any] = {"dataset": cfg.dataset, "nonstationarity": cfg.nonstationarity, "model": cfg.model,
                                "layernorm": int(cfg.layernorm), "width": cfg.width, "mitigator": self.name,
-                               "strength": self.strength, "options": options_text(cfg.options.get(self.name, {})),
+                               "strength": self.strength, "options": options_text(cfg.options.changed(self.name)),
                                "lr": cfg.lr, "batch_size": cfg.batch_size, "train_size": len(self.ds.y_train),
                                "epochs": cfg.epochs, "seed": self.seed, "task": task.index + 1, "step": self.step,
                                "train_accuracy": round(acc, 6), "train_loss": round(loss, 6),
@@ -177,6 +183,10 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]
     ``saved`` lacks (a run from before the field existed) counts as that field's default."""
     defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
                 for f in fields(RunConfig)}
+    defaults["options"] = asdict(defaults["options"])
+    # every option in full on both sides: a config.json from before an option existed lists fewer
+    saved = {**saved, "options": asdict(MitigatorOptions.from_dict(saved.get("options")))}
+    config = {**config, "options": asdict(MitigatorOptions.from_dict(config.get("options")))}
     return experiment.changed_settings(saved, config, defaults, ignore=LOCATION_SETTINGS)
 
 

@@ -63,7 +63,7 @@ case "$study" in
     for k in ${STUDY_KS:-1 2 4 8}; do
       python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
         --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 2 \
-        --mitigator spectral --option "spectral.k=$k" --workers "$workers" --out "$out/k/k$k" ${STUDY_EXTRA:-}
+        --mitigator spectral --spectral.k "$k" --workers "$workers" --out "$out/k/k$k" ${STUDY_EXTRA:-}
     done
     ;;
   shift)

@@ -181,26 +181,42 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
+def _nested(cls: type) -> dict[str, type]:
+    """The fields of the dataclass ``cls`` whose type is itself a dataclass, with that type."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints.get(f.name))}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, names: Mapping[str, Sequence[str]] | None = None,
                      types: Mapping[str, Callable[[str], Any]] | None = None,
                      choices: Mapping[str, Sequence[str]] | None = None, skip: Iterable[str] = (),
-                     required: Iterable[str] = ()) -> None:
+                     required: Iterable[str] = (), _prefix: str = "") -> None:
     """One flag per field of the dataclass ``cls``: ``--field-name`` (or the spellings ``names[field]``), parsed as
     the field's type (``types[field]`` instead, e.g. a check that the value is positive), one or more values for a
     tuple or list, ``--x`` / ``--no-x`` for a boolean, help from the field's comment (:func:`field_docs`) and its
-    default. Fields in ``skip`` (and those of a type no flag carries) get none.
+    default. Fields in ``skip`` (and those of a type no flag carries) get none. A field that is itself a dataclass
+    gets its fields' flags, named with a dot (``--spectral.k`` for ``options.spectral.k``), in a group of its own.
 
     No flag has a default of its own: a flag that is not given is absent from the parsed namespace, so the defaults
     stay written once, in the dataclass, and the caller knows exactly what was set (:func:`given_fields`) — for a
     preset to fill the rest, and for a resumed run to refuse a changed setting."""
     names, types, choices = names or {}, types or {}, choices or {}
-    docs, skip, required = field_docs(cls), set(skip), set(required)
+    docs, skip, required, nested = field_docs(cls), set(skip), set(required), _nested(cls)
     for f in dataclasses.fields(cls):
+        if f.name in nested:
+            if f.name not in skip:  # a group per inner dataclass (``spectral's options``), titled by its comment
+                group = parser.add_argument_group(docs.get(f.name) or f.name) if _prefix else parser
+                add_config_flags(group, nested[f.name], _prefix=f"{_prefix}{f.name}.")
+            continue
         kind = _kind(f)
         if f.name in skip or kind is None:
             continue
         element, many = kind
-        flags = list(names.get(f.name, ["--" + f.name.replace("_", "-")]))
+        dest = _prefix + f.name
+        spelled = dest.split(".", 1)[1] if _prefix else dest  # the outermost name is not spelled: options.spectral.k
+        flags = list(names.get(f.name, ["--" + spelled.replace("_", "-")]))  # → --spectral.k
         doc = docs.get(f.name, "")
         default = _default(f)
         shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
@@ -208,22 +224,29 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, *, names: Mappi
         if f.name in choices:
             help_ += f"; one of: {', '.join(choices[f.name])}"
         if element is bool and not many:
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction,
+            parser.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_)
             continue
-        parser.add_argument(*flags, dest=f.name, type=types.get(f.name, element), nargs="+" if many else None,
+        parser.add_argument(*flags, dest=dest, type=types.get(f.name, element), nargs="+" if many else None,
                             choices=choices.get(f.name), metavar=f.name.upper(),
                             default=argparse.SUPPRESS, required=f.name in required, help=help_)
 
 
-def given_fields(cls: type, namespace: argparse.Namespace | Mapping[str, Any]) -> dict[str, Any]:
+def given_fields(cls: type, namespace: argparse.Namespace | Mapping[str, Any], _prefix: str = "") -> dict[str, Any]:
     """The fields of ``cls`` set on the command line (flags from :func:`add_config_flags`), with several values as
-    the field's container type (a tuple where the field is a tuple)."""
+    the field's container type (a tuple where the field is a tuple); for a dataclass field, a dict of what was set
+    inside it (``{"options": {"spectral": {"k": 4.0}}}``), absent if nothing was."""
     values = vars(namespace) if isinstance(namespace, argparse.Namespace) else dict(namespace)
-    given = {}
+    given: dict[str, Any] = {}
+    nested = _nested(cls)
     for f in dataclasses.fields(cls):
-        if f.name in values:
-            value = values[f.name]
+        key = _prefix + f.name
+        if f.name in nested:
+            inner = given_fields(nested[f.name], values, key + ".")
+            if inner:
+                given[f.name] = inner
+        elif key in values:
+            value = values[key]
             kind = _kind(f)
             if kind is not None and kind[1]:
                 value = tuple(value) if "tuple" in str(f.type) else list(value)

@@ -21,14 +21,16 @@ redo               recycle τ-dormant units every F steps (Sokar et al., 2023)  
 crelu              activation [relu(z), relu(−z)] (Abbas et al., 2023)            unused       0
 wasserstein        + λ Σ_l ‖sort θ_l − sort θ0_l‖² (Lewandowski et al., 2023)     λ            1e-4 (paper, B)
 ewc                + λ Σ F(θ − θ')², EMA Fisher/anchor (Elsayed & Mahmood, 2024)  λ            1e-4 (paper, B)
-spectral           SpectralAdam: Adam, then θ ← θ − ηλ∇R                          λ decoupled  specopt default
+spectral           SpectralAdam: Adam, then θ ← θ − ηλ∇R                          λ decoupled  1 (continual)
 spectral-coupled   + λR(θ) (the paper's form)                                     λ            1e-4 (paper, B)
 cbp                continual backprop (Dohare et al., 2024)                       ρ            1e-4
 =================  ============================================================  ===========  =================
 
 Mitigator-specific options are keyword arguments of :func:`build_mitigator` (``decoupled`` for l2/l2-init/
 wasserstein, ``noise_scale`` for shrink-perturb, ``frequency`` for redo, ``beta_fisher``/``beta_anchor`` for ewc,
-``k`` for the spectral ones, ``decay``/``maturity`` for cbp, and ``seed`` for all). See docs/mitigators.md.
+``k`` for the spectral ones, ``decay``/``maturity`` for cbp, and ``seed`` for all), each written once with its
+default in :mod:`continual.mitigators.options`. ``spectral``'s default is ``specopt.CONTINUAL_STRENGTH`` (the
+optimizer's own default, ``specopt.DEFAULT_STRENGTH``, is the drop-in strength). See docs/mitigators.md.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torch import nn
 import specopt
 
 from .base import Mitigator, ParameterRegularizer, default_seed
+from .options import MitigatorOptions, option_names
 from .regularizers import (
     CReLUMitigator,
     L2,
@@ -94,19 +97,6 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown mitigator {name!r}; valid names are {', '.join(MITIGATORS)}")
 
 
-def option_names(name: str) -> list[str]:
-    """The keyword options mitigator ``name`` accepts (``seed`` aside), read from its constructors' signatures."""
-    import inspect
-
-    _check_name(name)
-    names: set[str] = set()
-    for cls in _CLASSES[name].__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            names |= {p.name for p in inspect.signature(init).parameters.values() if p.kind is p.KEYWORD_ONLY}
-    return sorted(names - {"seed"})
-
-
 def build_mitigator(name: str, model: nn.Module, lr: float, strength: float | None = None,
                     **options: Any) -> Mitigator:
     """Build mitigator ``name`` for ``model`` (call right after the model is initialised: anchors are θ0).
@@ -128,6 +118,7 @@ def build_mitigator(name: str, model: nn.Module, lr: float, strength: float | No
 __all__ = [
     "DEFAULT_STRENGTHS",
     "MITIGATORS",
+    "MitigatorOptions",
     "CReLUMitigator",
     "ContinualBackprop",
     "L2",

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .options import Decoupled
+
 
 def default_seed() -> int:
     """A seed for the mitigator's own generator derived from torch's seed, without consuming global randomness.
@@ -125,7 +127,7 @@ class ParameterRegularizer(Mitigator):
     Subclasses define :meth:`term` (differentiable :math:`r_p`) and :meth:`direction` (:math:`\nabla r_p`).
     """
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, decoupled: bool = False,
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, decoupled: bool = Decoupled.decoupled,
                  seed: int | None = None) -> None:
         self.decoupled = bool(decoupled)
         super().__init__(model, lr, strength, seed=seed)

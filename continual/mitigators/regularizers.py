@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import specopt
 
 from .base import Mitigator, ParameterRegularizer, clone_tensors, load_tensors
+from .options import EWCOptions, SpectralOptions
 
 
 class NoMitigation(Mitigator):
@@ -117,11 +118,9 @@ class StreamingEWC(Mitigator):
 
     name = "ewc"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, beta_fisher: float = 0.999,
-                 beta_anchor: float = 0.999, seed: int | None = None) -> None:
-        for b in (beta_fisher, beta_anchor):
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"ewc: betas must lie in [0, 1), got {b!r}")
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, beta_fisher: float = EWCOptions.beta_fisher,
+                 beta_anchor: float = EWCOptions.beta_anchor, seed: int | None = None) -> None:
+        EWCOptions(beta_fisher, beta_anchor)  # checks them
         super().__init__(model, lr, strength, seed=seed)
         self.beta_fisher, self.beta_anchor = float(beta_fisher), float(beta_anchor)
         self.fisher = {n: torch.zeros_like(p, memory_format=torch.preserve_format).detach()
@@ -180,7 +179,7 @@ class SpectralDecoupled(Mitigator):
 
     name = "spectral"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = 2,
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = SpectralOptions.k,
                  seed: int | None = None) -> None:
         self.k = k
         super().__init__(model, lr, strength, seed=seed)
@@ -195,7 +194,7 @@ class SpectralCoupled(Mitigator):
 
     name = "spectral-coupled"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = 2,
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = SpectralOptions.k,
                  seed: int | None = None) -> None:
         super().__init__(model, lr, strength, seed=seed)
         self.regularizer = specopt.SpectralPenalty(specopt.param_groups(model), k=k)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..diagnostics import dormant_scores, evaluating, is_activation, unit_activity
 from .base import Mitigator, clone_tensors, load_tensors
+from .options import CBPOptions, ReDoOptions, ShrinkPerturbOptions
 
 _PASSTHROUGH = (nn.Flatten, nn.Identity, nn.Dropout)
 
@@ -58,12 +59,13 @@ class ShrinkPerturb(Mitigator):
 
     name = "shrink-perturb"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, noise_scale: float | None = None,
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, noise_scale: float | None = ShrinkPerturbOptions.noise_scale,
                  seed: int | None = None) -> None:
         super().__init__(model, lr, strength, seed=seed)
         if self.strength > 1.0:
             raise ValueError(f"shrink-perturb: strength is a per-step shrink in [0, 1], got {strength!r}")
         lam = self.strength
+        ShrinkPerturbOptions(noise_scale)  # checks it
         self.noise_scale = math.sqrt(lam * (2.0 - lam)) if noise_scale is None else float(noise_scale)
         self.init_mean: dict[str, float] = {}
         self.init_std: dict[str, float] = {}
@@ -298,10 +300,9 @@ class ReDo(Mitigator):
 
     name = "redo"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, frequency: int = 1000,
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, frequency: int = ReDoOptions.frequency,
                  seed: int | None = None) -> None:
-        if int(frequency) < 1:
-            raise ValueError(f"redo: frequency must be >= 1, got {frequency!r}")
+        ReDoOptions(int(frequency))  # checks it
         self.blocks = unit_blocks(model)
         super().__init__(model, lr, strength, seed=seed)
         self.frequency = int(frequency)
@@ -334,8 +335,9 @@ class ContinualBackprop(Mitigator):
 
     name = "cbp"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, decay: float = 0.99,
-                 maturity: int = 100, seed: int | None = None) -> None:
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, decay: float = CBPOptions.decay,
+                 maturity: int = CBPOptions.maturity, seed: int | None = None) -> None:
+        CBPOptions(decay, maturity)  # checks them
         self.blocks = unit_blocks(model)
         super().__init__(model, lr, strength, seed=seed)
         self.decay, self.maturity = float(decay), int(maturity)

@@ -297,36 +297,49 @@ def test_mitigator_options_reach_the_mitigator_the_rows_and_the_resume_guard(tmp
 
     out = tmp_path / "k4"
     argv = ["run", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--mitigator", "spectral", "none",
-            "--option", "spectral.k=4", "--no-diagnostics", "--no-progress", "--out", str(out)]
+            "--spectral.k", "4", "--no-diagnostics", "--no-progress", "--out", str(out)]
     assert main(argv) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["mitigator"]: r["options"] for r in rows} == {"spectral": "k=4", "none": ""}
     assert all(r["epochs"] == "1" and r["width"] == "256" and r["train_size"] == "1497" for r in rows)
-    assert json.loads((out / "config.json").read_text())["options"] == {"spectral": {"k": 4}}
+    options = json.loads((out / "config.json").read_text())["options"]  # every option of every mitigator
+    assert options["spectral"] == {"k": 4} and options["spectral_coupled"] == {"k": 2}
+    assert options["redo"] == {"frequency": 1000} and options["l2_init"] == {"decoupled": False}
     from continual.runner import Run
 
     cfg = RunConfig(dataset="digits", tasks=1, epochs=1, mitigators=["spectral"], options={"spectral": {"k": 4}})
     from continual.data import load_dataset
 
     assert Run(cfg, load_dataset("digits"), "spectral", 0).mit.optimizer.param_groups[0]["k"] == 4
-    assert main(argv[:-2] + ["--option", "spectral.k=8", "--resume", "--out", str(out)]) == 2  # the guard sees it
+    assert main(argv[:-2] + ["--spectral.k", "8", "--resume", "--out", str(out)]) == 2  # the guard sees it
+    assert main(argv[:-2] + ["--redo.frequency", "5", "--resume", "--out", str(out)]) == 2  # any mitigator's option
+    assert main(argv[:-2] + ["--resume", "--out", str(out)]) == 0
 
 
 def test_bad_mitigator_options_are_one_line_errors(tmp_path, capsys):
     from continual.cli import main
 
-    for option, message in (("spectral.q=1", "spectral has no option 'q'; valid: k"),
-                            ("magic.k=1", "unknown mitigator 'magic'"), ("k=4", "expected MITIGATOR.KEY=VALUE"),
-                            ("l2.decoupled=maybe", "is not a number, True/False or None")):
-        assert main(["run", "--dataset", "digits", "--option", option, "--out", str(tmp_path / "x")]) == 2
+    for flags, message in ((["--spectral.q", "1"], "unrecognized arguments: --spectral.q"),
+                           (["--spectral.k", "two"], "argument --spectral.k: invalid float value: 'two'")):
+        with pytest.raises(SystemExit, match="2"):  # argparse: exit status 2 and one line
+            main(["run", "--dataset", "digits", *flags, "--out", str(tmp_path / "x")])
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "x").exists()
+    assert main(["run", "--dataset", "digits", "--mitigator", "redo", "--redo.frequency", "0",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "redo: frequency must be >= 1" in err and len(err.strip().splitlines()) == 1
+    for options, message in (({"spectral": {"q": 1}}, "spectral has no option 'q'; valid: k"),
+                             ({"magic": {"k": 1}}, "unknown mitigator 'magic'"),
+                             ({"crelu": {"k": 1}}, "mitigator 'crelu' has no options")):
+        with pytest.raises(ValueError, match=message):
+            RunConfig(options=options)  # from Python, or a hand-edited config.json
 
 
 def test_run_flags_are_generated_from_runconfig_and_a_preset_fills_what_is_not_given():
-    """Every RunConfig field (but ``options``: ``--option``) is a flag whose help is the field's comment; the config
-    is RunConfig's defaults, then the preset's settings, then the flags given — each default written once."""
+    """Every RunConfig field is a flag whose help is the field's comment (``options``: one flag per option of each
+    mitigator, ``--spectral.k``); the config is RunConfig's defaults, then the preset's settings, then the flags
+    given — each default written once."""
     import dataclasses
 
     from continual.cli import PRESETS, config_from, parser
@@ -338,8 +351,16 @@ def test_run_flags_are_generated_from_runconfig_and_a_preset_fills_what_is_not_g
     for f in dataclasses.fields(RunConfig):
         if f.name != "options":
             assert f.name in flags and docs.get(f.name) and docs[f.name] in flags[f.name].help, f.name
+    from continual.mitigators.options import MitigatorOptions
+
+    for group in dataclasses.fields(MitigatorOptions):
+        for option in dataclasses.fields(group.default_factory):
+            dest = f"options.{group.name}.{option.name}"
+            assert dest in flags and field_docs(group.default_factory)[option.name] in flags[dest].help, dest
+            assert flags[dest].option_strings[0] == f"--{group.name}.{option.name}".replace("_", "-")
     args = parser().parse_args(["run", "--preset", "fmnist-random-labels", "--epochs", "3", "--no-diagnostics",
-                                "--option", "spectral.k=4", "--out", "x"])
+                                "--spectral.k", "4", "--l2-init.decoupled", "--out", "x"])
     assert config_from(args) == RunConfig(**{**PRESETS["fmnist-random-labels"], "epochs": 3, "diagnostics": False,
-                                             "options": {"spectral": {"k": 4}}, "out": "x"})
+                                             "options": {"spectral": {"k": 4}, "l2-init": {"decoupled": True}},
+                                             "out": "x"})
     assert config_from(parser().parse_args(["run", "--out", "x"])) == RunConfig(out="x")

@@ -27,6 +27,13 @@ def test_tuned_study_writes_one_resumable_sweep_per_mitigator_and_variant(tmp_pa
             assert {r["layernorm"] for r in rows} == {"1" if variant == "ln" else "0"}
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and again.stdout.count("0 to start") == 4, again.stdout[-2000:]
+    report = subprocess.run(["python", str(ROOT / "scripts" / "study_report.py"), str(tmp_path / "tuned" / "noln"),
+                             "-o", str(tmp_path / "noln.png")], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert report.returncode == 0 and (tmp_path / "noln.png").exists(), report.stderr[-2000:]
+    table = [line.split(" | ") for line in report.stdout.splitlines() if line.startswith("| spectral") or
+             line.startswith("| l2")]
+    assert [(cells[0], cells[1], cells[2]) for cells in table] == [("| spectral", "0.5", "2"), ("| l2", "0.5", "2")]
+    assert all(cells[4].startswith("**") for cells in table)  # each one's only strength is its best
     bad = subprocess.run(["bash", str(ROOT / "scripts" / "continual_studies.sh"), "nope"], env=env,
                          capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "valid: tuned" in bad.stderr

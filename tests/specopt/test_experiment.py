@@ -3,6 +3,8 @@ resume guard's comparison)."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import statistics
 import subprocess
@@ -12,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from specopt import experiment
 from specopt.experiment import (append_csv, atomic_write, changed_settings, mean_se, read_csv, write_csv,
                                 write_json)
 
@@ -70,3 +73,37 @@ def test_import_specopt_does_not_load_the_experiment_layer():
     code = "import sys, specopt; print('specopt.experiment' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    k: float = 2  # the exponent
+    decoupled: bool = False  # a decoupled step
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    first_one: _Inner = dataclasses.field(default_factory=_Inner)  # the first one's options
+    other: _Inner = dataclasses.field(default_factory=_Inner)  # the other's options
+
+
+@dataclasses.dataclass
+class _Config:
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])  # seeds
+    options: _Group = dataclasses.field(default_factory=_Group)  # options per name
+
+
+def test_config_flags_nest_one_group_per_inner_dataclass_and_report_only_what_was_given():
+    parser = argparse.ArgumentParser()
+    experiment.add_config_flags(parser, _Config)
+    spellings = {a.dest: a.option_strings for a in parser._actions}
+    assert spellings["options.first_one.k"] == ["--first-one.k"]
+    assert spellings["options.other.decoupled"] == ["--other.decoupled", "--no-other.decoupled"]
+    titles = {g.title for g in parser._action_groups}
+    assert {"the first one's options", "the other's options"} <= titles
+    args = parser.parse_args(["--first-one.k", "4", "--no-other.decoupled", "--seeds", "1", "2"])
+    assert experiment.given_fields(_Config, args) == {"seeds": [1, 2], "options": {"first_one": {"k": 4.0},
+                                                                                   "other": {"decoupled": False}}}
+    assert experiment.given_fields(_Config, parser.parse_args([])) == {}
+    help_text = parser.format_help()
+    assert "the exponent (default 2)" in help_text and "a decoupled step (default False)" in help_text
