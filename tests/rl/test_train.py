@@ -69,6 +69,27 @@ def full_run(tmp_path_factory):
     return out
 
 
+def test_run_table_script_reads_every_agents_column_at_each_step(full_run):
+    """scripts/rl_run_table.py: one row per agent, one cell per evaluation step, the values of metrics.csv."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "rl_run_table.py"), str(full_run), "--column",
+                           "eval_return_mean", "--digits", "3"], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 + len(AGENTS)
+    for agent in AGENTS:
+        rows = list(csv.DictReader(open(full_run / agent / "metrics.csv")))
+        [line] = [x for x in lines if x.startswith(f"| {agent} |")]
+        assert line.strip("| ").split(" | ")[1:] == [f"{float(r['eval_return_mean']):.3f}" for r in rows]
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "rl_run_table.py"), str(full_run), "--column", "nope"],
+                         capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 1 and "no column 'nope'" in bad.stderr
+
+
 def test_tiny_run_writes_metrics_and_config(full_run):
     cfg = json.loads((full_run / "config.json").read_text())
     assert cfg["env"] == "cheetah-run" and cfg["steps"] == 375

@@ -1,0 +1,40 @@
+"""One metrics.csv column per agent and env step, as a markdown table, from rl run folders (committed rows only).
+
+    python scripts/rl_run_table.py results/rl/short-cheetah                          # evaluation return
+    python scripts/rl_run_table.py results/rl/short-cheetah --column sigma1_critic_mean --steps 7500 10000 20000
+
+Rows: agents (`<run>/<agent>`), columns: env steps (default: every evaluation step of the first agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from specopt.experiment import read_csv
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("root", type=Path, help="a folder of rl runs (searched for <agent>/metrics.csv)")
+    p.add_argument("--column", default="eval_return_mean", help="the metrics.csv column (default eval_return_mean)")
+    p.add_argument("--steps", type=int, nargs="+", help="env steps to show (default: all)")
+    p.add_argument("--digits", type=int, default=1)
+    args = p.parse_args()
+    agents = sorted(args.root.rglob("metrics.csv"))
+    if not agents:
+        raise SystemExit(f"rl_run_table: no metrics.csv under {args.root}")
+    tables = {m.parent.relative_to(args.root): {int(r["step"]): r for r in read_csv(m)} for m in agents}
+    first = next(iter(tables.values()))
+    if args.column not in next(iter(first.values())):
+        raise SystemExit(f"rl_run_table: no column {args.column!r}; valid: {', '.join(next(iter(first.values())))}")
+    steps = args.steps or sorted(first)
+    print(f"| agent ({args.column}) | " + " | ".join(f"{s / 1000:g}k" for s in steps) + " |")
+    print("|---|" + "---|" * len(steps))
+    for name, rows in tables.items():
+        cells = [f"{float(rows[s][args.column]):.{args.digits}f}" if s in rows else "–" for s in steps]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
