@@ -1,5 +1,7 @@
 """An RL run through the Python API: SAC + LayerNorm (`none`) and spectral regularization on cheetah-run, two seeds
-each, all four agents trained together in one process; then the per-agent rows and a figure.
+each, all four agents trained together in one process; then the per-agent rows and a figure. Spectral runs at
+the package's drop-in strength (`specopt.DEFAULT_STRENGTH`); pass `spectral_strength=specopt.CONTINUAL_STRENGTH` to
+`Config` for the paper's setting (docs/strength.md).
 
     python examples/rl_run.py             # 20k env steps at replay ratio 1 (tens of minutes on one core)
     python examples/rl_run.py --tiny      # 250 env steps on 125-step episodes (what CI runs)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
+import specopt
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = {
     "swap_in.py": "σ1 per layer",
     "continual_run.py": " spectral: train accuracy at each task's end",
-    "rl_run.py": "| cheetah-run | spectral λ=1",
+    "rl_run.py": f"| cheetah-run | spectral λ={specopt.DEFAULT_STRENGTH:g} ",  # rl's spectral default
     "property_test.py": "property holds on every example",
 }
 
