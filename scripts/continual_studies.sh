@@ -40,7 +40,7 @@ declare -A GRID=(
   [l2-init]="1e-6 1e-5 1e-4 1e-3 1e-2"  # 1e-6 added: the best of the first four was 1e-5, the edge
   [shrink-perturb]="1e-5 1e-4 1e-3 1e-2"
   [wasserstein]="1e-5 1e-4 1e-3 1e-2"
-  [ewc]="1e-5 1e-4 1e-3 1e-2 0.1 1"  # 0.1 and 1 added: 1e-5..1e-2 all within noise of Adam (Fisher EMAs are tiny)
+  [ewc]="1e-5 1e-4 1e-3 1e-2 0.1 1"  # 0.1 and 1 added: 1e-5..1e-2 all within noise of Adam (a guess: its Fisher EMA of g² is small)
   [cbp]="1e-5 1e-4 1e-3 1e-2 0.1"  # 0.1 added: the best of the first four was 1e-2, the edge
   [redo]="0.001 0.01 0.1 0.3"
 )
