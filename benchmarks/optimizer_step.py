@@ -6,11 +6,13 @@ rounds so that machine noise hits both alike; the ratio of medians is printed. A
 step (forward, backward, step) of the MLP on a batch of 512, for the cost a user sees.
 
 ``--impl`` picks Adam's kernel for both (``foreach``, or ``fused``); ``--dtype bfloat16`` casts the parameters;
-``--compile [MODE]`` times ``torch.compile(SpectralAdam.step, fullgraph=True, mode=MODE)`` against the same eager
-Adam (the documented fast path).
+``--compile [MODE]`` times ``specopt.compile_step(SpectralAdam, mode=MODE)`` (the documented fast path) against the
+same eager Adam; ``--compiled-adam`` compiles Adam's step the same way too (the spectral step's own cost under
+compilation); ``--plain-compile`` with it times ``torch.compile(SpectralAdam.step, fullgraph=True, mode=MODE)``
+instead, without the Inductor options ``compile_step`` adds.
 
     python benchmarks/optimizer_step.py [--threads 2] [--rounds 15] [--device cpu] [--impl foreach|fused]
-        [--dtype float32|bfloat16] [--compile [default|reduce-overhead|max-autotune-no-cudagraphs]]
+        [--dtype float32|bfloat16] [--compile [default|reduce-overhead|max-autotune-no-cudagraphs]] [--plain-compile] [--compiled-adam]
 """
 
 from __future__ import annotations
@@ -61,16 +63,26 @@ DTYPE = torch.float32
 COMPILE: str | None = None  # a torch.compile mode
 
 
+PLAIN_COMPILE = False  # --plain-compile: torch.compile without specopt.compile_step's options
+COMPILED_ADAM = False  # --compiled-adam: Adam compiled the same way, for the spectral step's own cost
+
+
 class Compiled:
-    """``.step()`` of a compiled optimizer step."""
+    """``.step()`` of a compiled optimizer step: ``specopt.compile_step`` (or plain ``torch.compile``)."""
 
     def __init__(self, opt: torch.optim.Optimizer, mode: str) -> None:
-        self.step = torch.compile(opt.step, fullgraph=True, mode=None if mode == "default" else mode)
+        if PLAIN_COMPILE:
+            self.step = torch.compile(opt.step, fullgraph=isinstance(opt, specopt.SpectralAdam),
+                                      mode=None if mode == "default" else mode)
+        else:
+            self.step = specopt.compile_step(opt, mode=mode)
 
 
 def optimizers(m_adam: nn.Module, m_spec: nn.Module):
     adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3, **IMPL)
     spec = specopt.SpectralAdam(specopt.param_groups(m_spec), lr=1e-3, **IMPL)
+    if COMPILED_ADAM:
+        return Compiled(adam, COMPILE), Compiled(spec, COMPILE)
     return adam, (Compiled(spec, COMPILE) if COMPILE else spec)
 
 
@@ -139,23 +151,35 @@ def main() -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter dtype")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                   help="SpectralAdam's step under torch.compile(fullgraph=True, mode=MODE), against eager Adam")
+                   help="SpectralAdam's step compiled by specopt.compile_step(mode=MODE), against eager Adam")
+    p.add_argument("--plain-compile", action="store_true",
+                   help="with --compile: plain torch.compile(step, fullgraph=True), without compile_step's options")
+    p.add_argument("--compiled-adam", action="store_true",
+                   help="with --compile: compile Adam's step the same way (the spectral step's own cost)")
     args = p.parse_args()
-    global CLOCK, IMPL, DTYPE, COMPILE
+    if (args.plain_compile or args.compiled_adam) and not args.compile:
+        p.error("--plain-compile and --compiled-adam need --compile")
+    global CLOCK, IMPL, DTYPE, COMPILE, PLAIN_COMPILE, COMPILED_ADAM
+    PLAIN_COMPILE, COMPILED_ADAM = args.plain_compile, args.compiled_adam
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     IMPL, DTYPE, COMPILE = {args.impl: True}, getattr(torch, args.dtype), args.compile
     torch.set_num_threads(args.threads)
+    # every torch.optim step shares one code object (Optimizer's step wrapper), and Dynamo keeps at most
+    # recompile_limit (8) graphs per code object; this script compiles up to six optimizers, two graphs each
+    torch._dynamo.config.recompile_limit = 32
     device = torch.device(args.device)
     name = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
-    spec = f"compiled ({COMPILE}) SpectralAdam" if COMPILE else "SpectralAdam"
+    how = "torch.compile" if PLAIN_COMPILE else "specopt.compile_step"
+    spec = f"{how} ({COMPILE}) SpectralAdam" if COMPILE else "SpectralAdam"
     print(f"torch {torch.__version__}, {name}, {args.threads} threads, {args.clock} clock, {args.impl}, "
           f"{args.dtype}, median of {args.rounds} rounds")
-    print(f"| parameters of | size | Adam({args.impl}) step ms | {spec} step ms | ratio |")
+    adam = f"{how} ({COMPILE}) Adam({args.impl})" if COMPILED_ADAM else f"Adam({args.impl})"
+    print(f"| parameters of | size | {adam} step ms | {spec} step ms | ratio |")
     print("|---|---|---|---|---|")
     bench("MLP 4×256", mlp, 50, args.rounds, device)
     bench("ResNet-18", resnet18, 5, args.rounds, device)
     print()
-    print(f"| training step of | Adam({args.impl}) ms | {spec} ms | ratio |")
+    print(f"| training step of | {adam} ms | {spec} ms | ratio |")
     print("|---|---|---|---|")
     bench_train_step(20, args.rounds, device)
 

@@ -22,6 +22,7 @@
 #   STUDY_EXTRA   flags appended to every sweep, e.g. "--dataset digits --tasks 2 --epochs 1" (later flags win)
 #   STUDY_OUT     the results folder (default results/studies)
 #   STUDY_ONLY    mitigators to run (default: all of the grid below)
+#   STUDY_VARIANTS    the tuned study's variants to run (default: noln ln)
 #   STUDY_STRENGTHS   one grid for every mitigator instead of each one's own
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,7 @@ ORDER="none spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral
 
 case "$study" in
   tuned)
-    for variant in noln ln; do
+    for variant in ${STUDY_VARIANTS:-noln ln}; do
       flags=""
       [ "$variant" = ln ] && flags="--layernorm"
       for m in ${STUDY_ONLY:-$ORDER}; do

@@ -8,10 +8,19 @@ optimizer step, in the style of AdamW's weight decay::
     opt = specopt.Spectral(torch.optim.SGD(model.parameters(), lr=0.1))     # any optimizer + spectral step
     loss = loss + 1e-4 * specopt.spectral_penalty(model)                   # the paper's coupled form
     print(specopt.describe(opt))                                           # what is regularized, and how
+    step = specopt.compile_step(opt)                                       # the fast path: a compiled step
 """
 
 from .functional import power_iteration
-from .optim import CONTINUAL_STRENGTH, DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, Spectral, SpectralAdam
+from .optim import (
+    COMPILE_OPTIONS,
+    CONTINUAL_STRENGTH,
+    DEFAULT_INIT_ITERATIONS,
+    DEFAULT_STRENGTH,
+    Spectral,
+    SpectralAdam,
+    compile_step,
+)
 from .penalty import SpectralPenalty, spectral_norms, spectral_penalty
 from .roles import ROLES, describe, infer_role, named_roles, param_groups
 from .stacked import StackedSpectralAdam
@@ -19,6 +28,7 @@ from .stacked import StackedSpectralAdam
 __version__ = "0.1.0"
 
 __all__ = [
+    "COMPILE_OPTIONS",
     "CONTINUAL_STRENGTH",
     "DEFAULT_INIT_ITERATIONS",
     "DEFAULT_STRENGTH",
@@ -27,6 +37,7 @@ __all__ = [
     "SpectralAdam",
     "SpectralPenalty",
     "StackedSpectralAdam",
+    "compile_step",
     "describe",
     "infer_role",
     "named_roles",

@@ -159,10 +159,10 @@ def power_iteration_foreach(
     us_new, vs_new = us, vs
     for _ in range(iterations):
         ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
-        nvs = torch._foreach_norm(ts)
+        nvs = _norms(ts)
         vs_new = torch._foreach_div(ts, nvs)  # a zero norm gives inf/NaN here, caught by ``ok`` below
         ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
-        sigmas = torch._foreach_norm(ss)
+        sigmas = _norms(ss)
         us_new = torch._foreach_div(ss, sigmas)
     sigma, nv = torch.stack(sigmas), torch.stack(nvs)
     prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
@@ -173,6 +173,15 @@ def power_iteration_foreach(
     us_out = [torch.where(o, a, b) for o, a, b in zip(oks, us_new, us)]
     vs_out = [torch.where(o, a, b) for o, a, b in zip(oks, vs_new, vs)]
     return us_out, vs_out, torch.where(ok, sigma, 0.0), ok
+
+
+def _norms(xs: list[Tensor]) -> list[Tensor]:
+    """Euclidean norms of a list of tensors: one ``_foreach_norm`` eagerly; under ``torch.compile`` plain sums of
+    squares, which Inductor fuses into its own loops (an extern ``_foreach_norm`` call per list costs more than the
+    arithmetic on these small vectors)."""
+    if torch.compiler.is_compiling():
+        return [x.square().sum().sqrt() for x in xs]
+    return list(torch._foreach_norm(xs))
 
 
 def _eager_cpu(t: Tensor) -> bool:
@@ -264,7 +273,7 @@ def vector_terms(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], T
     xs = [p.float() if p.dtype != torch.float32 else p.clone() for p in ps]  # copies: the base step changes p
     if k == 1:
         return xs, torch.full((len(ps),), 2.0, device=ps[0].device)
-    return xs, torch.stack(torch._foreach_norm(xs)).pow(2 * k - 2).mul_(2.0 * k)
+    return xs, torch.stack(_norms(xs)).pow(2 * k - 2).mul_(2.0 * k)
 
 
 def _by_device_and_dtype(ps: list[Tensor]) -> list[list[Tensor]]:

@@ -305,3 +305,37 @@ class Spectral(Optimizer):
             f"Spectral(strength={s['spectral_strength']}, k={s['k']}, power_iterations={s['power_iterations']})"
             f" over {self.optimizer!r}"
         )
+
+
+COMPILE_OPTIONS: dict[str, Any] = {"realize_opcount_threshold": 4}
+"""The Inductor options :func:`compile_step` adds. Left to its defaults, Inductor inlines small scalar computations
+(each matrix's step size α from σ̂, Adam's bias corrections) into the loop over every element of W, where the C++
+compiler cannot hoist them (``std::pow`` may set errno; outputs may alias inputs), so they are recomputed for every
+vector of 16 floats. With ``realize_opcount_threshold=4`` such values are computed once into small buffers
+(measured on a CPU in docs/benchmarks.md: the MLP 4×256 step at 0.59× an eager Adam step, 1.36× without)."""
+
+
+def compile_step(optimizer: Optimizer, *, mode: str | None = None, **compile_kwargs: Any) -> Callable[..., Any]:
+    """``torch.compile(optimizer.step)`` with the options that make the spectral step fast: the documented fast path.
+
+    ``fullgraph`` defaults to True for :class:`SpectralAdam` (Adam's and the spectral update in one graph) and to
+    False otherwise (``torch.optim`` steps graph-break on purpose). ``mode`` (``"reduce-overhead"``, ...) and
+    ``options`` are merged with :data:`COMPILE_OPTIONS` (``options`` wins); other keywords go to ``torch.compile``.
+    Works for any optimizer. Use the returned function in place of ``optimizer.step``::
+
+        step = specopt.compile_step(opt)
+        loss.backward(); step(); opt.zero_grad()
+
+    Compiling takes seconds to minutes once; a compiled ``SpectralAdam`` step is two graphs (the first step's fresh
+    state, then the warm one). All ``torch.optim`` steps share one code object, on which Dynamo keeps at most
+    ``torch._dynamo.config.recompile_limit`` (8) graphs: compiling more than four optimizers' steps in one process
+    needs a larger limit.
+    """
+    compile_kwargs.setdefault("fullgraph", isinstance(optimizer, SpectralAdam))
+    options = dict(COMPILE_OPTIONS)
+    if mode not in (None, "default"):
+        from torch._inductor import list_mode_options  # what torch.compile(mode=...) expands a mode into
+
+        options = {**list_mode_options(mode), **options}
+    options.update(compile_kwargs.pop("options", None) or {})
+    return torch.compile(optimizer.step, options=options, **compile_kwargs)

@@ -41,6 +41,12 @@ def test_optimizer_step_benchmark_prints_the_ratio_to_adam():
         assert re.search(rf"\| {re.escape(size)} \|.* \| [0-9.]+× \|", out), out
 
 
+def test_optimizer_step_benchmark_refuses_compile_variants_without_compile():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "optimizer_step.py"), "--compiled-adam"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "need --compile" in done.stderr.strip().splitlines()[-1], done.stderr
+
+
 def test_rl_update_speed_benchmark_prints_the_vectorized_ratio_last():
     out = run("rl_update_speed.py", "--agents", "2", "--updates", "16", "--rounds", "1", "--hidden", "32",
               "--batch-size", "32")

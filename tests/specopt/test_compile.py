@@ -1,5 +1,6 @@
 """torch.compile of the optimizer step: one graph for SpectralAdam, the eager result, no recompiles per step."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -24,14 +25,21 @@ def train(model, step, steps):
         step()
 
 
-def test_compiled_spectral_adam_step_is_one_graph_and_equals_the_eager_step():
+COMPILERS = {
+    "torch.compile": lambda opt: torch.compile(opt.step, fullgraph=isinstance(opt, specopt.SpectralAdam)),
+    "specopt.compile_step": specopt.compile_step,  # the same, with Inductor options (specopt.COMPILE_OPTIONS)
+}
+
+
+@pytest.mark.parametrize("how", sorted(COMPILERS))
+def test_compiled_spectral_adam_step_is_one_graph_and_equals_the_eager_step(how):
     torch._dynamo.reset()
     eager, compiled = make_model(), make_model()
     opt_e = specopt.SpectralAdam(specopt.param_groups(eager), lr=1e-2)
     opt_c = specopt.SpectralAdam(specopt.param_groups(compiled), lr=1e-2)
     train(eager, opt_e.step, 6)
     frames = torch._dynamo.utils.counters["frames"]["ok"]
-    train(compiled, torch.compile(opt_c.step, fullgraph=True), 6)
+    train(compiled, COMPILERS[how](opt_c), 6)
     # the first step (fresh state) and the second (warm state) compile; later steps reuse the second graph
     assert torch._dynamo.utils.counters["frames"]["ok"] - frames <= 2
     for p, q in zip(eager.parameters(), compiled.parameters()):
@@ -43,7 +51,8 @@ def test_compiled_spectral_adam_step_is_one_graph_and_equals_the_eager_step():
                                            opt_e.state[p][key], rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_wrapper_step_equals_the_eager_step_and_breaks_only_where_torch_optim_does():
+@pytest.mark.parametrize("how", sorted(COMPILERS))
+def test_compiled_wrapper_step_equals_the_eager_step_and_breaks_only_where_torch_optim_does(how):
     """``Spectral(SGD)``: SGD.step itself graph-breaks (torch.optim's ``_use_grad_for_differentiable``, twice, on
     purpose), so fullgraph=True is impossible for any wrapped torch.optim optimizer; specopt adds no break."""
     torch._dynamo.reset()
@@ -51,10 +60,17 @@ def test_compiled_wrapper_step_equals_the_eager_step_and_breaks_only_where_torch
     opt_e = specopt.Spectral(torch.optim.SGD(specopt.param_groups(eager), lr=1e-2, momentum=0.9))
     opt_c = specopt.Spectral(torch.optim.SGD(specopt.param_groups(compiled), lr=1e-2, momentum=0.9))
     train(eager, opt_e.step, 5)
-    train(compiled, torch.compile(opt_c.step), 5)
+    train(compiled, COMPILERS[how](opt_c), 5)
     for p, q in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5)
     explanation = torch._dynamo.explain(opt_c.step)()
     sources = {frame.filename.replace("\\", "/").rsplit("/", 2)[-2:][0] + "/" + frame.filename.rsplit("/", 1)[-1]
                for reason in explanation.break_reasons for frame in reason.user_stack[-1:]}
     assert sources <= {"optim/optimizer.py"}, sources
+
+
+def test_compile_step_takes_a_mode_with_its_options():
+    """torch.compile refuses ``mode`` and ``options`` together; compile_step expands the mode into options."""
+    opt = specopt.SpectralAdam(specopt.param_groups(make_model()), lr=1e-2)
+    for mode in ("default", "reduce-overhead", "max-autotune-no-cudagraphs"):
+        assert callable(specopt.compile_step(opt, mode=mode, options={"realize_opcount_threshold": 8}))
