@@ -35,6 +35,7 @@ out=${STUDY_OUT:-results/studies}
 # (continual/mitigators: DEFAULT_STRENGTHS); a best strength at the edge of its grid means the grid must grow.
 declare -A GRID=(
   [none]="1"  # no strength: one run per seed (the grid's value is ignored), Adam's baseline for the same settings
+  [crelu]="1"  # no strength either: an architecture (concatenated ReLU, width matched in parameters)
   [spectral]="0.001 0.01 0.1 0.3 1 3 10"  # 0.01 and 0.001 added: the drop-in strengths of docs/strength.md
   [spectral-coupled]="1e-5 1e-4 1e-3 1e-2"
   [l2]="1e-5 1e-4 1e-3 1e-2"
@@ -45,7 +46,7 @@ declare -A GRID=(
   [cbp]="1e-5 1e-4 1e-3 1e-2 0.1"  # 0.1 added: the best of the first four was 1e-2, the edge
   [redo]="0.001 0.01 0.1 0.3"
 )
-ORDER="none spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
+ORDER="none crelu spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
 
 case "$study" in
   tuned)
