@@ -4,6 +4,8 @@
 #
 #   bash scripts/continual_studies.sh tuned [WORKERS]     # every mitigator with a strength over its grid, 2 seeds,
 #                                                          # 20 tasks, without then with LayerNorm
+#   bash scripts/continual_studies.sh confirm [WORKERS]   # each mitigator of the tuned study at its best strength
+#                                                          # (its summary.md), 3 seeds × 30 tasks, both variants
 #   bash scripts/continual_studies.sh k [WORKERS]         # spectral's exponent k ∈ {1, 2, 4, 8} at the default
 #                                                          # strength, 3 seeds, 30 tasks, no LayerNorm (paper Fig. 7)
 #   STUDY_BASELINES="redo:0.1 wasserstein:1e-4" \
@@ -27,7 +29,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-study=${1:?usage: bash scripts/continual_studies.sh tuned|k|shift [WORKERS]}
+study=${1:?usage: bash scripts/continual_studies.sh tuned|confirm|k|shift [WORKERS]}
 workers=${2:-2}
 out=${STUDY_OUT:-results/studies}
 
@@ -61,6 +63,23 @@ case "$study" in
       done
     done
     ;;
+  confirm)
+    for variant in ${STUDY_VARIANTS:-noln ln}; do
+      flags=""
+      [ "$variant" = ln ] && flags="--layernorm"
+      for m in ${STUDY_ONLY:-$ORDER}; do
+        summary="$out/tuned/$variant/$m/summary.md"
+        [ -f "$summary" ] || { echo "skipping $variant/$m: no $summary (run the tuned study first)" >&2; continue; }
+        best=$(sed -n "s/^\* $m: //p" "$summary")  # empty for none and crelu, which have no strength
+        dest="$out/confirm/$variant/$m"
+        # the k study's k = 2 runs are spectral's confirmation without LayerNorm at its default strength: reuse them
+        [ "$variant/$m/${best:-}" = noln/spectral/1 ] && dest="$out/k/k2"
+        python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
+          --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 2 $flags \
+          --mitigator "$m" --strengths ${best:-1} --workers "$workers" --out "$dest" ${STUDY_EXTRA:-}
+      done
+    done
+    ;;
   k)
     for k in ${STUDY_KS:-1 2 4 8}; do
       python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
@@ -83,7 +102,7 @@ case "$study" in
     done
     ;;
   *)
-    echo "unknown study '$study'; valid: tuned, k, shift" >&2
+    echo "unknown study '$study'; valid: tuned, confirm, k, shift" >&2
     exit 2
     ;;
 esac

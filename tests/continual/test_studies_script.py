@@ -69,3 +69,21 @@ def test_shift_study_runs_none_spectral_and_the_named_baselines_per_nonstationar
     missing = subprocess.run(cmd, env={k: v for k, v in env.items() if k != "STUDY_BASELINES"},
                              capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "STUDY_BASELINES" in missing.stderr
+
+
+def test_confirm_study_runs_each_mitigator_at_the_best_strength_its_tuned_summary_names(tmp_path):
+    for mitigator, best in (("l2", "* l2: 0.001"), ("none", "* (no mitigator with a strength in this sweep)")):
+        folder = tmp_path / "tuned" / "noln" / mitigator
+        folder.mkdir(parents=True)
+        (folder / "summary.md").write_text(f"# Sweep summary\n\nBest strength per mitigator: ...\n\n{best}\n")
+    env = dict(os.environ, STUDY_OUT=str(tmp_path), STUDY_VARIANTS="noln", STUDY_ONLY="none l2 ewc",
+               STUDY_EXTRA="--dataset digits --tasks 2 --epochs 1 --train-size 64 --width 16 --no-diagnostics "
+                           "--seeds 0", PYTHONPATH=str(ROOT))
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "continual_studies.sh"), "confirm", "1"], env=env,
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping noln/ewc" in done.stderr  # no tuned summary for it
+    runs = sorted(str(p.relative_to(tmp_path / "confirm")) for p in (tmp_path / "confirm").glob("*/*/*-seed0"))
+    assert runs == ["noln/l2/l2-s0.001-seed0", "noln/none/none-seed0"]
+    with open(tmp_path / "confirm" / "noln" / "l2" / "l2-s0.001-seed0" / "results.csv") as fh:
+        assert {(r["strength"], r["task"]) for r in csv.DictReader(fh)} == {("0.001", "1"), ("0.001", "2")}
