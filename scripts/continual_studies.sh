@@ -50,23 +50,29 @@ declare -A GRID=(
 )
 ORDER="none crelu spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
 
+# One sweep on the tuned studies' benchmark: random_labels noln|ln TASKS "SEEDS" SWEEP-FLAGS... (STUDY_EXTRA last)
+random_labels() {
+  local variant=$1 tasks=$2 seeds=$3 ln=""
+  shift 3
+  [ "$variant" = ln ] && ln="--layernorm"
+  # shellcheck disable=SC2086  # word lists
+  python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp --tasks "$tasks" \
+    --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds $seeds $ln --workers "$workers" "$@" \
+    ${STUDY_EXTRA:-}
+}
+
 case "$study" in
   tuned)
     for variant in ${STUDY_VARIANTS:-noln ln}; do
-      flags=""
-      [ "$variant" = ln ] && flags="--layernorm"
       for m in ${STUDY_ONLY:-$ORDER}; do
-        python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
-          --tasks 20 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 $flags \
-          --mitigator "$m" --strengths ${STUDY_STRENGTHS:-${GRID[$m]}} --workers "$workers" --out "$out/tuned/$variant/$m" \
-          ${STUDY_EXTRA:-}
+        # shellcheck disable=SC2086  # a word list
+        random_labels "$variant" 20 "0 1" --mitigator "$m" --strengths ${STUDY_STRENGTHS:-${GRID[$m]}} \
+          --out "$out/tuned/$variant/$m"
       done
     done
     ;;
   confirm)
     for variant in ${STUDY_VARIANTS:-noln ln}; do
-      flags=""
-      [ "$variant" = ln ] && flags="--layernorm"
       for m in ${STUDY_ONLY:-$ORDER}; do
         summary="$out/tuned/$variant/$m/summary.md"
         [ -f "$summary" ] || { echo "skipping $variant/$m: no $summary (run the tuned study first)" >&2; continue; }
@@ -74,17 +80,13 @@ case "$study" in
         dest="$out/confirm/$variant/$m"
         # the k study's k = 2 runs are spectral's confirmation without LayerNorm at its default strength: reuse them
         [ "$variant/$m/${best:-}" = noln/spectral/1 ] && dest="$out/k/k2"
-        python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
-          --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 2 $flags \
-          --mitigator "$m" --strengths ${best:-1} --workers "$workers" --out "$dest" ${STUDY_EXTRA:-}
+        random_labels "$variant" 30 "0 1 2" --mitigator "$m" --strengths "${best:-1}" --out "$dest"
       done
     done
     ;;
   k)
     for k in ${STUDY_KS:-1 2 4 8}; do
-      python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp \
-        --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds 0 1 2 \
-        --mitigator spectral --spectral.k "$k" --workers "$workers" --out "$out/k/k$k" ${STUDY_EXTRA:-}
+      random_labels noln 30 "0 1 2" --mitigator spectral --spectral.k "$k" --out "$out/k/k$k"
     done
     ;;
   shift)
