@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 
 from specopt.experiment import add_config_flags, given_fields
@@ -32,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGUSR1"):  # a run that seems stuck: `kill -USR1 PID` prints every thread's stack, and it goes on
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     try:

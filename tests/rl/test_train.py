@@ -267,12 +267,40 @@ def test_plot_standard_error_over_seeds(tmp_path):
     assert se.tolist() == pytest.approx([1.0, 1.0, 0.0])  # std (ddof 1) √2 over √2 seeds; one seed: 0
 
 
-@pytest.mark.xfail(strict=False, reason="hangs with empty stderr (no exit 180 s after SIGINT) when run inside the full "
-                   "suite on the 2-core CI machine (3 of 3 full runs on 2026-11-27); passes alone, in its file and in "
-                   "a benchmarks+continual+rl subset; root cause open (see the closing note of issue 11/14's stop)")
+def _process_states(pid: int) -> str:
+    """State and signal masks of ``pid`` and its children (Linux /proc; empty elsewhere): what a hang report needs."""
+    from pathlib import Path
+
+    if not Path("/proc").is_dir():
+        return ""
+    pids = [pid]
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(") ", 1)[1].split()[1]) == pid:
+                pids.append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    fields = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    states = []
+    for p in pids:
+        try:
+            lines = (Path("/proc") / str(p) / "status").read_text().splitlines()
+        except OSError:
+            continue
+        states.append(f"{p}: " + " ".join(line.replace("\t", "") for line in lines if line.split(":")[0] in fields))
+        states[-1] += " wchan " + (Path("/proc") / str(p) / "wchan").read_text()
+    return "; ".join(states)
+
+
 def test_ctrl_c_stops_a_run_with_env_workers_in_one_line(tmp_path):
     """SIGINT to the process group (Ctrl-C, `timeout --signal=INT`): exit 130 and one line saying how to continue,
-    no traceback from the trainer or from its environment workers."""
+    no traceback from the trainer or from its environment workers. Before it, SIGUSR1 prints the trainer's stacks
+    and the run goes on.
+
+    Known open defect: inside the full suite on the 2-core CI machine the run has (4 of 6 full runs, 2026-11-27)
+    not exited 180 s after SIGINT, with nothing on stderr; alone, in its file and in subsets it always passed. A hang
+    is reported as an expected failure with the trainer's stacks (SIGUSR1) and the processes' states, so that the
+    next one shows where it hangs; any other failure fails."""
     import os
     import signal
     import subprocess
@@ -287,12 +315,19 @@ def test_ctrl_c_stops_a_run_with_env_workers_in_one_line(tmp_path):
     deadline = time.monotonic() + 120
     while not (out / "none-s0" / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGUSR1)
+    time.sleep(1)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]  # SIGUSR1 did not stop it
     os.killpg(proc.pid, signal.SIGINT)
-    try:  # generous: on a loaded 2-core machine the shutdown was seen to take over a minute (or to hang: then fail)
+    try:  # generous: on a loaded 2-core machine the shutdown was seen to take over a minute
         _, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(2)
+        states = _process_states(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         _, err = proc.communicate()
-        raise AssertionError(f"no exit 180 s after SIGINT; stderr: {err[-2000:]}") from None
+        pytest.xfail(f"known open defect: no exit 180 s after SIGINT; processes: {states}; stderr: {err[-4000:]}")
     assert proc.returncode == 130, err[-2000:]
+    assert "Current thread" in err or "Thread 0x" in err, err[-2000:]  # SIGUSR1's stacks
     assert "Traceback" not in err and "interrupted" in err and "--resume" in err, err[-2000:]
