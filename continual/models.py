@@ -52,7 +52,21 @@ def crelu_width(in_features: int, width: int, depth: int, classes: int) -> int:
     return max(1, round((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)))
 
 
-class MLP(nn.Module):
+class BodyHead(nn.Module):
+    """A network as the experiments see it: ``features = body(x)`` (B, D) and a linear ``head`` on top (the
+    diagnostics read the features; the subclasses build ``body`` and ``head``)."""
+
+    body: nn.Module
+    head: nn.Linear
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+class MLP(BodyHead):
     def __init__(self, in_features: int, classes: int, width: int = 256, depth: int = 4, layernorm: bool = False,
                  activation: str = "relu") -> None:
         super().__init__()
@@ -69,12 +83,6 @@ class MLP(nn.Module):
             fan_in = 2 * width if crelu else width
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(fan_in, classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> nn.Conv2d:
@@ -101,7 +109,7 @@ class CReLUBasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet18(nn.Module):
+class ResNet18(BodyHead):
     def __init__(self, in_channels: int, classes: int, small_stem: bool = True, activation: str = "relu") -> None:
         super().__init__()
         import torchvision
@@ -123,14 +131,8 @@ class ResNet18(nn.Module):
         net.fc = nn.Identity()
         self.body = net
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
-
-
-class ViTTiny(nn.Module):
+class ViTTiny(BodyHead):
     def __init__(self, in_shape: tuple[int, ...], classes: int, patch: int = 4, layers: int = 12, heads: int = 3,
                  width: int = 192, activation: str = "relu") -> None:
         super().__init__()
@@ -154,12 +156,6 @@ class ViTTiny(nn.Module):
                 block.mlp = nn.Sequential(fc1, CReLU(), nn.Dropout(dropout), fc2, nn.Dropout(dropout))
         self.head = self.body.heads.head
         self.body.heads = nn.Identity()
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
 
 
 def build_model(name: str, in_shape: tuple[int, ...], classes: int, layernorm: bool = False,
