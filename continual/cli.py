@@ -5,7 +5,7 @@
         --out runs/fmnist
     python -m continual run --preset fmnist-random-labels --mitigator spectral --out runs/fmnist-spectral
     python -m continual sweep --mitigator none l2 spectral --strengths 1e-5 1e-4 1e-3 --seeds 0 1 2 --out runs/sw
-    python -m continual plot runs/fmnist [runs/other ...] -o fig.png
+    python -m continual plot runs/fmnist [runs/sw ...] -o fig.png    # run folders, or folders of them (a sweep)
     python -m continual demo
 """
 
@@ -112,7 +112,8 @@ def parser() -> argparse.ArgumentParser:
                                       "Ray; writes one run folder each, summary.md and sensitivity.png")
     add_run_flags(sw, sweep=True)
     pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table")
-    pl.add_argument("runs", nargs="+", type=Path)
+    pl.add_argument("runs", nargs="+", type=Path,
+                    help="run folders (results.csv), results.csv files, or folders of run folders (a sweep's --out)")
     pl.add_argument("-o", "--output", type=Path, required=True)
     pl.add_argument("--metric", default="train_accuracy", choices=METRICS, metavar="NAME",
                     help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")

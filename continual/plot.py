@@ -11,18 +11,26 @@ import numpy as np
 from specopt.experiment import mean_se, read_csv, save_figure
 
 from .diagnostics import DIAGNOSTICS
+from .mitigators import NO_STRENGTH
 
 METRICS = ("train_accuracy", "train_loss", "test_accuracy", *DIAGNOSTICS)
 PER_SEED = ("sigma_max", "dormant_fraction", "grad_erank")  # the per-seed table's diagnostics, at the last task
 
 
 def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
+    """The rows of every run in ``run_dirs``: each a run folder (its results.csv), a results.csv file, or a folder of
+    run folders (a sweep's ``--out``: every results.csv below it)."""
     rows = []
-    for d in run_dirs:
-        path = d / "results.csv" if d.is_dir() else d
-        if not path.exists():
-            raise FileNotFoundError(f"no results.csv in {d}")
-        rows += read_csv(path)
+    for d in map(Path, run_dirs):
+        if d.is_dir():
+            paths = [d / "results.csv"] if (d / "results.csv").exists() else sorted(d.rglob("results.csv"))
+        else:
+            paths = [d] if d.suffix == ".csv" and d.exists() else []
+        if not paths:
+            raise FileNotFoundError(f"{d} is not a run folder (with results.csv), a folder of run folders or a "
+                                    "results.csv file")
+        for path in paths:
+            rows += read_csv(path)
     if not rows:
         raise ValueError("the results hold no rows yet")
     return rows
@@ -31,7 +39,9 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
 def label(row: dict[str, str]) -> str:
     ln = " +LN" if row.get("layernorm") == "1" else ""
     options = f" {row['options']}" if row.get("options") else ""
-    return f"{row['mitigator']} ({float(row['strength']):g}{options}){ln}" if row["mitigator"] != "none" else f"none{ln}"
+    if row["mitigator"] in NO_STRENGTH:
+        return f"{row['mitigator']}{options}{ln}"
+    return f"{row['mitigator']} ({float(row['strength']):g}{options}){ln}"
 
 
 def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:

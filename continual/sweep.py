@@ -21,13 +21,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .data import DataError
-from .mitigators import DEFAULT_STRENGTHS
+from .mitigators import DEFAULT_STRENGTHS, NO_STRENGTH
 from specopt.experiment import atomic_write, mean_se, read_csv, save_figure, write_text
 
 from .runner import LOCATION_SETTINGS, RunConfig, changed_settings
 
-# Mitigators whose strength is unused: they run once per seed, whatever --strengths says.
-NO_STRENGTH = ("none", "crelu")
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
              "to the smaller strength")
 RAY_MISSING = 'the ray backend needs Ray: pip install "specopt[sweep]" (or pip install ray)'
@@ -48,7 +46,7 @@ def run_name(mitigator: str, strength: float | None, seed: int) -> str:
 
 def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
     """The runs of a sweep: every mitigator of ``base`` × (``strengths``, or its default strength; once for
-    :data:`NO_STRENGTH`) × seed, each a one-mitigator one-seed :class:`RunConfig` whose ``out`` is its folder."""
+    :data:`~continual.mitigators.NO_STRENGTH`) × seed, each a one-mitigator one-seed :class:`RunConfig` whose ``out`` is its folder."""
     if len(set(base.seeds)) != len(base.seeds):
         raise ValueError(f"--seeds repeats a seed: {' '.join(map(str, base.seeds))}")
     if strengths is not None and len(set(strengths)) != len(strengths):

@@ -86,6 +86,10 @@ DEFAULT_STRENGTHS: dict[str, float] = {
 }
 
 
+# Mitigators whose strength is unused (a sweep runs them once per seed, whatever --strengths says).
+NO_STRENGTH: tuple[str, ...] = ("none", "crelu")
+
+
 def model_activation(name: str) -> str:
     """The activation the model must be built with: ``"crelu"`` for the crelu mitigator, else ``"relu"``."""
     _check_name(name)
@@ -118,6 +122,7 @@ def build_mitigator(name: str, model: nn.Module, lr: float, strength: float | No
 __all__ = [
     "DEFAULT_STRENGTHS",
     "MITIGATORS",
+    "NO_STRENGTH",
     "MitigatorOptions",
     "CReLUMitigator",
     "ContinualBackprop",
