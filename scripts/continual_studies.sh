@@ -5,7 +5,8 @@
 #   bash scripts/continual_studies.sh tuned [WORKERS]     # every mitigator with a strength over its grid, 2 seeds,
 #                                                          # 20 tasks, without then with LayerNorm
 #   bash scripts/continual_studies.sh confirm [WORKERS]   # each mitigator of the tuned study at its best strength
-#                                                          # (its summary.md), 3 seeds × 30 tasks, both variants
+#                                                          # (its summary.md), 3 seeds × 30 tasks, both variants;
+#                                                          # at its default strength the acceptance runs are reused
 #   bash scripts/continual_studies.sh k [WORKERS]         # spectral's exponent k ∈ {1, 2, 4, 8} at the default
 #                                                          # strength, 3 seeds, 30 tasks, no LayerNorm (paper Fig. 7)
 #   STUDY_BASELINES="redo:0.1 wasserstein:1e-4" \
@@ -26,6 +27,7 @@
 #   STUDY_ONLY    mitigators to run (default: all of the grid below)
 #   STUDY_VARIANTS    the tuned study's variants to run (default: noln ln)
 #   STUDY_STRENGTHS   one grid for every mitigator instead of each one's own
+#   STUDY_RERUN_DEFAULTS  non-empty: confirm runs a mitigator at its default strength too (else: the acceptance rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,10 +79,14 @@ case "$study" in
         summary="$out/tuned/$variant/$m/summary.md"
         [ -f "$summary" ] || { echo "skipping $variant/$m: no $summary (run the tuned study first)" >&2; continue; }
         best=$(sed -n "s/^\* $m: //p" "$summary")  # empty for none and crelu, which have no strength
-        dest="$out/confirm/$variant/$m"
-        # the k study's k = 2 runs are spectral's confirmation without LayerNorm at its default strength: reuse them
-        [ "$variant/$m/${best:-}" = noln/spectral/1 ] && dest="$out/k/k2"
-        random_labels "$variant" 30 "0 1 2" --mitigator "$m" --strengths "${best:-1}" --out "$dest"
+        # at its default strength (or without one) the acceptance benchmark ran exactly this: reuse its rows
+        if [ -z "${STUDY_RERUN_DEFAULTS:-}" ] && python -c "import sys; from continual.mitigators import \
+DEFAULT_STRENGTHS as D, NO_STRENGTH as N; m, b = sys.argv[1:]; sys.exit(not (m in N or float(b) == D[m]))" \
+            "$m" "${best:-0}"; then
+          echo "$variant/$m: its best strength is its default: the acceptance runs (results/acceptance/$variant/$m-s*.csv, 3 seeds × 30 tasks) are its confirmation" >&2
+          continue
+        fi
+        random_labels "$variant" 30 "0 1 2" --mitigator "$m" --strengths "$best" --out "$out/confirm/$variant/$m"
       done
     done
     ;;

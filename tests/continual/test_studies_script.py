@@ -83,7 +83,8 @@ def test_confirm_study_runs_each_mitigator_at_the_best_strength_its_tuned_summar
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "skipping noln/ewc" in done.stderr  # no tuned summary for it
+    assert "noln/none: its best strength is its default: the acceptance runs" in done.stderr  # reused, not rerun
     runs = sorted(str(p.relative_to(tmp_path / "confirm")) for p in (tmp_path / "confirm").glob("*/*/*-seed0"))
-    assert runs == ["noln/l2/l2-s0.001-seed0", "noln/none/none-seed0"]
+    assert runs == ["noln/l2/l2-s0.001-seed0"]
     with open(tmp_path / "confirm" / "noln" / "l2" / "l2-s0.001-seed0" / "results.csv") as fh:
         assert {(r["strength"], r["task"]) for r in csv.DictReader(fh)} == {("0.001", "1"), ("0.001", "2")}
