@@ -9,7 +9,7 @@
 #                                                          # at its default strength the acceptance runs are reused
 #   bash scripts/continual_studies.sh k [WORKERS]         # spectral's exponent k ∈ {1, 2, 4, 8} at the default
 #                                                          # strength, 3 seeds, 30 tasks, no LayerNorm (paper Fig. 7)
-#   STUDY_BASELINES="redo:0.1 wasserstein:1e-4" \
+#   STUDY_BASELINES="crelu:1 redo:0.1" \
 #   bash scripts/continual_studies.sh shift [WORKERS]     # the other non-stationarities (pixel permutation, label
 #                                                          # flip, class-incremental): none, spectral and the two best
 #                                                          # tuned baselines (NAME:STRENGTH, from the tuned study's
@@ -96,7 +96,7 @@ DEFAULT_STRENGTHS as D, NO_STRENGTH as N; m, b = sys.argv[1:]; sys.exit(not (m i
     done
     ;;
   shift)
-    baselines=${STUDY_BASELINES:?set STUDY_BASELINES to the two best tuned baselines, e.g. "redo:0.1 wasserstein:1e-4" (results/studies/tuned/*/*/summary.md)}
+    baselines=${STUDY_BASELINES:?set STUDY_BASELINES to the two best tuned baselines, e.g. "crelu:1 redo:0.1" (results/studies/tuned/*/*/summary.md; a mitigator without a strength takes any)}
     for ns in ${STUDY_SHIFTS:-pixel-permutation label-flip class-incremental}; do
       common="--dataset fashion-mnist --nonstationarity $ns --model mlp --tasks 20 --epochs 40 --batch-size 512
               --train-size 12800 --lr 1e-3 --seeds 0 1 2 --workers $workers"
