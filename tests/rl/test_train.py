@@ -283,12 +283,13 @@ def _process_states(pid: int) -> str:
     fields = ("State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
     states = []
     for p in pids:
-        try:
+        try:  # a process may be gone by now
             lines = (Path("/proc") / str(p) / "status").read_text().splitlines()
+            wchan = (Path("/proc") / str(p) / "wchan").read_text()
         except OSError:
             continue
-        states.append(f"{p}: " + " ".join(line.replace("\t", "") for line in lines if line.split(":")[0] in fields))
-        states[-1] += " wchan " + (Path("/proc") / str(p) / "wchan").read_text()
+        status = " ".join(line.replace("\t", "") for line in lines if line.split(":")[0] in fields)
+        states.append(f"{p}: {status} wchan {wchan}")
     return "; ".join(states)
 
 
