@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import faulthandler
-import signal
 import sys
 
 from specopt.experiment import add_config_flags, given_fields
@@ -34,8 +32,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if hasattr(signal, "SIGUSR1"):  # a run that seems stuck: `kill -USR1 PID` prints every thread's stack, and it goes on
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
     try:
