@@ -46,7 +46,8 @@ def run_name(mitigator: str, strength: float | None, seed: int) -> str:
 
 def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
     """The runs of a sweep: every mitigator of ``base`` × (``strengths``, or its default strength; once for
-    :data:`~continual.mitigators.NO_STRENGTH`) × seed, each a one-mitigator one-seed :class:`RunConfig` whose ``out`` is its folder."""
+    :data:`~continual.mitigators.NO_STRENGTH`) × seed, each a one-mitigator one-seed :class:`RunConfig` whose
+    ``out`` is its folder."""
     if len(set(base.seeds)) != len(base.seeds):
         raise ValueError(f"--seeds repeats a seed: {' '.join(map(str, base.seeds))}")
     if strengths is not None and len(set(strengths)) != len(strengths):
