@@ -52,15 +52,16 @@ declare -A GRID=(
 )
 ORDER="none crelu spectral l2-init shrink-perturb redo l2 wasserstein ewc cbp spectral-coupled"
 
-# One sweep on the tuned studies' benchmark: random_labels noln|ln TASKS "SEEDS" SWEEP-FLAGS... (STUDY_EXTRA last)
-random_labels() {
-  local variant=$1 tasks=$2 seeds=$3 ln=""
-  shift 3
+# One sweep on the studies' benchmark (Fashion-MNIST, MLP 4×256, Adam 1e-3, batch 512, 12,800 images, 40 epochs):
+#   study_sweep NONSTATIONARITY noln|ln TASKS "SEEDS" SWEEP-FLAGS...   (STUDY_EXTRA last, so its flags win)
+study_sweep() {
+  local nonstationarity=$1 variant=$2 tasks=$3 seeds=$4 ln=""
+  shift 4
   [ "$variant" = ln ] && ln="--layernorm"
   # shellcheck disable=SC2086  # word lists
-  python -m continual sweep --dataset fashion-mnist --nonstationarity random-labels --model mlp --tasks "$tasks" \
-    --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds $seeds $ln --workers "$workers" "$@" \
-    ${STUDY_EXTRA:-}
+  python -m continual sweep --dataset fashion-mnist --nonstationarity "$nonstationarity" --model mlp \
+    --tasks "$tasks" --epochs 40 --batch-size 512 --train-size 12800 --lr 1e-3 --seeds $seeds $ln \
+    --workers "$workers" "$@" ${STUDY_EXTRA:-}
 }
 
 case "$study" in
@@ -68,7 +69,8 @@ case "$study" in
     for variant in ${STUDY_VARIANTS:-noln ln}; do
       for m in ${STUDY_ONLY:-$ORDER}; do
         # shellcheck disable=SC2086  # a word list
-        random_labels "$variant" 20 "0 1" --mitigator "$m" --strengths ${STUDY_STRENGTHS:-${GRID[$m]}} \
+        study_sweep random-labels "$variant" 20 "0 1" --mitigator "$m" \
+          --strengths ${STUDY_STRENGTHS:-${GRID[$m]}} \
           --out "$out/tuned/$variant/$m"
       done
     done
@@ -86,26 +88,22 @@ DEFAULT_STRENGTHS as D, NO_STRENGTH as N; m, b = sys.argv[1:]; sys.exit(not (m i
           echo "$variant/$m: its best strength is its default: the acceptance runs (results/acceptance/$variant/$m-s*.csv, 3 seeds × 30 tasks) are its confirmation" >&2
           continue
         fi
-        random_labels "$variant" 30 "0 1 2" --mitigator "$m" --strengths "$best" --out "$out/confirm/$variant/$m"
+        study_sweep random-labels "$variant" 30 "0 1 2" --mitigator "$m" --strengths "$best" \
+          --out "$out/confirm/$variant/$m"
       done
     done
     ;;
   k)
     for k in ${STUDY_KS:-1 2 4 8}; do
-      random_labels noln 30 "0 1 2" --mitigator spectral --spectral.k "$k" --out "$out/k/k$k"
+      study_sweep random-labels noln 30 "0 1 2" --mitigator spectral --spectral.k "$k" --out "$out/k/k$k"
     done
     ;;
   shift)
     baselines=${STUDY_BASELINES:?set STUDY_BASELINES to the two best tuned baselines, e.g. "crelu:1 redo:0.1" (results/studies/tuned/*/*/summary.md; a mitigator without a strength takes any)}
     for ns in ${STUDY_SHIFTS:-pixel-permutation label-flip class-incremental}; do
-      common="--dataset fashion-mnist --nonstationarity $ns --model mlp --tasks 20 --epochs 40 --batch-size 512
-              --train-size 12800 --lr 1e-3 --seeds 0 1 2 --workers $workers"
-      # shellcheck disable=SC2086  # word lists
-      python -m continual sweep $common --mitigator none spectral --out "$out/shift/$ns/none-spectral" ${STUDY_EXTRA:-}
+      study_sweep "$ns" noln 20 "0 1 2" --mitigator none spectral --out "$out/shift/$ns/none-spectral"
       for b in $baselines; do
-        # shellcheck disable=SC2086
-        python -m continual sweep $common --mitigator "${b%%:*}" --strengths "${b#*:}" --out "$out/shift/$ns/${b%%:*}" \
-          ${STUDY_EXTRA:-}
+        study_sweep "$ns" noln 20 "0 1 2" --mitigator "${b%%:*}" --strengths "${b#*:}" --out "$out/shift/$ns/${b%%:*}"
       done
     done
     ;;
