@@ -3,8 +3,12 @@
 strength marked by the sweeps' rule.
 
     python scripts/study_report.py results/studies/tuned/noln -o docs/figures/tuned-noln.png --title "no LayerNorm"
+    python scripts/study_report.py results/studies/shift/label-flip --train-test   # the shift study's table
 
 Prints the markdown table; unfinished runs (fewer rows than their config's tasks) are left out and counted.
+``--train-test`` prints train and test accuracy side by side instead (first task, last task ± standard error over
+seeds, mean over the last 5 tasks), the generalization table of the shift study; it draws no figure
+(``python -m continual plot FOLDER --metric test_accuracy`` does).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import json
 from pathlib import Path
 
 from continual.runner import RunConfig
-from continual.sweep import BEST_RULE, SweepRun, aggregate, best_strengths, sensitivity_plot
-from specopt.experiment import read_csv
+from continual.sweep import BEST_RULE, SweepRun, aggregate, best_strengths, run_scores, sensitivity_plot
+from specopt.experiment import mean_se, read_csv
 
 ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink-perturb", "redo", "wasserstein", "ewc",
          "cbp", "crelu"]
@@ -38,16 +42,48 @@ def finished_runs(root: Path) -> tuple[list[SweepRun], int]:
     return runs, unfinished
 
 
+def train_test_table(runs: list[SweepRun], root: Path, rank: dict[str, int]) -> list[str]:
+    """Markdown rows: per (mitigator, strength), train then test accuracy at the first task, at the last task (±
+    standard error over seeds) and over the last 5 tasks (mean over seeds); the best test last-5 mean in bold."""
+    groups: dict[tuple[str, float | None], list[list[dict[str, str]]]] = {}
+    for run in runs:
+        groups.setdefault((run.mitigator, run.strength), []).append(read_csv(root / run.name / "results.csv"))
+    cells: dict[tuple[str, float | None], list[float]] = {}
+    for key, seeds in groups.items():
+        row = []
+        for metric in ("train_accuracy", "test_accuracy"):
+            first = mean_se(float(min(rows, key=lambda r: int(r["task"]))[metric]) for rows in seeds)[0]
+            last5, last = zip(*(run_scores(rows, metric) for rows in seeds))
+            row += [first, *mean_se(last), mean_se(last5)[0]]
+        cells[key] = row
+    best_test = max(c[-1] for c in cells.values())
+    lines = ["| mitigator | seeds | train: first | train: last | train: last 5 | test: first | test: last | "
+             "**test: last 5** |", "|---|---|---|---|---|---|---|---|"]
+    for (mitigator, strength), c in sorted(cells.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1] or 0)):
+        name = mitigator if strength is None else f"{mitigator} ({strength:g})"
+        test5 = f"**{c[7]:.3f}**" if c[7] == best_test else f"{c[7]:.3f}"
+        lines.append(f"| {name} | {len(groups[(mitigator, strength)])} | {c[0]:.3f} | {c[1]:.3f} ± {c[2]:.3f} | "
+                     f"{c[3]:.3f} | {c[4]:.3f} | {c[5]:.3f} ± {c[6]:.3f} | {test5} |")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("root", type=Path, help="folder holding the sweeps' run folders (searched recursively)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="the figure (png)")
+    p.add_argument("-o", "--output", type=Path, help="the sensitivity figure (png); required without --train-test")
     p.add_argument("--title", default=None)
+    p.add_argument("--train-test", action="store_true", help="the train and test accuracy table, no figure")
     args = p.parse_args()
+    if args.output is None and not args.train_test:
+        p.error("-o/--output is required (the sensitivity figure), unless --train-test")
     runs, unfinished = finished_runs(args.root)
     if not runs:
         raise SystemExit(f"study_report: no finished run under {args.root}")
     rank = {m: i for i, m in enumerate(ORDER)}
+    if args.train_test:
+        print("\n".join(train_test_table(runs, args.root, rank)))
+        print(f"\nBold: the best test accuracy over the last 5 tasks. Unfinished runs left out: {unfinished}.")
+        return
     entries = sorted(aggregate(runs, args.root), key=lambda e: (rank.get(e["mitigator"], 99), e["strength"] or 0))
     best = best_strengths(entries)
     print("| mitigator | strength | seeds | tasks | last-5-task mean | last task |")

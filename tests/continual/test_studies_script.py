@@ -59,13 +59,28 @@ def test_shift_study_runs_none_spectral_and_the_named_baselines_per_nonstationar
     cmd = ["bash", str(ROOT / "scripts" / "continual_studies.sh"), "shift", "1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    seen = set()
+    seen, expected, test5 = set(), {}, {}
     for results in (tmp_path / "shift" / "label-flip").glob("*/*/results.csv"):
         with open(results) as fh:
             rows = list(csv.DictReader(fh))
         assert {r["nonstationarity"] for r in rows} == {"label-flip"} and all(r["test_accuracy"] for r in rows)
         seen |= {(r["mitigator"], r["strength"]) for r in rows}
+        train, test = ([float(r[m]) for r in rows] for m in ("train_accuracy", "test_accuracy"))
+        # one seed, two tasks: first = task 1, last = task 2 (± 0), last 5 = the mean of both
+        expected[rows[0]["mitigator"]] = [f"{train[0]:.3f}", f"{train[1]:.3f} ± 0.000", f"{sum(train) / 2:.3f}",
+                                          f"{test[0]:.3f}", f"{test[1]:.3f} ± 0.000", f"{sum(test) / 2:.3f}"]
+        test5[rows[0]["mitigator"]] = sum(test) / 2
     assert {m for m, _ in seen} == {"none", "spectral", "l2-init"} and ("l2-init", "1e-05") in seen
+    report = subprocess.run(["python", str(ROOT / "scripts" / "study_report.py"),
+                             str(tmp_path / "shift" / "label-flip"), "--train-test"],
+                            env=env, capture_output=True, text=True, cwd=ROOT)
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = {cells[0].split(" (")[0]: [c.strip("*") for c in cells[2:]] for cells in
+             (line.strip("| ").split(" | ") for line in report.stdout.splitlines()[2:] if line.startswith("| "))}
+    assert table == expected
+    bold = {line.split(" | ")[0].strip("| ").split(" (")[0] for line in report.stdout.splitlines()[2:]
+            if line.endswith("** |")}
+    assert bold == {m for m, v in test5.items() if v == max(test5.values())}  # the best test mean (ties: each)
     missing = subprocess.run(cmd, env={k: v for k, v in env.items() if k != "STUDY_BASELINES"},
                              capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "STUDY_BASELINES" in missing.stderr
