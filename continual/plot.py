@@ -106,6 +106,7 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_rows(run_dirs)
     lines = sorted(curves(rows, metric).items())
@@ -121,6 +122,7 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     ln = " + LayerNorm" if all(x.get("layernorm") == "1" for x in rows) else ""
     ax.set_title(f"{r['dataset']}, {r['nonstationarity']}, {r['model']}{ln}")
     ax.set_xlabel("task")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks are whole numbers: no tick at 2.5
     ax.set_ylabel(metric.replace("_", " ") + " at task end")
     if len(lines) > 3:  # many curves: the legend goes beside the axes, not over them
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
