@@ -17,6 +17,7 @@ import argparse
 import json
 from pathlib import Path
 
+from continual.plot import label
 from continual.runner import RunConfig
 from continual.sweep import BEST_RULE, SweepRun, aggregate, best_strengths, run_scores, sensitivity_plot
 from specopt.experiment import mean_se, read_csv
@@ -60,7 +61,7 @@ def train_test_table(runs: list[SweepRun], root: Path, rank: dict[str, int]) -> 
     lines = ["| mitigator | seeds | train: first | train: last | train: last 5 | test: first | test: last | "
              "**test: last 5** |", "|---|---|---|---|---|---|---|---|"]
     for (mitigator, strength), c in sorted(cells.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1] or 0)):
-        name = mitigator if strength is None else f"{mitigator} ({strength:g})"
+        name = label(groups[(mitigator, strength)][0][0])  # as `python -m continual plot` names it
         test5 = f"**{c[7]:.3f}**" if c[7] == best_test else f"{c[7]:.3f}"
         lines.append(f"| {name} | {len(groups[(mitigator, strength)])} | {c[0]:.3f} | {c[1]:.3f} ± {c[2]:.3f} | "
                      f"{c[3]:.3f} | {c[4]:.3f} | {c[5]:.3f} ± {c[6]:.3f} | {test5} |")
