@@ -119,6 +119,11 @@ def parser() -> argparse.ArgumentParser:
                     help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")
     pl.add_argument("--per-seed", action="store_true",
                     help="also print one line per mitigator and seed (first/last task, last-task diagnostics)")
+    cc = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint from before checkpoints were plain "
+                                                  "tensors (docs/security.md); resume reads only plain ones")
+    cc.add_argument("path", type=Path, help="a run folder (its checkpoint.pt) or a checkpoint file")
+    cc.add_argument("--trust", action="store_true",
+                    help="required: converting unpickles the file, which runs any code it names")
     d = sub.add_parser("demo", help="a few-minute CPU demo: Adam vs SpectralAdam on digits with random labels")
     d.add_argument("--tasks", type=_positive(int), default=30)
     d.add_argument("--epochs", type=_positive(int), default=30)
@@ -164,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("interrupted: finished tasks are checkpointed; run the same command again to continue",
                       file=sys.stderr)
                 return 130
+        elif args.command == "convert-checkpoint":
+            from specopt.experiment import convert_checkpoint
+
+            from .runner import CONVERT_COMMAND
+
+            print(convert_checkpoint(args.path, args.trust, CONVERT_COMMAND.format(out=args.path)))
         elif args.command == "plot":
             from .plot import plot
 

@@ -190,12 +190,18 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]
     return experiment.changed_settings(saved, config, defaults, ignore=LOCATION_SETTINGS)
 
 
+CONVERT_COMMAND = "python -m continual convert-checkpoint --trust {out}"
+"""How a user converts a checkpoint they trust that needs more than ``weights_only`` (docs/security.md)."""
+
+
 def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
-    """The checkpoint in ``out`` when resuming (None if there is none yet). Refuses to resume with settings other
-    than the checkpoint's (but :data:`LOCATION_SETTINGS`), and to start over a folder that already holds results."""
+    """The checkpoint in ``out`` when resuming (None if there is none yet), read under ``weights_only=True``
+    (:func:`specopt.experiment.load_checkpoint`: nothing in the file runs; an unreadable or non-plain file is refused
+    in one line). Refuses to resume with settings other than the checkpoint's (but :data:`LOCATION_SETTINGS`), and
+    to start over a folder that already holds results."""
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
+        saved = experiment.load_checkpoint(ckpt_path, CONVERT_COMMAND.format(out=out))
         diff = changed_settings(saved["config"], config)
         if diff:
             raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
@@ -218,11 +224,11 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
 
         check_vectorizable(cfg)
     out = Path(cfg.out)
-    ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
     config = asdict(cfg)
-    saved = open_checkpoint(out, config, resume)
+    saved = open_checkpoint(out, config, resume)  # before anything is read or written: a refused file changes nothing
+    ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
     experiment.write_json(out / "config.json", config)
     order = {key: i for i, key in enumerate((m, s) for m in cfg.mitigators for s in cfg.seeds)}
@@ -255,7 +261,7 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
                 experiment.log_scalars(boards[row["seed"]], row, t + 1)
             learner.next_task = t + 1
             state = {"config": config, "rows": rows, "current": key, "run": learner.state_dict()}
-            experiment.atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+            experiment.save_checkpoint(ckpt_path, state)
             experiment.write_csv(out / "results.csv", rows, COLUMNS)
             bar.update(len(new))
             accuracy = sum(r["train_accuracy"] for r in new) / len(new)

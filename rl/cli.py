@@ -1,4 +1,5 @@
-"""Command line: ``python -m rl {train,plot,envs}``. Bad flags or settings → one line on stderr, exit status 2."""
+"""Command line: ``python -m rl {train,plot,envs,convert-checkpoint}``. Bad flags or settings → one line on stderr,
+exit status 2."""
 
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")
     pl.add_argument("-o", "--output", default="fig.png", help="figure path (fig.png)")
     sub.add_parser("envs", help="list the DMC tasks and the paper7 preset")
+    cc = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint from before checkpoints were plain "
+                                                  "tensors (docs/security.md); resume reads only plain ones")
+    cc.add_argument("path", help="a run directory (its checkpoint.pt) or a checkpoint file")
+    cc.add_argument("--trust", action="store_true",
+                    help="required: converting unpickles the file, which runs any code it names")
     return p
 
 
@@ -40,6 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
             print("paper7 preset: " + " ".join(PAPER7_ENVS))
             print("\n".join(available_envs()))
+            return 0
+        if command == "convert-checkpoint":
+            from specopt.experiment import convert_checkpoint
+
+            from .train import CONVERT_COMMAND
+
+            print(convert_checkpoint(args["path"], args["trust"], CONVERT_COMMAND.format(out=args["path"])))
             return 0
         if command == "plot":
             from .plot import plot

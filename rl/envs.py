@@ -97,6 +97,22 @@ def make_env(name: str, seed: int, action_repeat: int = 1) -> DMCEnv:
     return DMCEnv(name, seed, action_repeat)
 
 
+def rng_state_plain(state: tuple) -> tuple:
+    """numpy's ``RandomState.get_state()`` — ('MT19937', 624 uint32 keys, pos, has_gauss, cached_gaussian) — with
+    the keys as an int64 tensor (exact: every uint32 fits), so ``torch.load(weights_only=True)`` reads it."""
+    import torch  # here, not at the top: the environment workers never import torch
+
+    name, keys, pos, has_gauss, cached = state
+    return (str(name), torch.from_numpy(np.asarray(keys).astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def rng_state_numpy(state: tuple) -> tuple:
+    """The inverse of :func:`rng_state_plain`: the tuple ``RandomState.set_state`` takes."""
+    name, keys, pos, has_gauss, cached = state
+    keys = keys.numpy() if hasattr(keys, "numpy") else np.asarray(keys)
+    return (name, keys.astype(np.uint32), pos, has_gauss, cached)
+
+
 # --- many environments, stepped in worker processes ---------------------------------------------------------------
 def _serve(conn, specs: list[tuple[str, int, int]]) -> None:
     """Worker loop: hosts the environments ``specs`` (name, seed, action_repeat) and answers commands. Ctrl-C (or a
@@ -187,10 +203,11 @@ class VectorEnv:
         return self._call("step", list(zip(which, actions)))
 
     def get_rng_state(self) -> list[tuple]:
-        return self._call("get_rng_state", [(i, None) for i in range(self.size)])
+        """Every environment's RandomState as a plain tuple (``rng_state_plain``): a checkpoint holds no numpy."""
+        return [rng_state_plain(s) for s in self._call("get_rng_state", [(i, None) for i in range(self.size)])]
 
     def set_rng_state(self, states: list[tuple]) -> None:
-        self._call("set_rng_state", list(enumerate(states)))
+        self._call("set_rng_state", [(i, rng_state_numpy(s)) for i, s in enumerate(states)])
 
     def close(self) -> None:
         if self.workers:

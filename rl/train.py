@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specopt.experiment import (append_csv, atomic_write, changed_settings, log_scalars, progress_bar, read_csv,
-                                tensorboard_writer, write_csv, write_json)
+from specopt.experiment import (append_csv, changed_settings, load_checkpoint, log_scalars, progress_bar, read_csv,
+                                save_checkpoint, tensorboard_writer, write_csv, write_json)
 
 from . import streams
 from .buffer import ReplayBuffer
@@ -35,6 +35,8 @@ from .sac import SAC, per_agent_norm
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 CONFIG = "config.json"
+CONVERT_COMMAND = "python -m rl convert-checkpoint --trust {out}"
+"""How a user converts a checkpoint they trust that needs more than ``weights_only`` (docs/security.md)."""
 
 
 # --- evaluation and measurement ---------------------------------------------------------------------------------
@@ -178,16 +180,21 @@ def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
+    ckpt_path = Path(cfg.out) / CHECKPOINT
+    # read (weights_only: no code in the file runs) before any file is written or a worker started, so that a
+    # refused checkpoint leaves the folder as it was
+    resuming = resume and ckpt_path.exists()
+    ck = load_checkpoint(ckpt_path, CONVERT_COMMAND.format(out=cfg.out), "cpu") if resuming else None
     agents = cfg.agents
     n = len(agents)
     specs = [(cfg.env, a.seed, cfg.action_repeat) for a in agents]
     specs += [(cfg.env, a.seed + cfg.eval_seed_offset, cfg.action_repeat) for a in agents]
     train_ids, eval_ids = list(range(n)), list(range(n, 2 * n))
     with VectorEnv(specs, env_workers(cfg)) as envs:
-        return _loop(cfg, resume, device, envs, train_ids, eval_ids)
+        return _loop(cfg, ck, device, envs, train_ids, eval_ids)
 
 
-def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, train_ids: list[int],
+def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, train_ids: list[int],
           eval_ids: list[int]) -> Path:
     agents = cfg.agents
     n = len(agents)
@@ -208,8 +215,7 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
     recent: list[deque[float]] = [deque(maxlen=cfg.recent_episodes) for _ in range(n)]
     next_checkpoint = cfg.checkpoint_interval
     ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if ck is not None:
         agent.load_state_dict(ck["agent"])
         buffer.load_state_dict(ck["buffer"])
         envs.set_rng_state(ck["env_rng"])
@@ -220,11 +226,11 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
     for d in dirs:  # rows past the checkpoint are recomputed (all of them if it was killed before its first)
         write_csv(d / METRICS, [r for r in read_csv(d / METRICS) if int(r["step"]) <= step])
 
-    def save_checkpoint() -> None:
+    def checkpoint() -> None:
         state = {"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng, "step": step,
                  "episodes": episodes, "next_checkpoint": next_checkpoint, "recent": [list(r) for r in recent],
                  "config": cfg.to_dict()}
-        atomic_write(ckpt_path, lambda tmp: torch.save(state, tmp))
+        save_checkpoint(ckpt_path, state)
 
     boards = [tensorboard_writer(d / "tensorboard") for d in dirs] if cfg.tensorboard else []
     desc = f"{cfg.env} {'+'.join(cfg.mitigators)} × {len(cfg.seeds)} seeds"
@@ -278,7 +284,7 @@ def _loop(cfg: Config, resume: bool, device: torch.device, envs: VectorEnv, trai
                 while next_checkpoint <= step:
                     next_checkpoint += cfg.checkpoint_interval
                 env_rng = envs.get_rng_state()  # before the resets below: a resumed run repeats them
-                save_checkpoint()
+                checkpoint()
         if done.any():
             obs[done] = np.stack(envs.reset([int(i) for i in np.flatnonzero(done)]))
 

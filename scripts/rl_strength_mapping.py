@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from rl.config import Config
-from specopt.experiment import write_text
+from rl.train import CONVERT_COMMAND
+from specopt.experiment import load_checkpoint, write_text
 
 BETA2 = 0.999  # Adam's β2 in rl (StackedSpectralAdam's default)
 
 
 def table(run: Path, coupled: float, mitigators: list[str] | None) -> list[str]:
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ck = load_checkpoint(run / "checkpoint.pt", CONVERT_COMMAND.format(out=run), "cpu")
     cfg = Config.from_dict(ck["config"])
     lines = []
     for a, agent in enumerate(cfg.agents):

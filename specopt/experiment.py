@@ -6,6 +6,9 @@ It ships in the ``specopt`` distribution so that ``continual`` and ``rl`` can bo
 one way (``continual`` → ``specopt``, ``rl`` → ``specopt``; neither experiment package imports the other). The
 optimizer never imports it, and ``import specopt`` does not load it.
 
+Checkpoints hold tensors and plain containers only (:func:`save_checkpoint`), and are read with
+``torch.load(weights_only=True)`` (:func:`load_checkpoint`): resuming a run folder never runs code from it.
+
 Every file a run writes goes through :func:`atomic_write` (a temporary file beside the target, then
 ``os.replace``), so a reader — a plot made while runs go on, a resumed run after a kill — never sees half a file.
 """
@@ -24,9 +27,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_config_flags", "append_csv", "atomic_write", "changed_settings", "field_docs", "given_fields",
-           "log_scalars", "max_row_difference", "mean_se", "progress_bar", "read_csv",
-           "save_figure", "tensorboard_writer", "write_csv", "write_json", "write_text"]
+__all__ = ["CHECKPOINT_TYPES", "CheckpointError", "add_config_flags", "append_csv", "atomic_write", "changed_settings",
+           "convert_checkpoint", "field_docs", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
+           "mean_se", "progress_bar", "read_csv", "save_checkpoint", "save_figure", "tensorboard_writer", "write_csv",
+           "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -92,6 +96,138 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# --- checkpoints: tensors and plain containers only --------------------------------------------------------------
+CHECKPOINT_TYPES = "tensors, bools, ints, floats, strings, None, and lists, tuples and dicts of them"
+"""What a run checkpoint may hold: exactly what ``torch.load(..., weights_only=True)`` reads without running code
+from the file (docs/security.md)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be saved or resumed from; the message is one line naming the file and the way out."""
+
+
+def _unplain(obj: Any, where: str) -> str | None:
+    """The path (``state['agent']['streams']``) and type of the first value of ``obj`` that is not a tensor or a plain
+    value/container, else None."""
+    import torch
+
+    if isinstance(obj, (torch.Tensor, bool, int, float, str, type(None), torch.dtype, torch.Size)):
+        return None
+    if isinstance(obj, (list, tuple)):
+        items: Iterable[tuple[Any, Any]] = enumerate(obj)
+    elif isinstance(obj, dict):
+        bad_key = next((k for k in obj if not isinstance(k, (str, int))), None)
+        if bad_key is not None:
+            return f"{where} has a key of type {type(bad_key).__name__}"
+        items = obj.items()
+    else:
+        return f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}"
+    for key, value in items:
+        found = _unplain(value, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically with ``torch.save``, after checking it holds only
+    :data:`CHECKPOINT_TYPES`, so that :func:`load_checkpoint` reads it under ``weights_only=True``."""
+    import torch
+
+    found = _unplain(state, "state")
+    if found is not None:  # a programming error in a state_dict, not a user mistake: say where
+        raise TypeError(f"a checkpoint holds only {CHECKPOINT_TYPES}; {found}")
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, convert_command: str, map_location: Any = None) -> dict[str, Any]:
+    """The checkpoint at ``path``, read with ``torch.load(weights_only=True)`` (tensors onto ``map_location``, as
+    ``torch.load`` has it; None: the devices they were saved from): no code from the file runs. A file that needs more than that (an object of another type, a hostile pickle, a checkpoint written before
+    checkpoints were plain) is refused with a one-line :class:`CheckpointError` that names the file and
+    ``convert_command`` (how to convert a file the user trusts); so is a corrupt, truncated or empty file."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower() or "unsupported operand" in str(err).lower():  # no pickle at all
+            raise CheckpointError(f"{path} is not a readable checkpoint (its bytes are no pickle): it is corrupt or "
+                                  f"truncated; restore it from a copy, or delete the run folder to start over") from None
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path} holds objects other than {CHECKPOINT_TYPES}{what}: refused, since loading it would run code "
+            f"from the file; if you trust the file, convert it once with: {convert_command}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        first = str(err).strip().splitlines()[0][:80] if str(err).strip() else ""
+        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({detail}): it is corrupt or truncated; restore it from a copy, or "
+            f"delete the run folder to start over") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a run checkpoint (a dict)")
+    return state
+
+
+def _to_plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays turned into tensors (unsigned ints widened to int64, which holds them exactly)
+    and numpy scalars into Python numbers; other values must already be plain."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "u":
+            obj = obj.astype(np.int64)
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(x) for x in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_plain(v)) for k, v in obj.items())
+    return obj
+
+
+def convert_checkpoint(path: str | os.PathLike, trust: bool, convert_command: str) -> str:
+    """Rewrite a checkpoint written before checkpoints were plain (numpy arrays in it) as
+    :data:`CHECKPOINT_TYPES`, keeping the original as ``<name>.untrusted``. This *unpickles the file* (it may run
+    code from it), so it needs ``trust=True``: the user's statement that the file comes from a trusted source.
+    ``path`` is a checkpoint file or a run folder holding ``checkpoint.pt``. Returns a one-line report."""
+    import torch
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if not trust:
+        raise CheckpointError(f"converting {path} unpickles it, which runs any code the file names: pass --trust "
+                              "only for a file from a trusted source")
+    try:
+        load_checkpoint(path, convert_command)
+        return f"{path} is already plain (it loads with weights_only=True): nothing to do"
+    except CheckpointError:
+        pass
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller's --trust
+    except Exception as err:  # noqa: BLE001 - whatever the file raises, one line
+        raise CheckpointError(f"{path} could not be read even trusted ({type(err).__name__}: {err})") from None
+    plain = _to_plain(state)
+    found = _unplain(plain, "state")
+    if found is not None:
+        raise CheckpointError(f"{path} cannot be converted: {found}, which is not one of {CHECKPOINT_TYPES}")
+    backup = path.with_name(path.name + ".untrusted")
+    atomic_write(backup, lambda tmp: tmp.write_bytes(path.read_bytes()))
+    save_checkpoint(path, plain)
+    load_checkpoint(path, convert_command)  # the converted file reads under weights_only=True
+    return f"converted {path} (the original is kept as {backup})"
 
 
 def mean_se(values: Iterable[float]) -> tuple[float, float]:
