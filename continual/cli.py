@@ -161,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(args.threads)
             run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
-            from .sweep import main as sweep_main
+            from .sweep import RunFailed, main as sweep_main
 
             try:
                 return sweep_main(args)
+            except RunFailed as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
             except KeyboardInterrupt:
                 print("interrupted: finished tasks are checkpointed; run the same command again to continue",
                       file=sys.stderr)
@@ -198,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as err:
         msg = str(err).strip("'\"")
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a read-only or full --out, a folder removed under a run: the file and the reason
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: cannot read or write {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed task is checkpointed; continue with --resume", file=sys.stderr)

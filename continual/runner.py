@@ -60,6 +60,27 @@ class RunConfig:
         # options may come as a mapping (config.json, or {"spectral": {"k": 4}} from Python): checked and completed
         self.options = MitigatorOptions.from_dict(self.options)
 
+    def validate(self) -> None:
+        """Raise a one-line ``ValueError`` for a setting no run can have (before anything is read or written):
+        every number finite and in range, a device torch knows, a non-empty ``out``."""
+        if self.strength is not None and not (isinstance(self.strength, (int, float)) and 0 <= self.strength < math.inf):
+            raise ValueError(f"--strength must be a finite number >= 0, got {self.strength}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
+        for name in ("tasks", "epochs", "batch_size", "width", "probe_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.train_size is not None and self.train_size < 1:
+            raise ValueError(f"--train-size must be >= 1, got {self.train_size}")
+        if not self.mitigators or not self.seeds:
+            raise ValueError("give at least one --mitigator and one --seed")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
+        if str(self.out).strip() == "":
+            raise ValueError("--out is empty: give the run's folder (it would otherwise write into the current directory)")
+
 
 def options_text(options: dict[str, Any]) -> str:
     """A mitigator's options that differ from the defaults as a row cell: ``k=4 decoupled=True`` (sorted; empty for
@@ -219,18 +240,26 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     ``cfg.vectorize_seeds`` all seeds at once (:class:`continual.vmap_seeds.StackedSeeds`, stacked parameters and
     ``vmap``: the same rows up to floating-point reduction order). Either way the rows are written ordered by
     mitigator, seed and task."""
+    cfg.validate()
     if cfg.vectorize_seeds:
         from .vmap_seeds import StackedSeeds, check_vectorizable
 
         check_vectorizable(cfg)
-    out = Path(cfg.out)
+    with experiment.claim_folder(cfg.out, "continual run") as out:  # one run, one process per folder
+        return _run_in(out, cfg, resume, progress)
+
+
+def _run_in(out: Path, cfg: RunConfig, resume: bool, progress: bool) -> list[dict[str, Any]]:
+    if cfg.vectorize_seeds:
+        from .vmap_seeds import StackedSeeds
     ckpt_path = out / "checkpoint.pt"
     config = asdict(cfg)
-    saved = open_checkpoint(out, config, resume)  # before anything is read or written: a refused file changes nothing
+    saved = open_checkpoint(out, config, resume)  # before anything is written: a refused file changes nothing
     ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
     experiment.write_json(out / "config.json", config)
+    if saved is not None:  # the checkpoint's rows are the record: a damaged or missing results.csv is rebuilt
+        experiment.write_csv(out / "results.csv", rows, COLUMNS)
     order = {key: i for i, key in enumerate((m, s) for m in cfg.mitigators for s in cfg.seeds)}
     bar = experiment.progress_bar(len(order) * cfg.tasks, len(rows), "task", progress)
     groups = ([(m, tuple(cfg.seeds)) for m in cfg.mitigators] if cfg.vectorize_seeds

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 
 from .data import DataError
 from .mitigators import DEFAULT_STRENGTHS, NO_STRENGTH
-from specopt.experiment import atomic_write, mean_se, read_csv, save_figure, write_text
+from specopt.experiment import atomic_write, claim_folder, mean_se, read_csv, save_figure, write_text
 
 from .runner import LOCATION_SETTINGS, RunConfig, changed_settings
 
@@ -137,6 +137,30 @@ def write_back(folder: Path, files: dict[str, bytes]) -> None:
         atomic_write(folder / name, lambda tmp, data=files[name]: tmp.write_bytes(data))
 
 
+class RunFailed(RuntimeError):
+    """A run of the sweep that failed where it ran (a crashed worker, retries exhausted); one line naming it."""
+
+
+RAY_RETRIES = 3
+"""How many times a Ray task whose worker process died (killed, out of memory, its machine lost) is run again; each
+retry resumes the run from the files the driver holds (its last checkpoint that came back). An exception raised
+by the run itself (a refused setting) is not retried."""
+
+
+def _die_with_driver(driver: int) -> None:
+    """A local pool worker's initializer: a daemon thread that ends the worker (``os._exit``) within a second of
+    its driver's death, however the driver died (``kill -9`` included, when no clean-up of the driver runs), so that
+    no orphan goes on with the queue. The run it was in keeps its last checkpoint (files are written whole)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == driver:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-driver", daemon=True).start()
+
+
 def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[[SweepRun], None]) -> None:
     if workers == 1:  # in this process: no start-up cost
         for run in todo:
@@ -152,7 +176,8 @@ def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[
 
     signal.signal(signal.SIGTERM, interrupt)
     # spawn, not fork: a forked child of a process that has used torch's thread pools (or CUDA) can hang.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_driver, initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(execute, asdict(run.config), threads): run for run in todo}
         try:
             while pending:
@@ -196,7 +221,7 @@ def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: s
             while queue and (workers is None or len(pending) < workers):
                 run = queue.pop(0)
                 gpus = 1 if run.config.device.startswith("cuda") else 0
-                task = remote.options(num_cpus=1, num_gpus=gpus, max_retries=0)
+                task = remote.options(num_cpus=1, num_gpus=gpus, max_retries=RAY_RETRIES, retry_exceptions=False)
                 ref = task.remote(asdict(run.config), folder_files(Path(run.config.out)), threads)
                 pending[ref] = run
             ready, _ = ray.wait(list(pending), num_returns=1)
@@ -209,7 +234,11 @@ def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: s
                     message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
                     if isinstance(cause, (ValueError, DataError)):  # a setting the worker refused (e.g. no dataset)
                         raise ValueError(f"{run.name} on its Ray worker: {message}") from None
-                    raise RuntimeError(f"{run.name} failed on its Ray worker: {cause}") from None
+                    raise RunFailed(f"{run.name} failed on its Ray worker ({type(cause).__name__}: {message})") from None
+                except ray.exceptions.RayError as err:  # its worker died RAY_RETRIES + 1 times, or Ray lost it
+                    raise RunFailed(f"{run.name}: its Ray worker died {RAY_RETRIES + 1} times "
+                                    f"({type(err).__name__}); its finished tasks are in {run.config.out}: run the "
+                                    "same sweep again to resume it") from None
                 write_back(Path(run.config.out), files)
                 done(run)
     except BaseException:  # a failed run or Ctrl-C: cancel the others (their finished tasks come back next time)
@@ -229,11 +258,18 @@ def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | 
         raise ValueError(f"unknown backend {backend!r}; valid names are local, ray")
     if backend == "ray":
         _import_ray()  # before any work: a missing Ray is a one-line error
+    base.validate()
+    if strengths is not None and any(not (0 <= s < math.inf) for s in strengths):
+        raise ValueError(f"--strengths must be finite numbers >= 0, got {' '.join(map(str, strengths))}")
+    with claim_folder(base.out, "continual sweep") as out:  # one driver per sweep folder; each run locks its own
+        return _sweep_in(out, base, strengths, workers, threads, backend, ray_address, progress)
+
+
+def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers: int | None, threads: int,
+              backend: str, ray_address: str | None, progress: bool) -> str:
     runs = plan(base, strengths)
     states = {run.name: status(run) for run in runs}  # refuses changed settings before anything runs
     todo = [run for run in runs if states[run.name] != "finished"]
-    out = Path(base.out)
-    out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
     resumed = sum(states[r.name] == "partial" for r in todo)
     say(f"sweep: {len(runs)} runs in {out}: {len(runs) - len(todo)} finished, {resumed} to resume, "

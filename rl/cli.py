@@ -63,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m rl {command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # an environment worker died under the run (rl.envs.EnvWorkerDied)
+        from .envs import EnvWorkerDied
+
+        if not isinstance(e, EnvWorkerDied):
+            raise
+        print(f"python -m rl {command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a read-only or full --out, a folder removed under a run: the file and the reason
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"python -m rl {command}: error: cannot read or write {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"python -m rl {command}: interrupted: the rows up to the last evaluation are written; continue from "
               "the last checkpoint with the same command and --resume", file=sys.stderr)

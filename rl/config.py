@@ -12,6 +12,7 @@ Sources (see docs/rl.md; the SAC reference settings and published returns of the
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -99,7 +100,24 @@ class Config:
         self.out = self.out or f"runs/{self.env}"
 
     def validate(self) -> None:
-        """Raise a one-line ValueError for any inconsistent setting."""
+        """Raise a one-line ValueError for any inconsistent setting (before anything is written)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError(f"--log-std-min ({self.log_std_min}) must be below --log-std-max ({self.log_std_max})")
+        if not self.target_entropy_scale >= 0:
+            raise ValueError(f"--target-entropy-scale must be >= 0, got {self.target_entropy_scale}")
+        if not self.spectral_k > 0:
+            raise ValueError(f"--spectral-k must be > 0, got {self.spectral_k}")
+        try:
+            import torch
+
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
         for m in self.mitigators:
             if m not in MITIGATORS:
                 raise ValueError(f"unknown mitigator {m!r}; choose from {', '.join(MITIGATORS)}")

@@ -153,6 +153,10 @@ def _run(envs: list[DMCEnv], command: str, arg: Any) -> list:
     raise ValueError(f"unknown command {command!r}")
 
 
+class EnvWorkerDied(RuntimeError):
+    """A process stepping environments ended under the run (killed, out of memory); one line naming it."""
+
+
 class VectorEnv:
     """Environments ``specs`` = [(name, seed, action_repeat), ...] stepped together, spread over ``workers``
     processes (0: in this process). Each call names the environments it addresses, so an evaluation can step only
@@ -186,14 +190,21 @@ class VectorEnv:
             w, slot = self._home[i]
             per_worker[w].append((slot, payload))
             order[w].append(k)
-        for w, conn in enumerate(self._conns):
-            if per_worker[w]:
-                conn.send((command, per_worker[w]))
         out: list = [None] * len(items)
-        for w, conn in enumerate(self._conns):
-            if per_worker[w]:
-                for k, result in zip(order[w], conn.recv()):
-                    out[k] = result
+        w = 0
+        try:
+            for w, conn in enumerate(self._conns):
+                if per_worker[w]:
+                    conn.send((command, per_worker[w]))
+            for w, conn in enumerate(self._conns):
+                if per_worker[w]:
+                    for k, result in zip(order[w], conn.recv()):
+                        out[k] = result
+        except (EOFError, OSError):  # ConnectionResetError, BrokenPipeError: the worker process is gone
+            proc = self._procs[w]
+            proc.join(timeout=1)
+            raise EnvWorkerDied(f"environment worker {w} (pid {proc.pid}) died (exit code {proc.exitcode}); the run "
+                                "keeps its last checkpoint: continue with the same command and --resume") from None
         return out
 
     def reset(self, which: list[int]) -> list[np.ndarray]:
@@ -225,4 +236,4 @@ class VectorEnv:
 
     def __exit__(self, *exc) -> None:
         self.close()
-__all__ = ["DMCEnv", "VectorEnv", "available_envs", "make_env", "parse_env_name"]
+__all__ = ["DMCEnv", "EnvWorkerDied", "VectorEnv", "available_envs", "make_env", "parse_env_name"]

@@ -12,6 +12,7 @@ steps after it; rows of metrics.csv past the checkpoint are dropped first.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specopt.experiment import (append_csv, changed_settings, load_checkpoint, log_scalars, progress_bar, read_csv,
-                                save_checkpoint, tensorboard_writer, write_csv, write_json)
+from specopt.experiment import (append_csv, changed_settings, claim_folder, load_checkpoint, log_scalars, progress_bar,
+                                read_csv, save_checkpoint, tensorboard_writer, write_csv, write_json)
 
 from . import streams
 from .buffer import ReplayBuffer
@@ -156,6 +157,30 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
     return Config.from_dict(merged)
 
 
+def metrics_before(cfg: Config, step: int) -> list[list[dict[str, str]]]:
+    """Each agent's metrics.csv rows up to env step ``step`` (a checkpoint's), checked: one complete row at every
+    evaluation step (multiples of ``eval_interval``) up to ``step``. Rows past it are dropped (a resumed run
+    recomputes them). A missing, emptied, truncated or garbled file is a one-line ``ValueError`` naming it: those rows
+    exist nowhere else."""
+    expected = list(range(cfg.eval_interval, step + 1, cfg.eval_interval))
+    out = []
+    for a in cfg.agents:
+        path, kept = agent_dir(cfg, a) / METRICS, []
+        try:
+            for r in read_csv(path):  # the complete rows up to the checkpoint; what follows is recomputed
+                if None in r.values() or None in r or int(r["step"]) > step:
+                    break
+                kept.append(r)
+        except (KeyError, ValueError, TypeError, OSError, UnicodeDecodeError, csv.Error):
+            pass
+        if [int(r["step"]) for r in kept] != expected:
+            raise ValueError(f"{path} lacks rows the checkpoint at step {step} needs (evaluations at steps "
+                             f"{cfg.eval_interval}…{step}): it was deleted, emptied or damaged; restore it from a copy, "
+                             "or start the run over in another --out")
+        out.append(kept)
+    return out
+
+
 # --- the run ----------------------------------------------------------------------------------------------------
 def agent_dir(cfg: Config, agent: Agent) -> Path:
     """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>`` (with a strength grid,
@@ -175,6 +200,13 @@ def env_workers(cfg: Config) -> int:
 def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -> Path:
     """Run (or resume) the agents ``cfg.agents`` together; returns the output directory."""
     cfg.validate()
+    if resume and not Path(cfg.out).is_dir():
+        raise ValueError(f"nothing to resume in {cfg.out} (no such folder)")
+    with claim_folder(cfg.out, "rl run"):  # one run, one process per folder; a refused run writes nothing
+        return _train_in(cfg, resume, explicit)
+
+
+def _train_in(cfg: Config, resume: bool, explicit: set[str] | None) -> Path:
     cfg = resolve_config(cfg, resume, explicit)
     cfg.validate()
     if cfg.threads:
@@ -185,6 +217,10 @@ def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -
     # refused checkpoint leaves the folder as it was
     resuming = resume and ckpt_path.exists()
     ck = load_checkpoint(ckpt_path, CONVERT_COMMAND.format(out=cfg.out), "cpu") if resuming else None
+    if ck is not None and cfg.steps < ck["step"]:
+        raise ValueError(f"--steps {cfg.steps} is below the checkpoint's step {ck['step']} in {cfg.out}: a resumed "
+                         f"run can only go on (give --steps >= {ck['step']})")
+    metrics_before(cfg, ck["step"] if ck is not None else 0)  # every agent's rows up to the checkpoint are intact
     agents = cfg.agents
     n = len(agents)
     specs = [(cfg.env, a.seed, cfg.action_repeat) for a in agents]
@@ -223,8 +259,8 @@ def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, t
         for r, saved in zip(recent, ck["recent"]):
             r.extend(saved)
         obs = np.stack(envs.reset(train_ids))  # at an episode boundary the next reset is the saved one's
-    for d in dirs:  # rows past the checkpoint are recomputed (all of them if it was killed before its first)
-        write_csv(d / METRICS, [r for r in read_csv(d / METRICS) if int(r["step"]) <= step])
+    for d, kept in zip(dirs, metrics_before(cfg, step)):  # rows past the checkpoint are recomputed
+        write_csv(d / METRICS, kept)
 
     def checkpoint() -> None:
         state = {"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng, "step": step,

@@ -16,19 +16,21 @@ Every file a run writes goes through :func:`atomic_write` (a temporary file besi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import inspect
+import io
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_TYPES", "CheckpointError", "add_config_flags", "append_csv", "atomic_write", "changed_settings",
-           "convert_checkpoint", "field_docs", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
+__all__ = ["CHECKPOINT_TYPES", "CheckpointError", "FolderLock", "add_config_flags", "append_csv", "atomic_write",
+           "changed_settings", "claim_folder", "convert_checkpoint", "field_docs", "folder_kind", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
            "mean_se", "progress_bar", "read_csv", "save_checkpoint", "save_figure", "tensorboard_writer", "write_csv",
            "write_json", "write_text"]
 
@@ -42,31 +44,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         write(tmp)
         os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
+        try:
+            tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
+        except OSError:  # a read-only or vanished folder: the write's own error is the one to report
+            pass
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _write_if_changed(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` atomically unless ``path`` already holds exactly it (so resuming a finished run in a read-only
+    folder writes nothing)."""
+    path, data = Path(path), text.encode()
+    try:
+        if path.is_file() and path.read_bytes() == data:
+            return
+    except OSError:  # unreadable: rewrite it
+        pass
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON (a config.json), written atomically."""
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    """``obj`` as indented JSON (a config.json), written atomically (left alone when it already holds that)."""
+    _write_if_changed(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
-    """``rows`` as a CSV file with a header, written atomically; ``columns`` default to the first row's keys (an
-    empty file when there are no rows and no columns)."""
+    """``rows`` as a CSV file with a header, written atomically (left alone when it already holds them); ``columns``
+    default to the first row's keys (an empty file when there are no rows and no columns)."""
     fieldnames = list(columns) if columns is not None else list(rows[0]) if rows else []
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            if fieldnames:
-                w = csv.DictWriter(f, fieldnames=fieldnames)
-                w.writeheader()
-                w.writerows(rows)
-
-    atomic_write(path, write)
+    text = io.StringIO(newline="")
+    if fieldnames:
+        w = csv.DictWriter(text, fieldnames=fieldnames)
+        w.writeheader()
+        w.writerows(rows)
+    _write_if_changed(path, text.getvalue())
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
@@ -96,6 +110,96 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# --- run folders: one run (of one kind) per folder, one process at a time -----------------------------------------
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """What made the folder ``path``, judged by its files: ``"rl run"`` (a config.json with ``replay_ratio``),
+    ``"continual run"`` (a config.json with ``nonstationarity``), ``"continual sweep"`` (no config.json, a
+    summary.md or a sub-folder holding a continual run); None for a missing or empty folder or one no run made."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+
+    def kind_of_config(config: Path) -> str | None:
+        try:
+            saved = json.loads(config.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(saved, dict):
+            return None
+        return "rl run" if "replay_ratio" in saved else "continual run" if "nonstationarity" in saved else None
+
+    if (path / "config.json").is_file():
+        return kind_of_config(path / "config.json")
+    if (path / "summary.md").is_file():
+        return "continual sweep"
+    for sub in path.iterdir():
+        if sub.is_dir() and (sub / "config.json").is_file() and kind_of_config(sub / "config.json") == "continual run":
+            return "continual sweep"
+    return None
+
+
+class FolderLock:
+    """An exclusive, non-blocking ``flock`` on the run folder itself (no lock file: a folder refused is left as it
+    was). The kernel releases it when the process ends, however it ends, so a crash leaves no stale lock; another
+    process trying to write into the same folder gets a one-line ``ValueError``. Local file systems only (NFS may not
+    honour flock); a no-op where ``fcntl`` is missing (Windows)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, None
+
+    def __enter__(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise ValueError(f"another process is writing into {self.path} (a run, resume or sweep): wait for it to "
+                             "finish, or choose another --out") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+
+@contextlib.contextmanager
+def claim_folder(path: str | os.PathLike, kind: str) -> Iterator[Path]:
+    """Hold the run folder ``path`` for a ``kind`` run (see :func:`folder_kind`) while the ``with`` block reads and
+    writes it: checked, created if missing, and locked (:class:`FolderLock`). A folder this call created and the
+    block left empty (the run refused a setting) is removed again, so a refused run writes nothing. One-line
+    ``ValueError`` errors: an empty path, a path that is a file, a folder another kind of run made, a folder that cannot be
+    created, a folder in use by another process."""
+    if str(path).strip() == "":
+        raise ValueError("--out is empty: give the run's folder (it would otherwise write into the current directory)")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file, not a folder: choose another --out")
+    found = folder_kind(folder)
+    if found is not None and found != kind:
+        raise ValueError(f"{folder} holds another kind of run ({found}; this is a {kind}): a run folder belongs to "
+                         "one run, choose another --out")
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create --out {folder}: {err.strerror or err}") from None
+    try:
+        with FolderLock(folder):
+            yield folder
+    finally:
+        if created:
+            try:
+                folder.rmdir()  # only if still empty
+            except OSError:
+                pass
 
 
 # --- checkpoints: tensors and plain containers only --------------------------------------------------------------
