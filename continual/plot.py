@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import mean_se, read_csv, save_figure
+from specopt.experiment import mean_se, save_figure
 
 from .diagnostics import DIAGNOSTICS
 from .mitigators import NO_STRENGTH
 
 METRICS = ("train_accuracy", "train_loss", "test_accuracy", *DIAGNOSTICS)
 PER_SEED = ("sigma_max", "dormant_fraction", "grad_erank")  # the per-seed table's diagnostics, at the last task
+
+
+REQUIRED = ("mitigator", "strength", "seed", "task", "train_accuracy")  # what every reader of the rows uses
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    """The rows of one results.csv (``[]`` if it does not exist), checked: a file that is not CSV, lacks a column of
+    :data:`REQUIRED` or has a cut-off row is a one-line ``ValueError`` naming it (resuming the run rebuilds it from
+    its checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+        header = set(reader.fieldnames or ())
+        intact = (not header or set(REQUIRED) <= header) and all(
+            None not in r.values() and None not in r and int(r["task"]) >= 1 for r in rows)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError):
+        intact = False
+    if not intact:
+        raise ValueError(f"{path} is damaged (not the rows a run writes): resume its run with --resume, which rebuilds "
+                         "it from the checkpoint, or delete the run folder")
+    return rows
 
 
 def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
@@ -30,7 +56,7 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
             raise FileNotFoundError(f"{d} is not a run folder (with results.csv), a folder of run folders or a "
                                     "results.csv file")
         for path in paths:
-            rows += read_csv(path)
+            rows += read_results(path)
     if not rows:
         raise ValueError("the results hold no rows yet")
     return rows

@@ -242,7 +242,7 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
     mitigator, seed and task."""
     cfg.validate()
     if cfg.vectorize_seeds:
-        from .vmap_seeds import StackedSeeds, check_vectorizable
+        from .vmap_seeds import check_vectorizable
 
         check_vectorizable(cfg)
     with experiment.claim_folder(cfg.out, "continual run") as out:  # one run, one process per folder

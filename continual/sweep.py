@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterable
 
 from .data import DataError
 from .mitigators import DEFAULT_STRENGTHS, NO_STRENGTH
-from specopt.experiment import atomic_write, claim_folder, mean_se, read_csv, save_figure, write_text
+from specopt.experiment import atomic_write, claim_folder, mean_se, save_figure, write_text
 
+from .plot import read_results
 from .runner import LOCATION_SETTINGS, RunConfig, changed_settings
 
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
@@ -86,7 +87,10 @@ def status(run: SweepRun) -> str:
         if diff:
             raise ValueError(f"{folder} holds a run with different settings ({', '.join(diff)}): choose another "
                              f"--out, or remove the folder")
-    rows = read_csv(folder / "results.csv")
+    try:
+        rows = read_results(folder / "results.csv")
+    except ValueError:  # damaged: the run's resume rebuilds it from its checkpoint
+        return "partial"
     if config_path.exists() and len(rows) >= run.config.tasks:
         return "finished"
     return "partial" if folder.exists() and any(folder.iterdir()) else "new"
@@ -278,7 +282,7 @@ def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers
 
     def done(run: SweepRun) -> None:
         count[0] += 1
-        rows = read_csv(Path(run.config.out) / "results.csv")
+        rows = read_results(Path(run.config.out) / "results.csv")
         last = float(rows[-1]["train_accuracy"]) if rows else math.nan
         say(f"[{count[0]}/{len(runs)}] {run.name}: {len(rows)} tasks, last-task train accuracy {last:.3f} "
             f"({time.time() - t0:.0f} s)", flush=True)
@@ -309,7 +313,7 @@ def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
     the last-5-task mean and the last task of train accuracy. Runs without results are left out."""
     groups: dict[tuple[str, float | None], list[tuple[float, float, int]]] = {}
     for run in runs:
-        rows = read_csv(out / run.name / "results.csv")
+        rows = read_results(out / run.name / "results.csv")
         if rows:
             groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
     entries = []

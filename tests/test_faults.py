@@ -359,3 +359,16 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, capsys, 
     line = refused(capsys, continual_main(RUN + ["--out", str(out)]))
     assert "No space left on device" in line and str(out / "config.json") in line
     assert not out.exists()  # no half-written or temporary file: the folder it made is removed again
+
+
+def test_plot_and_sweep_on_a_garbage_results_csv(continual_run, tmp_path, capsys):
+    run = copy(continual_run, tmp_path / "run")
+    (run / "results.csv").write_bytes(b"\x00\x01 not csv")
+    line = refused(capsys, continual_main(["plot", str(run), "-o", str(tmp_path / "fig.png")]))
+    assert str(run / "results.csv") in line and "damaged" in line and "--resume" in line
+    sweep = tmp_path / "sweep"
+    assert continual_main(SWEEP + ["--out", str(sweep)]) == 0
+    good = (sweep / "none-seed0" / "results.csv").read_bytes()
+    (sweep / "none-seed0" / "results.csv").write_bytes(b"garbage\n1,2,3\n")
+    assert continual_main(SWEEP + ["--out", str(sweep)]) == 0  # the run resumes, which rebuilds its rows
+    assert (sweep / "none-seed0" / "results.csv").read_bytes() == good
