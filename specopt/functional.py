@@ -77,6 +77,10 @@ class Pending:
     # one qkv or sharded matrix each: (param, u (b, m), v (b, n), σ̂ (b,), strength, k, group)
     vectors: list[tuple[list[Tensor], list[Tensor], Tensor, str, float, dict]] = field(default_factory=list)
     # (params, x_t (b_t, or γ_t − 1), coefficients (n,) of d = c·x_t, role, strength, group)
+    recheck_grads: bool = False
+    """Whether :func:`apply` must drop tensors left without a gradient (a closure ran between the two halves).
+    Without a closure every prepared tensor had one, and ``apply`` reads no ``.grad`` (under ``torch.compile`` a
+    read of ``.grad`` is guarded on the gradient tensor itself, so a fresh gradient every step would recompile)."""
 
 
 def check_hyperparameters(strength: Any, k: Any, power_iterations: Any, init_iterations: Any = 1) -> None:
@@ -295,7 +299,7 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
     ``only_with_grad`` skips tensors without a gradient (known before the step when there is no closure); with a
     closure every tensor is prepared and :func:`apply` drops those that end up without one.
     """
-    pending = Pending()
+    pending = Pending(recheck_grads=not only_with_grad)
     sharded: list[tuple[Tensor, str, float, float, int, int, dict]] = []
     for group in param_groups:
         strength, k, iterations, init_iterations = group_settings(group, defaults)
@@ -347,6 +351,9 @@ def _lr_strength(lr: Any, strength: float, found_inf: Tensor | None) -> Any:
 def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> None:
     """The truncated step θ ← θ − α·(direction) for every prepared tensor that has a gradient; store the
     power-iteration state. ``found_inf`` zeroes the step."""
+    def has_grad(p: Tensor) -> bool:
+        return p.grad is not None if pending.recheck_grads else True
+
     for ps, us, vs, sig, strength, k, group in pending.matrices:
         alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
         if _eager_cpu(alpha):  # read the step sizes once and fold them into addr_'s alpha
@@ -356,7 +363,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         stored: list[Tensor] = []
         fresh: list[Tensor] = []
         for p, u, v, sv, a, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
-            if p.grad is None:
+            if not has_grad(p):
                 continue
             st = state[p]
             if "spectral_u" in st:  # in place: the state keeps its tensors (a compiled step then never recompiles)
@@ -371,7 +378,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         if stored:
             torch._foreach_copy_(stored, fresh)
     for p, u, v, sig, strength, k, group in pending.blocked:
-        if p.grad is None:
+        if not has_grad(p):
             continue
         alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
         if _is_dtensor(p):
@@ -389,7 +396,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
         fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
         steps = [-f for f in fraction.tolist()] if _eager_cpu(fraction) else list((-fraction).unbind())
-        keep = [i for i, p in enumerate(ps) if p.grad is not None]
+        keep = [i for i, p in enumerate(ps) if has_grad(p)]
         if not keep:
             continue
         targets = [ps[i].to_local() if _is_dtensor(ps[i]) else ps[i] for i in keep]
