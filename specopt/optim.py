@@ -126,7 +126,13 @@ class SpectralAdam(Adam):
     Args:
         params: parameters or groups; :func:`specopt.param_groups` tags roles (matrix/qkv/bias/scale/none). A group
             without a ``role`` uses ``"auto"``: tensors with ≥ 2 dims are matrices, others are not regularized.
-        lr, betas, eps, weight_decay, amsgrad: ``torch.optim.Adam``'s, in Adam's positional order.
+        lr: ``torch.optim.Adam``'s (``lr``, ``betas``, ``eps``, ``weight_decay`` and ``amsgrad`` come in Adam's
+            positional order).
+        betas: Adam's.
+        eps: Adam's.
+        weight_decay: Adam's L2 term added to the gradient (AdamW's decoupled decay with
+            ``decoupled_weight_decay=True``, or :class:`SpectralAdamW`).
+        amsgrad: Adam's.
         strength: λ, decoupled and multiplied by the group's lr (default :data:`DEFAULT_STRENGTH`); stored per
             group as ``spectral_strength``.
         k: exponent of the regularizer (the paper uses 2).
