@@ -79,12 +79,13 @@ def test_compile_step_takes_a_mode_with_its_options():
 
 
 class GraphCounter:
-    """A ``torch.compile`` backend that runs each graph eagerly and counts them (Dynamo's graphs, no Inductor)."""
+    """A ``torch.compile`` backend that runs each graph eagerly and counts them (Dynamo's graphs, no Inductor). It
+    takes no ``options``: ``compile_step`` gives its Inductor options to Inductor only."""
 
     def __init__(self):
         self.graphs = 0
 
-    def __call__(self, gm, example_inputs, **_):
+    def __call__(self, gm, example_inputs):
         self.graphs += 1
         return gm.forward
 
