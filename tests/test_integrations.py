@@ -104,7 +104,7 @@ def test_compiled_model_and_compile_step_recipe_equals_the_eager_loop_and_warns_
         eager.step()
         eager.zero_grad()
         eager_scheduler.step()
-    # Dynamo's graphs without Inductor's code generation (covered by tests/specopt/test_compile.py): seconds, not minutes
+    # Dynamo's graphs without Inductor's code generation (tests/specopt/test_compile.py has it): seconds, not minutes
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     namespace = {"model": model, "loader": batches(steps), "max_steps": steps, "torch": torch}
     with warnings.catch_warnings(record=True) as caught:

@@ -140,7 +140,8 @@ def test_spectral_strength_is_a_deprecated_alias_of_strength(make, monkeypatch):
     w = nn.Parameter(torch.ones(2, 3, 3))
     with pytest.warns(FutureWarning, match=r"spectral_strength=\.\.\.\) is deprecated; use strength="):
         opt = make([w], spectral_strength=0.5)
-    strength = opt.strength if isinstance(opt, specopt.StackedSpectralAdam) else opt.param_groups[0]["spectral_strength"]
+    stacked = isinstance(opt, specopt.StackedSpectralAdam)
+    strength = opt.strength if stacked else opt.param_groups[0]["spectral_strength"]
     assert float(torch.as_tensor(strength).flatten()[0]) == 0.5
     with warnings.catch_warnings():
         warnings.simplefilter("error")
