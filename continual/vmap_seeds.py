@@ -84,7 +84,7 @@ class StackedSeeds:
         strength = (DEFAULT_STRENGTHS["spectral"] if cfg.strength is None else cfg.strength) if spectral else 0.0
         self.optimizer = specopt.StackedSpectralAdam(
             list(self.params.values()), [roles[name] if spectral else "none" for name in self.params], lr=cfg.lr,
-            spectral_strength=strength, k=cfg.options.spectral.k)
+            strength=strength, k=cfg.options.spectral.k)
         # l2, l2-init, wasserstein: each seed's own mitigator (anchors from its own θ0) acts on its slice
         self.regularizers = [r.mit for r in self.runs if isinstance(r.mit, ParameterRegularizer)]
         self.step, self.next_task = 0, 0

@@ -34,7 +34,7 @@ def test_one_step_moves_sigma1_toward_one_and_never_past_it(scale, lr, strength,
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(scale)
-    optimizer = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, spectral_strength=strength, init_iterations=100)
+    optimizer = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, strength=strength, init_iterations=100)
     before = sigma1(model)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # only the spectral step moves the weights

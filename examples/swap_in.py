@@ -8,7 +8,7 @@ import specopt
 model = nn.Sequential(nn.Linear(64, 256), nn.LayerNorm(256), nn.ReLU(), nn.Linear(256, 10))
 optimizer = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)  # was: torch.optim.Adam(model.parameters())
 # any other optimizer: specopt.Spectral(torch.optim.SGD(specopt.param_groups(model), lr=0.1, momentum=0.9))
-# continual learning over many tasks: spectral_strength=specopt.CONTINUAL_STRENGTH (docs/strength.md)
+# continual learning over many tasks: strength=specopt.CONTINUAL_STRENGTH (docs/strength.md)
 print(specopt.describe(optimizer))  # which tensor gets which rule
 
 x, y = torch.randn(512, 64), torch.randint(0, 10, (512,))

@@ -187,11 +187,11 @@ class SAC:
         self.updates = 0  # gradient updates so far (drives the resets schedule)
         self._initialize([True] * n)
         regularized = bool(self.strength.any())
-        opt = dict(spectral_strength=self.strength, k=cfg.spectral_k)
+        opt = dict(strength=self.strength, k=cfg.spectral_k)
         self.actor_opt = StackedSpectralAdam(self.actor_params, roles(self.actor, cfg, regularized), cfg.actor_lr, **opt)
         self.critic_opt = StackedSpectralAdam(self.critic_params, roles(self.critic, cfg, regularized), cfg.critic_lr,
                                               **opt)
-        self.alpha_opt = StackedSpectralAdam([self.log_alpha], ["none"], cfg.temperature_lr, spectral_strength=0.0)
+        self.alpha_opt = StackedSpectralAdam([self.log_alpha], ["none"], cfg.temperature_lr, strength=0.0)
         self.info: dict[str, Tensor] = {}  # last update's per-agent losses, (N,) device tensors
         self._update = torch.compile(self._update_tensors) if cfg.compile else self._update_tensors
         # CUDA graph of one block (sample RR batches + RR updates); resets must fall on block ends to replay it

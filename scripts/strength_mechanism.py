@@ -37,7 +37,7 @@ def fit(x: torch.Tensor, y: torch.Tensor, strength: float | None, steps: int, lr
     if strength is None:
         opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     else:
-        opt = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, spectral_strength=strength)
+        opt = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, strength=strength)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (256,), generator=g)

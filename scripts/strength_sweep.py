@@ -32,7 +32,7 @@ def run(variant: str, seed: int, args, x: torch.Tensor, writer_rows: list[dict],
     torch.manual_seed(seed)
     model = MLP(784, 10, width=256, depth=4, layernorm=args.layernorm)  # the benchmark's MLP 4×256
     if kind == "decoupled":
-        opt = specopt.SpectralAdam(specopt.param_groups(model), lr=args.lr, spectral_strength=strength)
+        opt = specopt.SpectralAdam(specopt.param_groups(model), lr=args.lr, strength=strength)
     elif kind in ("none", "coupled"):
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     else:

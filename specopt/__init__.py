@@ -5,6 +5,7 @@ optimizer step, in the style of AdamW's weight decay::
 
     import specopt
     opt = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)       # Adam + spectral step
+    opt = specopt.SpectralAdamW(specopt.param_groups(model), lr=1e-3)      # AdamW + spectral step
     opt = specopt.Spectral(torch.optim.SGD(model.parameters(), lr=0.1))     # any optimizer + spectral step
     loss = loss + 1e-4 * specopt.spectral_penalty(model)                   # the paper's coupled form
     print(specopt.describe(opt))                                           # what is regularized, and how
@@ -19,6 +20,7 @@ from .optim import (
     DEFAULT_STRENGTH,
     Spectral,
     SpectralAdam,
+    SpectralAdamW,
     compile_step,
 )
 from .penalty import SpectralPenalty, spectral_norms, spectral_penalty
@@ -35,6 +37,7 @@ __all__ = [
     "ROLES",
     "Spectral",
     "SpectralAdam",
+    "SpectralAdamW",
     "SpectralPenalty",
     "StackedSpectralAdam",
     "compile_step",

@@ -61,7 +61,7 @@ from .roles import group_roles
 
 _TINY = 1e-30
 SPECTRAL_KEYS = ("spectral_strength", "k", "power_iterations", "init_iterations")
-SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma")
+SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma", "spectral_residual")
 BLOCKS = {"matrix": 1, "qkv": 3}
 """Row blocks of each matrix-like role: ``qkv`` is three stacked projections, each its own matrix."""
 
@@ -77,6 +77,10 @@ class Pending:
     # one qkv or sharded matrix each: (param, u (b, m), v (b, n), σ̂ (b,), strength, k, group)
     vectors: list[tuple[list[Tensor], list[Tensor], Tensor, str, float, dict]] = field(default_factory=list)
     # (params, x_t (b_t, or γ_t − 1), coefficients (n,) of d = c·x_t, role, strength, group)
+    recheck_grads: bool = False
+    """Whether :func:`apply` must drop tensors left without a gradient (a closure ran between the two halves).
+    Without a closure every prepared tensor had one, and ``apply`` reads no ``.grad`` (under ``torch.compile`` a
+    read of ``.grad`` is guarded on the gradient tensor itself, so a fresh gradient every step would recompile)."""
 
 
 def check_hyperparameters(strength: Any, k: Any, power_iterations: Any, init_iterations: Any = 1) -> None:
@@ -295,7 +299,7 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
     ``only_with_grad`` skips tensors without a gradient (known before the step when there is no closure); with a
     closure every tensor is prepared and :func:`apply` drops those that end up without one.
     """
-    pending = Pending()
+    pending = Pending(recheck_grads=not only_with_grad)
     sharded: list[tuple[Tensor, str, float, float, int, int, dict]] = []
     for group in param_groups:
         strength, k, iterations, init_iterations = group_settings(group, defaults)
@@ -343,10 +347,56 @@ def _lr_strength(lr: Any, strength: float, found_inf: Tensor | None) -> Any:
     return scale
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+"""Parameter dtypes whose spectral step is accumulated in a float32 residual (``spectral_residual``)."""
+
+
+def add_compensated(p: Tensor, update: Tensor, st: dict) -> None:
+    r"""``p += update`` for a bf16/fp16 ``p`` without rounding the step away: the part of the float32 update that
+    ``p``'s dtype cannot hold is kept in ``st["spectral_residual"]`` (float32, ``p``'s shape) and added next time.
+
+    .. math:: s = p + (r + \Delta),\qquad p \leftarrow \mathrm{round}(s),\qquad r \leftarrow s - p
+
+    (compensated summation). A step of η·λ·c ≈ 1e-6 of a weight is far below bf16's resolution (2⁻⁸ relative):
+    rounded directly it is lost, so σ1 of a bf16 layer would barely move; accumulated, it moves as in float32, up to
+    one rounding of the weight (the residual is below half a unit in the last place of ``p``).
+    """
+    residual = st.get("spectral_residual")
+    total = p.float() + (update if residual is None else residual + update)
+    rounded = total.to(p.dtype)
+    remainder = total - rounded.float()
+    if residual is None:
+        st["spectral_residual"] = remainder
+    else:
+        residual.copy_(remainder)
+    p.copy_(rounded)
+
+
+def _add(p: Tensor, update: Tensor, st: dict) -> None:
+    """``p += update`` (float32), compensated for bf16/fp16 parameters (:func:`add_compensated`)."""
+    if p.dtype in LOW_PRECISION:
+        add_compensated(p, update, st)
+    else:
+        p.add_(update.to(p.dtype))
+
+
+def _keep_on_skip(old: list[Tensor], new: list[Tensor], found_inf: Tensor | None) -> list[Tensor]:
+    """``new``, or ``old`` where ``found_inf`` (a step GradScaler skips leaves the power-iteration state alone)."""
+    if found_inf is None:
+        return new
+    skip = found_inf.reshape(()).bool()
+    return [torch.where(skip, o, n) for o, n in zip(old, new)]
+
+
 @torch.no_grad()
 def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> None:
     """The truncated step θ ← θ − α·(direction) for every prepared tensor that has a gradient; store the
-    power-iteration state. ``found_inf`` zeroes the step."""
+    power-iteration state. ``found_inf`` (GradScaler's, for optimizers that unscale themselves) zeroes the step and
+    keeps the stored vectors and σ̂ as they were (a tensor's first step still stores its first estimate, taken at the
+    unchanged weights). bf16/fp16 parameters accumulate the step in float32 (:func:`add_compensated`)."""
+    def has_grad(p: Tensor) -> bool:
+        return p.grad is not None if pending.recheck_grads else True
+
     for ps, us, vs, sig, strength, k, group in pending.matrices:
         alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
         if _eager_cpu(alpha):  # read the step sizes once and fold them into addr_'s alpha
@@ -356,7 +406,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         stored: list[Tensor] = []
         fresh: list[Tensor] = []
         for p, u, v, sv, a, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
-            if p.grad is None:
+            if not has_grad(p):
                 continue
             st = state[p]
             if "spectral_u" in st:  # in place: the state keeps its tensors (a compiled step then never recompiles)
@@ -367,11 +417,11 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
             if p.dtype == torch.float32 and p.is_contiguous():  # under no_grad: in place on the leaf
                 p.view(p.shape[0], -1).addr_(u, sv, alpha=a)
             else:
-                p.add_(torch.outer(u, sv * a).reshape(p.shape).to(p.dtype))
+                _add(p, torch.outer(u, sv * a).reshape(p.shape), st)
         if stored:
-            torch._foreach_copy_(stored, fresh)
+            torch._foreach_copy_(stored, _keep_on_skip(stored, fresh, found_inf))
     for p, u, v, sig, strength, k, group in pending.blocked:
-        if p.grad is None:
+        if not has_grad(p):
             continue
         alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
         if _is_dtensor(p):
@@ -381,20 +431,25 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
             continue
         st = state[p]
         if "spectral_u" in st:
-            torch._foreach_copy_([st["spectral_u"], st["spectral_v"], st["spectral_sigma"]], [u.reshape(-1), v, sig])
+            stored = [st["spectral_u"], st["spectral_v"], st["spectral_sigma"]]
+            torch._foreach_copy_(stored, _keep_on_skip(stored, [u.reshape(-1), v, sig], found_inf))
         else:
             st.update(spectral_u=u.reshape(-1).clone(), spectral_v=v.clone(), spectral_sigma=sig.clone())
         update = (u * -alpha.unsqueeze(-1)).unsqueeze(-1) * v.unsqueeze(-2)  # (b, m, n)
-        p.add_(update.reshape(p.shape).to(p.dtype))
+        _add(p, update.reshape(p.shape), st)
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
         fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
         steps = [-f for f in fraction.tolist()] if _eager_cpu(fraction) else list((-fraction).unbind())
-        keep = [i for i, p in enumerate(ps) if p.grad is not None]
+        keep = [i for i, p in enumerate(ps) if has_grad(p)]
         if not keep:
             continue
         targets = [ps[i].to_local() if _is_dtensor(ps[i]) else ps[i] for i in keep]
         updates = torch._foreach_mul([xs[i] for i in keep], [steps[i] for i in keep])
-        if targets[0].dtype != torch.float32:
+        if targets[0].dtype in LOW_PRECISION and not _is_dtensor(ps[keep[0]]):
+            for i, t, d in zip(keep, targets, updates):
+                add_compensated(t, d, state.setdefault(ps[i], {}))
+            continue
+        if targets[0].dtype != torch.float32:  # float64; and sharded bf16/fp16 vectors, rounded (no residual)
             updates = [d.to(t.dtype) for d, t in zip(updates, targets)]
         torch._foreach_add_(targets, updates)
 

@@ -1,17 +1,21 @@
 r"""Optimizers with the decoupled spectral-regularization step.
 
-:class:`SpectralAdam` is ``torch.optim.Adam`` (same moment update, same foreach/fused/capturable kernels) followed by
-the decoupled spectral step; :class:`Spectral` adds the same step to any ``torch.optim.Optimizer``.
+:class:`SpectralAdam` is ``torch.optim.Adam`` and :class:`SpectralAdamW` is ``torch.optim.AdamW`` (same arguments,
+same moment update, same foreach/fused/capturable kernels), each followed by the decoupled spectral step;
+:class:`Spectral` adds the same step to any ``torch.optim.Optimizer``.
 
 .. math::
     \theta_{t+1} = \mathrm{base}(\theta_t, g_t) - \eta\,\lambda\,\nabla R(\theta_t),\qquad
     R = \sum_{W}(\sigma_1(W)^k - 1)^2 + \sum_b \lVert b\rVert_2^{2k} + \sum_\gamma\sum_i(\gamma_i - 1)^2
 
-with η the group's learning rate and λ its ``spectral_strength``. See :mod:`specopt.functional` for ∇R.
+with η the group's learning rate and λ the ``strength`` (per group: the key ``spectral_strength``). See
+:mod:`specopt.functional` for ∇R.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,6 +41,22 @@ paper's coupled λ = 1e-4 under Adam is on another scale (≈ this λ, docs/stre
 
 DEFAULT_INIT_ITERATIONS = 16
 """Power iterations on a tensor's first step (later steps use ``power_iterations``, warm-started)."""
+
+
+_WARNED_ALIASES: set[str] = set()
+
+
+def resolve_strength(owner: str, strength: Any, spectral_strength: Any) -> Any:
+    """``strength``, or the deprecated ``spectral_strength=`` keyword (a ``FutureWarning``, once per class)."""
+    if spectral_strength is None:
+        return strength
+    if strength is not DEFAULT_STRENGTH:  # the default object itself unless the caller passed strength= too
+        raise ValueError(f"{owner} got both strength= and its deprecated alias spectral_strength=; pass strength= only")
+    if owner not in _WARNED_ALIASES:
+        _WARNED_ALIASES.add(owner)
+        warnings.warn(f"{owner}(spectral_strength=...) is deprecated; use strength=... (the same λ)", FutureWarning,
+                      stacklevel=3)
+    return spectral_strength
 
 
 def _spectral_defaults(strength: float, k: float, power_iterations: int, init_iterations: int) -> dict[str, Any]:
@@ -67,7 +87,7 @@ class _SpectralStep:
         optimizer._specopt = self  # marks the optimizer as taking the spectral step
 
     def prepare(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
-        closure = args[0] if args else kwargs.get("closure")
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")  # args[0] is the optimizer itself
         self.pending = F.prepare(optimizer.param_groups, optimizer.state, self.defaults, closure is None)
 
     def apply(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
@@ -96,45 +116,58 @@ class SpectralAdam(Adam):
         m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2\\
         \theta_{t+1} &= \theta_t - \eta\,\hat m_t/(\sqrt{\hat v_t}+\epsilon) - \eta\,\lambda\,\nabla R(\theta_t)
 
-    The Adam part *is* ``torch.optim.Adam`` (with ``decoupled_weight_decay=True`` by default, i.e. AdamW's weight
-    decay when ``weight_decay > 0``); with ``spectral_strength=0`` the two are identical. The spectral step is the
-    gradient step on R truncated at its target, so it never overshoots (σ1 ends between its previous value and 1,
-    a bias norm between its previous value and 0, a scale between its previous value and 1), whatever the
-    learning rate, strength or σ1 — see :mod:`specopt.functional`.
+    The Adam part *is* ``torch.optim.Adam``, argument for argument (``weight_decay`` is Adam's L2 term
+    :math:`g_t \leftarrow g_t + w\theta_t` unless ``decoupled_weight_decay=True``, as in torch): with ``strength=0``
+    ``SpectralAdam(**kw)`` and ``torch.optim.Adam(**kw)`` take bit-identical steps. :class:`SpectralAdamW` is the
+    AdamW form. The spectral step is the gradient step on R truncated at its target, so it never overshoots (σ1 ends
+    between its previous value and 1, a bias norm between its previous value and 0, a scale between its previous
+    value and 1), whatever the learning rate, strength or σ1 — see :mod:`specopt.functional`.
 
     Args:
         params: parameters or groups; :func:`specopt.param_groups` tags roles (matrix/qkv/bias/scale/none). A group
             without a ``role`` uses ``"auto"``: tensors with ≥ 2 dims are matrices, others are not regularized.
-        spectral_strength: λ, decoupled and multiplied by the group's lr (default :data:`DEFAULT_STRENGTH`).
+        lr: ``torch.optim.Adam``'s (``lr``, ``betas``, ``eps``, ``weight_decay`` and ``amsgrad`` come in Adam's
+            positional order).
+        betas: Adam's.
+        eps: Adam's.
+        weight_decay: Adam's L2 term added to the gradient (AdamW's decoupled decay with
+            ``decoupled_weight_decay=True``, or :class:`SpectralAdamW`).
+        amsgrad: Adam's.
+        strength: λ, decoupled and multiplied by the group's lr (default :data:`DEFAULT_STRENGTH`); stored per
+            group as ``spectral_strength``.
         k: exponent of the regularizer (the paper uses 2).
         power_iterations: power iterations per step, warm-started from the previous step's vectors.
         init_iterations: iterations on a tensor's first step.
+        spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
-    Other arguments are ``torch.optim.Adam``'s. Per-group keys ``role``, ``spectral_strength``, ``k``,
-    ``power_iterations`` and ``init_iterations`` override the defaults.
+    Other keyword arguments are ``torch.optim.Adam``'s (``foreach``, ``maximize``, ``capturable``,
+    ``differentiable``, ``fused``, ``decoupled_weight_decay``). Per-group keys ``role``, ``spectral_strength``,
+    ``k``, ``power_iterations`` and ``init_iterations`` override the defaults.
     """
 
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        spectral_strength: float = DEFAULT_STRENGTH,
-        k: float = 2,
-        power_iterations: int = 1,
-        *,
-        init_iterations: int = DEFAULT_INIT_ITERATIONS,
-        decoupled_weight_decay: bool = True,
         amsgrad: bool = False,
+        *,
         foreach: bool | None = None,
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        strength: float = DEFAULT_STRENGTH,
+        k: float = 2,
+        power_iterations: int = 1,
+        init_iterations: int = DEFAULT_INIT_ITERATIONS,
+        spectral_strength: float | None = None,
     ) -> None:
-        spectral = _spectral_defaults(spectral_strength, k, power_iterations, init_iterations)
+        strength = resolve_strength(type(self).__name__, strength, spectral_strength)
+        spectral = _spectral_defaults(strength, k, power_iterations, init_iterations)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
@@ -188,6 +221,50 @@ class SpectralAdam(Adam):
             _SpectralStep(self, self.defaults, step_hooks=False)
 
 
+class SpectralAdamW(SpectralAdam):
+    r"""AdamW with decoupled spectral regularization: :class:`SpectralAdam` with ``decoupled_weight_decay=True``.
+
+    .. math::
+        	heta_{t+1} = 	heta_t - \eta\,w\,	heta_t - \eta\,\hat m_t/(\sqrt{\hat v_t}+\epsilon)
+                       - \eta\,\lambda\,
+abla R(	heta_t)
+
+    With ``strength=0`` it is ``torch.optim.AdamW`` (same arguments, same default ``weight_decay=1e-2``), bit for
+    bit. Arguments as :class:`SpectralAdam`, without ``decoupled_weight_decay``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        strength: float = DEFAULT_STRENGTH,
+        k: float = 2,
+        power_iterations: int = 1,
+        init_iterations: int = DEFAULT_INIT_ITERATIONS,
+        spectral_strength: float | None = None,
+    ) -> None:
+        super().__init__(
+            params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
+            differentiable=differentiable, fused=fused, decoupled_weight_decay=True, strength=strength, k=k,
+            power_iterations=power_iterations, init_iterations=init_iterations, spectral_strength=spectral_strength,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # as torch.optim.AdamW: always the decoupled form
+            group["decoupled_weight_decay"] = True
+
+
 class Spectral(Optimizer):
     r"""Adds the decoupled spectral step to any ``torch.optim.Optimizer``.
 
@@ -204,10 +281,12 @@ class Spectral(Optimizer):
 
     Args:
         optimizer: the base optimizer instance (SGD, AdamW, RMSprop, Adagrad, ...).
-        strength: λ, decoupled and multiplied by each group's lr (default :data:`DEFAULT_STRENGTH`).
+        strength: λ, decoupled and multiplied by each group's lr (default :data:`DEFAULT_STRENGTH`); stored per
+            group as ``spectral_strength``.
         k: as in :class:`SpectralAdam`.
         power_iterations: as in :class:`SpectralAdam`.
         init_iterations: as in :class:`SpectralAdam`.
+        spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
     """
 
     _step_supports_amp_scaling = False  # GradScaler unscales and checks for infs before calling step
@@ -220,7 +299,9 @@ class Spectral(Optimizer):
         power_iterations: int = 1,
         *,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
+        spectral_strength: float | None = None,
     ) -> None:
+        strength = resolve_strength("Spectral", strength, spectral_strength)
         if isinstance(optimizer, Spectral) or getattr(optimizer, "_specopt", None) is not None:
             raise TypeError(f"{type(optimizer).__name__} already takes the spectral step; do not wrap it again")
         if not isinstance(optimizer, Optimizer):
@@ -316,26 +397,49 @@ vector of 16 floats. With ``realize_opcount_threshold=4`` such values are comput
 
 
 def compile_step(optimizer: Optimizer, *, mode: str | None = None, **compile_kwargs: Any) -> Callable[..., Any]:
-    """``torch.compile(optimizer.step)`` with the options that make the spectral step fast: the documented fast path.
-
-    ``fullgraph`` defaults to True for :class:`SpectralAdam` (Adam's and the spectral update in one graph) and to
-    False otherwise (``torch.optim`` steps graph-break on purpose). ``mode`` (``"reduce-overhead"``, ...) and
-    ``options`` are merged with :data:`COMPILE_OPTIONS` (``options`` wins); other keywords go to ``torch.compile``.
-    Works for any optimizer. Use the returned function in place of ``optimizer.step``::
+    """``torch.compile`` of the optimizer's step with the options that make the spectral step fast: the documented
+    fast path. Use the returned function in place of ``optimizer.step``::
 
         step = specopt.compile_step(opt)
-        loss.backward(); step(); opt.zero_grad()
+        loss.backward(); step(); opt.zero_grad(); scheduler.step()
+
+    ``fullgraph`` defaults to True for :class:`SpectralAdam` (Adam's and the spectral update in one graph) and to
+    False otherwise (``torch.optim`` steps graph-break on purpose). With the Inductor backend (the default) ``mode``
+    (``"reduce-overhead"``, ...) and ``options`` are merged with :data:`COMPILE_OPTIONS` (``options`` wins); another
+    ``backend`` gets ``options`` only if given. Other keywords go to ``torch.compile``. Works for any optimizer.
+
+    What is compiled is the class's step (``type(optimizer).step``, with torch.optim's step hooks), not the bound
+    ``optimizer.step``: an LR scheduler replaces the latter with a wrapper in ``lr_scheduler.py``, a file Dynamo
+    refuses to trace (``Unsupported: Attempted to call function marked as skipped`` under ``fullgraph=True``). So
+    a scheduler may be created before or after ``compile_step``; the returned function records the call the way that
+    wrapper does (``optimizer._opt_called``), so the scheduler's "``lr_scheduler.step()`` before
+    ``optimizer.step()``" check stays quiet. A learning rate changed by a scheduler does not recompile.
 
     Compiling takes seconds to minutes once; a compiled ``SpectralAdam`` step is two graphs (the first step's fresh
-    state, then the warm one). All ``torch.optim`` steps share one code object, on which Dynamo keeps at most
-    ``torch._dynamo.config.recompile_limit`` (8) graphs: compiling more than four optimizers' steps in one process
-    needs a larger limit.
+    state, then the warm one), ``Spectral(optimizer)`` two per graph-break segment. All ``torch.optim`` steps share
+    one code object, on which Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` (8) graphs: compiling
+    more than four optimizers' steps in one process needs a larger limit.
     """
     compile_kwargs.setdefault("fullgraph", isinstance(optimizer, SpectralAdam))
-    options = dict(COMPILE_OPTIONS)
-    if mode not in (None, "default"):
-        from torch._inductor import list_mode_options  # what torch.compile(mode=...) expands a mode into
+    options = compile_kwargs.pop("options", None) or {}
+    if compile_kwargs.get("backend", "inductor") == "inductor":
+        defaults = dict(COMPILE_OPTIONS)
+        if mode not in (None, "default"):
+            from torch._inductor import list_mode_options  # what torch.compile(mode=...) expands a mode into
 
-        options = {**list_mode_options(mode), **options}
-    options.update(compile_kwargs.pop("options", None) or {})
-    return torch.compile(optimizer.step, options=options, **compile_kwargs)
+            defaults = {**list_mode_options(mode), **defaults}
+        options = {**defaults, **options}
+    elif mode is not None:
+        compile_kwargs["mode"] = mode
+    if options:
+        compile_kwargs["options"] = options
+    compiled = torch.compile(type(optimizer).step, **compile_kwargs)
+    called = [optimizer] + ([optimizer.optimizer] if isinstance(optimizer, Spectral) else [])
+
+    @functools.wraps(type(optimizer).step)
+    def step(closure: Callable[[], float] | None = None) -> float | None:
+        for opt in called:  # what an LR scheduler's wrapper of opt.step records (torch/optim/lr_scheduler.py)
+            opt._opt_called = True  # type: ignore[attr-defined]
+        return compiled(optimizer) if closure is None else compiled(optimizer, closure)
+
+    return step

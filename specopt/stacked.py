@@ -3,7 +3,7 @@ r"""Many independent models trained as one: Adam and the decoupled spectral step
 A stacked parameter holds one tensor per model along its leading dimension, shape ``(S, *shape)`` — S seeds of a
 network, or S agents of a reinforcement-learning run that share one batched forward pass. Every model keeps its own
 optimizer state and its own strength; :class:`StackedSpectralAdam` is, slice by slice, exactly
-:class:`specopt.SpectralAdam` (``spectral_strength`` λ_s of slice s; λ_s = 0 is plain Adam):
+:class:`specopt.SpectralAdam` (``strength`` λ_s of slice s; λ_s = 0 is plain Adam):
 
 .. math::
     \theta_{s,t+1} = \mathrm{Adam}(\theta_{s,t}, g_{s,t}) - \eta\,\lambda_s\,\nabla R(\theta_{s,t})
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .optim import DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH
+from .optim import DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, resolve_strength
 from .roles import ROLES
 
 _SPECTRAL_ROLES = ("matrix", "qkv", "bias", "scale")
@@ -46,10 +46,11 @@ class StackedSpectralAdam:
         lr: Adam's learning rate, shared by all slices.
         betas: Adam's, shared by all slices.
         eps: Adam's, shared by all slices.
-        spectral_strength: λ, one number for all slices or a sequence / 1-D tensor of S numbers (0 = plain Adam).
+        strength: λ, one number for all slices or a sequence / 1-D tensor of S numbers (0 = plain Adam).
         k: as in :class:`specopt.SpectralAdam`.
         power_iterations: as in :class:`specopt.SpectralAdam`.
         init_iterations: as in :class:`specopt.SpectralAdam`.
+        spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     ``step()`` makes no host-device synchronisation. After construction, :meth:`reset` or :meth:`load_state_dict`
     the next step also runs the longer first power iteration and keeps it for the slices that need it
@@ -58,8 +59,10 @@ class StackedSpectralAdam:
 
     def __init__(self, params: Sequence[Tensor], roles: Sequence[str], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 spectral_strength: float | Sequence[float] | Tensor = DEFAULT_STRENGTH, k: float = 2,
-                 power_iterations: int = 1, init_iterations: int = DEFAULT_INIT_ITERATIONS) -> None:
+                 strength: float | Sequence[float] | Tensor = DEFAULT_STRENGTH, k: float = 2,
+                 power_iterations: int = 1, init_iterations: int = DEFAULT_INIT_ITERATIONS,
+                 spectral_strength: float | Sequence[float] | Tensor | None = None) -> None:
+        strength = resolve_strength("StackedSpectralAdam", strength, spectral_strength)
         self.params = list(params)
         if not self.params:
             raise ValueError("StackedSpectralAdam got no parameters")
@@ -73,11 +76,11 @@ class StackedSpectralAdam:
             raise ValueError(f"every stacked parameter needs the same leading dimension ({self.slices})")
         if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
             raise ValueError(f"invalid Adam settings lr={lr}, betas={betas}, eps={eps}")
-        strength = torch.as_tensor(spectral_strength, dtype=torch.float32).flatten().cpu()
+        strength = torch.as_tensor(strength, dtype=torch.float32).flatten().cpu()
         if strength.numel() == 1:
             strength = strength.expand(self.slices).clone()
         if strength.numel() != self.slices or not bool(torch.isfinite(strength).all() and (strength >= 0).all()):
-            raise ValueError(f"spectral_strength must be one number or {self.slices} numbers, each finite and >= 0")
+            raise ValueError(f"strength must be one number or {self.slices} numbers, each finite and >= 0")
         F.check_hyperparameters(1.0, k, power_iterations, init_iterations)
         self.roles = list(roles)
         self.lr, self.betas, self.eps, self.k = lr, betas, eps, k

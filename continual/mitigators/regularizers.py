@@ -185,7 +185,7 @@ class SpectralDecoupled(Mitigator):
         super().__init__(model, lr, strength, seed=seed)
 
     def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        return specopt.SpectralAdam(specopt.param_groups(model), lr=lr, spectral_strength=self.strength, k=self.k)
+        return specopt.SpectralAdam(specopt.param_groups(model), lr=lr, strength=self.strength, k=self.k)
 
 
 class SpectralCoupled(Mitigator):

@@ -78,7 +78,7 @@ def test_each_seed_gets_its_own_spectral_adam_step(tmp_path, layernorm, strength
     for s, run in enumerate(fresh):
         task = vmap_seeds.make_task(ds, cfg.nonstationarity, run.seed, 0)
         adam_model = copy.deepcopy(run.model)
-        spectral = specopt.SpectralAdam(specopt.param_groups(run.model), lr=cfg.lr, spectral_strength=strength, k=k)
+        spectral = specopt.SpectralAdam(specopt.param_groups(run.model), lr=cfg.lr, strength=strength, k=k)
         adam = torch.optim.Adam(adam_model.parameters(), lr=cfg.lr)
         for epoch in range(3):
             idx = torch.randperm(64, generator=vmap_seeds.batch_generator(run.seed, 0, epoch))

@@ -147,7 +147,7 @@ def test_bias_shrinks_toward_zero_and_scale_toward_one(n, k, seed):
         norm.bias.copy_(torch.randn(n, generator=g) * 0.5)
     gamma0, beta0 = norm.weight.detach().clone(), norm.bias.detach().clone()
     lr, lam = 1e-2, 0.5
-    opt = specopt.SpectralAdam(specopt.param_groups(norm), lr=lr, spectral_strength=lam, k=k)
+    opt = specopt.SpectralAdam(specopt.param_groups(norm), lr=lr, strength=lam, k=k)
     for p in norm.parameters():
         p.grad = torch.zeros_like(p)
     opt.step()  # Adam's update is 0 for zero gradients: only the spectral step acts
@@ -160,7 +160,7 @@ def test_bias_shrinks_toward_zero_and_scale_toward_one(n, k, seed):
 
 
 OPTIMIZERS = {  # zero gradients: every base update is 0, only the spectral step acts
-    "SpectralAdam": lambda params, lr, lam, k: specopt.SpectralAdam(params, lr=lr, spectral_strength=lam, k=k),
+    "SpectralAdam": lambda params, lr, lam, k: specopt.SpectralAdam(params, lr=lr, strength=lam, k=k),
     "Spectral(SGD)": lambda params, lr, lam, k: specopt.Spectral(torch.optim.SGD(params, lr=lr, momentum=0.9),
                                                                  strength=lam, k=k),
     "Spectral(RMSprop)": lambda params, lr, lam, k: specopt.Spectral(torch.optim.RMSprop(params, lr=lr),
@@ -224,7 +224,7 @@ def test_a_large_step_lands_on_the_target_instead_of_diverging(log_sigma, k, see
     1 (the next singular value, below it, stays), and nothing is ever non-finite."""
     top = 10.0**log_sigma
     weight = nn.Parameter(matrix_with_spectrum([top, 0.5], 16, 16, seed=seed).float())
-    opt = specopt.SpectralAdam([weight], lr=1e-3, spectral_strength=1.0, k=k)
+    opt = specopt.SpectralAdam([weight], lr=1e-3, strength=1.0, k=k)
     weight.grad = torch.zeros_like(weight)
     opt.step()
     sigmas = torch.linalg.svdvals(weight.detach().double())
@@ -452,7 +452,7 @@ def test_spectral_adam_qkv_step_is_the_gradient_step_of_each_block(tops, seed, k
     lr = 1e-2
     # λ small enough that no block's gradient step crosses σ = 1 (not truncated): then the step is exact
     lam = fraction * min(abs(s[0].item() - 1) / (lr * abs(cj)) for (_, s, _), cj in zip(svds, c))
-    opt = specopt.SpectralAdam(groups, lr=lr, spectral_strength=lam, k=k, init_iterations=200)
+    opt = specopt.SpectralAdam(groups, lr=lr, strength=lam, k=k, init_iterations=200)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # Adam's update is 0: only the spectral step acts
     opt.step()
@@ -475,7 +475,7 @@ def test_spectral_adam_large_qkv_step_lands_each_block_between_its_sigma_and_one
     with torch.no_grad():
         weight.copy_(_qkv_weight(8, [10.0**t for t in tops], seed).float())
     lr = 1e-3
-    opt = specopt.SpectralAdam(groups, lr=lr, spectral_strength=10.0**log_lr_strength / lr, k=k, init_iterations=200)
+    opt = specopt.SpectralAdam(groups, lr=lr, strength=10.0**log_lr_strength / lr, k=k, init_iterations=200)
     before = [torch.linalg.matrix_norm(b, ord=2).item() for b in weight.detach().double().chunk(3)]
     for step in range(3):
         for p in model.parameters():

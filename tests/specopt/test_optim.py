@@ -2,7 +2,9 @@
 
 import copy
 import io
+import itertools
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -39,22 +41,121 @@ def train(model, opt, steps, start=0, closure=False):
             opt.step()
 
 
-@pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}, {"fused": True}])
-@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_strength_zero_matches_torch_adam_over_hundreds_of_steps(impl, weight_decay):
-    a, b = make_model(), make_model()
-    ref = torch.optim.AdamW(a.parameters(), lr=1e-3, weight_decay=weight_decay, **impl)
-    opt = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-3, weight_decay=weight_decay, spectral_strength=0.0, **impl)
-    train(a, ref, 300)
-    train(b, opt, 300)
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+IMPLS = {
+    "for-loop": {"foreach": False},
+    "foreach": {"foreach": True},
+    "fused": {"fused": True},
+    "differentiable": {"differentiable": True},
+    "tensor-lr": {"lr": torch.tensor(3e-3), "foreach": False},
+    "tensor-betas": {"betas": (torch.tensor(0.8), torch.tensor(0.95)), "foreach": False},
+}
+ADAM_GRID = [
+    dict(IMPLS[impl], weight_decay=wd, decoupled_weight_decay=dec, amsgrad=ams, maximize=mx, eps=1e-6)
+    for impl, wd, dec, ams, mx in itertools.product(sorted(IMPLS), (0.0, 0.1), (False, True), (False, True),
+                                                    (False, True))
+]
+
+
+def _adam_run(make, kwargs, steps=20):
+    """``steps`` steps of ``make(params, **kwargs)`` on a matrix and a bias whose gradient depends on the trajectory;
+    returns the final parameters and, for ``differentiable``, the gradient of their sum w.r.t. the initial ones."""
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(5, 4, generator=g).requires_grad_(), torch.randn(5, generator=g).requires_grad_()]
+    differentiable = kwargs.get("differentiable", False)
+    params = [p.clone() for p in leaves] if differentiable else [nn.Parameter(p.detach().clone()) for p in leaves]
+    opt = make(params, **{k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+    for t in range(steps):
+        noise = torch.Generator().manual_seed(100 + t)
+        for p in params:
+            p.grad = 0.3 * p.detach() + torch.randn(p.shape, generator=noise)
+        opt.step()
+    out = [p.detach().clone() for p in params]
+    if differentiable:
+        try:
+            out += list(torch.autograd.grad(sum(p.sum() for p in params), leaves))
+        except RuntimeError as err:  # torch 2.14's differentiable amsgrad: "modified by an inplace operation"
+            out.append(str(err).split(":")[0])
+    return out
+
+
+def _equal(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kwargs", ADAM_GRID, ids=lambda kw: ",".join(
+    f"{k}={'T' if torch.is_tensor(v) or isinstance(v, tuple) else v}" for k, v in kw.items()))
+def test_strength_zero_is_torch_adam_bit_for_bit_for_every_argument(kwargs):
+    expected = _adam_run(torch.optim.Adam, kwargs)
+    got = _adam_run(lambda ps, **kw: specopt.SpectralAdam(ps, strength=0.0, **kw), kwargs)
+    assert _equal(expected, got)
+    moved = _adam_run(lambda ps, **kw: specopt.SpectralAdam(ps, strength=1.0, **kw), kwargs)
+    assert not torch.equal(moved[0], expected[0])  # the grid's runs do take the spectral step when λ > 0
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
+@pytest.mark.parametrize("weight_decay", [None, 0.1])
+def test_spectral_adamw_at_strength_zero_is_torch_adamw_bit_for_bit(impl, weight_decay):
+    kwargs = dict(IMPLS[impl], amsgrad=True) | ({} if weight_decay is None else {"weight_decay": weight_decay})
+    expected = _adam_run(torch.optim.AdamW, kwargs)
+    got = _adam_run(lambda ps, **kw: specopt.SpectralAdamW(ps, strength=0.0, **kw), kwargs)
+    assert _equal(expected, got)
+    adam = _adam_run(torch.optim.Adam, kwargs)
+    assert not torch.equal(adam[0], expected[0])  # AdamW's default weight decay 1e-2 is decoupled, unlike Adam's
+
+
+def test_positional_arguments_are_adams():
+    """lr, betas, eps, weight_decay, amsgrad in Adam's positional order (the spectral settings are keyword-only)."""
+    args = (1e-2, (0.8, 0.9), 1e-6, 0.1, True)
+    expected = _adam_run(lambda ps: torch.optim.Adam(ps, *args), {})
+    got = _adam_run(lambda ps: specopt.SpectralAdam(ps, *args, strength=0.0), {})
+    assert _equal(expected, got)
+    assert specopt.SpectralAdam([nn.Parameter(torch.ones(2, 2))], *args).defaults["amsgrad"] is True
+
+
+def test_capturable_behaves_as_torch_adam_on_this_device():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kwargs = {"capturable": True, "weight_decay": 0.1}
+
+    def run(make):
+        try:
+            return _adam_run(lambda ps, **kw: make([p.to(device).detach().requires_grad_() for p in ps], **kw),
+                             kwargs), None
+        except Exception as err:  # capturable Adam refuses CPU tensors
+            return None, (type(err), str(err))
+
+    expected, err_expected = run(torch.optim.Adam)
+    got, err_got = run(lambda ps, **kw: specopt.SpectralAdam(ps, strength=0.0, **kw))
+    assert err_got == err_expected
+    if expected is not None:
+        assert _equal(expected, got)
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps, **kw: specopt.SpectralAdam(ps, **kw),
+    lambda ps, **kw: specopt.Spectral(torch.optim.SGD(ps, lr=0.1), **kw),
+    lambda ps, **kw: specopt.StackedSpectralAdam(ps, ["matrix"], **kw),
+], ids=["SpectralAdam", "Spectral", "StackedSpectralAdam"])
+def test_spectral_strength_is_a_deprecated_alias_of_strength(make, monkeypatch):
+    monkeypatch.setattr(specopt.optim, "_WARNED_ALIASES", set())
+    w = nn.Parameter(torch.ones(2, 3, 3))
+    with pytest.warns(FutureWarning, match=r"spectral_strength=\.\.\.\) is deprecated; use strength="):
+        opt = make([w], spectral_strength=0.5)
+    stacked = isinstance(opt, specopt.StackedSpectralAdam)
+    strength = opt.strength if stacked else opt.param_groups[0]["spectral_strength"]
+    assert float(torch.as_tensor(strength).flatten()[0]) == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make([w], spectral_strength=0.5)  # once per class
+        make([w], strength=0.5)
+    with pytest.raises(ValueError, match="both strength= and its deprecated alias") as err:
+        make([w], strength=0.5, spectral_strength=0.5)
+    assert "\n" not in str(err.value)
 
 
 def test_adam_update_is_torch_adam_when_no_role_is_regularized():
     a, b = make_model(), make_model()
     ref = torch.optim.Adam(a.parameters(), lr=1e-3)
-    opt = specopt.SpectralAdam([{"params": b.parameters(), "role": "none"}], lr=1e-3, spectral_strength=1.0)
+    opt = specopt.SpectralAdam([{"params": b.parameters(), "role": "none"}], lr=1e-3, strength=1.0)
     train(a, ref, 50)
     train(b, opt, 50)
     for p, q in zip(a.parameters(), b.parameters()):
@@ -67,7 +168,7 @@ def test_spectral_step_changes_the_trajectory_and_pulls_sigma_toward_one():
         for m in (a[0], b[0]):
             m.weight.mul_(5.0)
     train(a, torch.optim.Adam(a.parameters(), lr=1e-3), 100)
-    train(b, specopt.SpectralAdam(specopt.param_groups(b), lr=1e-3, spectral_strength=1.0), 100)
+    train(b, specopt.SpectralAdam(specopt.param_groups(b), lr=1e-3, strength=1.0), 100)
     sa = torch.linalg.matrix_norm(a[0].weight, ord=2)
     sb = torch.linalg.matrix_norm(b[0].weight, ord=2)
     assert abs(sb - 1) < abs(sa - 1)
@@ -120,6 +221,55 @@ def test_power_iteration_vectors_stay_float32_for_bf16_parameters_across_checkpo
     assert restored["spectral_u"].dtype == torch.float32
     assert torch.equal(restored["spectral_u"], state["spectral_u"])
     assert restored["exp_avg"].dtype == torch.bfloat16  # Adam's own state follows the parameter as in torch
+    assert state["spectral_residual"].dtype == torch.float32 and state["spectral_residual"].shape == (32, 10)
+    assert restored["spectral_residual"].dtype == torch.float32
+    assert torch.equal(restored["spectral_residual"], state["spectral_residual"])
+
+
+def _pure_spectral_run(make, dtype, steps=200):
+    """``steps`` spectral steps (zero loss gradients) at lr 1e-2 and the default strength on a Linear (σ1 = 3, bias
+    of ones) and a LayerNorm (γ = 3) of ``dtype``: each step moves a weight by ~2e-5, far below bf16's resolution
+    (≈ 4e-4 at 0.1), but 200 steps move σ1 and the bias norm by ~0.1. Returns (model, optimizer, start weights)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.LayerNorm(32))
+    with torch.no_grad():
+        model[0].weight.mul_(3.0 / torch.linalg.matrix_norm(model[0].weight, ord=2))
+        model[0].bias.fill_(1.0)
+        model[1].weight.fill_(3.0)
+    model = model.to(dtype)
+    start = [p.detach().float().clone() for p in model.parameters()]
+    opt = make(specopt.param_groups(model))
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+    return model, opt, start
+
+
+def _moved(model):
+    w, b = model[0].weight.detach().double(), model[0].bias.detach().double()
+    return torch.stack([3.0 - torch.linalg.matrix_norm(w, ord=2), 32**0.5 - b.norm()])
+
+
+@pytest.mark.parametrize("name, dtype", [("SpectralAdam", torch.bfloat16), ("Spectral(SGD)", torch.bfloat16),
+                                         ("Spectral(SGD)", torch.float16)])
+def test_low_precision_weights_take_the_spectral_step_as_float32_does(name, dtype):
+    """Rounded into the weight at every step, the spectral step of a bf16 layer was mostly lost (σ1 moved 0.04× as
+    far as in float32). It is accumulated in a float32 residual (``spectral_residual``) instead."""
+    make = {"SpectralAdam": lambda ps: specopt.SpectralAdam(ps, lr=1e-2),
+            "Spectral(SGD)": lambda ps: specopt.Spectral(torch.optim.SGD(ps, lr=1e-2))}[name]
+    ref_model, _, ref_start = _pure_spectral_run(make, torch.float32)
+    model, opt, start = _pure_spectral_run(make, dtype)
+    reference = _moved(ref_model)
+    assert (reference > 0.05).all()
+    torch.testing.assert_close(_moved(model), reference, rtol=0.03, atol=0.0)  # σ1 and ‖b‖ moved as in float32
+    for p, q, p0, q0 in zip(model.parameters(), ref_model.parameters(), start, ref_start):
+        # the step taken, weight + residual (the float32 value the weight rounds), against float32's own step
+        step, ref_step = p.detach().float() + opt.state[p]["spectral_residual"] - p0, q.detach() - q0
+        if ref_step.norm() == 0:  # the LayerNorm's zero shift: a stationary point of ‖b‖^2k
+            assert torch.equal(step, ref_step)
+        else:
+            assert (step - ref_step).norm() / ref_step.norm() < 0.03, p.shape
 
 
 def test_lr_scheduler_drives_the_wrapper_and_scales_the_spectral_step():
@@ -166,11 +316,17 @@ def test_found_inf_from_grad_scaler_skips_the_spectral_step_of_fused_adam():
     scaler.step(opt)
     scaler.update()
     before = [p.detach().clone() for p in model.parameters()]
+    spectral = {(i, key): val.clone() for i, p in enumerate(model.parameters())
+                for key, val in opt.state[p].items() if key.startswith("spectral_")}
+    assert {key for _, key in spectral} >= {"spectral_u", "spectral_v", "spectral_sigma"}
     opt.zero_grad()
     scaler.scale(nn.functional.cross_entropy(model(x), y) * float("inf")).backward()
     scaler.step(opt)
     for p, q in zip(before, model.parameters()):
         assert torch.equal(p, q)
+    params = list(model.parameters())
+    for (i, key), val in spectral.items():  # the skipped step left the power-iteration state alone too
+        assert torch.equal(opt.state[params[i]][key], val), key
 
 
 @pytest.mark.parametrize("wrap", [True, False])
@@ -211,7 +367,7 @@ def test_param_group_added_later_is_regularized_with_defaults(wrapper):
     if wrapper:
         opt = specopt.Spectral(torch.optim.SGD(base.parameters(), lr=0.01), strength=0.5)
     else:
-        opt = specopt.SpectralAdam(base.parameters(), lr=0.01, spectral_strength=0.5)
+        opt = specopt.SpectralAdam(base.parameters(), lr=0.01, strength=0.5)
     opt.add_param_group({"params": [extra.weight], "lr": 0.01})
     group = opt.param_groups[-1]
     assert group["spectral_strength"] == 0.5 and group["k"] == 2 and group["role"] == "auto"
@@ -259,7 +415,7 @@ def test_zero_matrix_one_by_one_and_empty_parameters():
     zero = nn.Parameter(torch.zeros(4, 3))
     one = nn.Parameter(torch.tensor([[3.0]]))
     empty = nn.Parameter(torch.zeros(0, 5))
-    opt = specopt.SpectralAdam([zero, one, empty], lr=1e-2, spectral_strength=1.0)
+    opt = specopt.SpectralAdam([zero, one, empty], lr=1e-2, strength=1.0)
     for p in (zero, one, empty):
         p.grad = torch.zeros_like(p)
     opt.step()
@@ -281,8 +437,8 @@ def test_sparse_gradients_raise_a_clear_error():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"spectral_strength": -1.0}, "strength must be"),
-        ({"spectral_strength": float("nan")}, "strength must be"),
+        ({"strength": -1.0}, "strength must be"),
+        ({"strength": float("nan")}, "strength must be"),
         ({"k": 0.5}, "k must be"),
         ({"power_iterations": 0}, "power_iterations must be"),
     ],

@@ -181,7 +181,7 @@ def test_logit_scale_is_left_alone():
                      "proj.weight": "matrix", "proj.bias": "bias"}
     model = LogitScale()
     assert set(specopt.spectral_norms(model)) == {"proj.weight"}
-    opt = specopt.SpectralAdam(specopt.param_groups(model), lr=0.1, spectral_strength=1.0)
+    opt = specopt.SpectralAdam(specopt.param_groups(model), lr=0.1, strength=1.0)
     before = model.logit_scale.detach().clone()
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

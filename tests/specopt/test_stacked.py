@@ -36,11 +36,11 @@ def random_grads(params, step: int, slice_: int | None = None):
 
 def test_each_slice_equals_spectral_adam_with_resets_and_reload():
     models = [model(s) for s in range(3)]
-    refs = [specopt.SpectralAdam(specopt.param_groups(m), lr=1e-2, spectral_strength=lam, foreach=True)
+    refs = [specopt.SpectralAdam(specopt.param_groups(m), lr=1e-2, strength=lam, foreach=True)
             for m, lam in zip(models, STRENGTHS)]
     params, roles = stacked_copy(models)
     assert "qkv" in roles and "scale" in roles and "bias" in roles
-    opt = StackedSpectralAdam(params, roles, lr=1e-2, spectral_strength=STRENGTHS)
+    opt = StackedSpectralAdam(params, roles, lr=1e-2, strength=STRENGTHS)
     for step in range(8):
         torch.manual_seed(step)
         grads = [torch.randn_like(p) for p in params]
@@ -58,12 +58,12 @@ def test_each_slice_equals_spectral_adam_with_resets_and_reload():
                     p.copy_(q)
                 for p, q in zip(params, fresh.parameters()):
                     p[1].copy_(q)
-            refs[1] = specopt.SpectralAdam(specopt.param_groups(models[1]), lr=1e-2, spectral_strength=STRENGTHS[1],
+            refs[1] = specopt.SpectralAdam(specopt.param_groups(models[1]), lr=1e-2, strength=STRENGTHS[1],
                                            foreach=True)
             opt.reset([False, True, False])
         if step == 5:  # save and load mid-run
             saved = opt.state_dict()
-            opt = StackedSpectralAdam(params, roles, lr=1e-2, spectral_strength=STRENGTHS)
+            opt = StackedSpectralAdam(params, roles, lr=1e-2, strength=STRENGTHS)
             opt.load_state_dict(saved)
         for s, m in enumerate(models):
             for p, q in zip(params, m.parameters()):
@@ -76,7 +76,7 @@ def test_strength_zero_is_plain_adam():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(2, 6, 4) * 3)
     ref = [nn.Parameter(w[i].detach().clone()) for i in range(2)]
-    opt = StackedSpectralAdam([w], ["matrix"], lr=0.1, spectral_strength=0.0)
+    opt = StackedSpectralAdam([w], ["matrix"], lr=0.1, strength=0.0)
     adams = [torch.optim.Adam([r], lr=0.1) for r in ref]
     for _ in range(5):
         g = torch.randn_like(w)
@@ -96,7 +96,7 @@ def test_large_sigma_lands_on_one_per_slice():
     spectrum[0, 0] = 25.0  # slice 0: σ1 = 25 over a spectrum below 1; slice 1: σ1 = 0.01; slice 2: λ = 0
     spectrum[1] = torch.linspace(0.01, 0.001, 16)
     w = nn.Parameter(u @ torch.diag_embed(spectrum) @ vh)
-    opt = StackedSpectralAdam([w], ["matrix"], lr=1.0, spectral_strength=[1.0, 1.0, 0.0], init_iterations=200)
+    opt = StackedSpectralAdam([w], ["matrix"], lr=1.0, strength=[1.0, 1.0, 0.0], init_iterations=200)
     before = torch.linalg.matrix_norm(w.detach(), ord=2)
     w.grad = torch.zeros_like(w)
     opt.step()
@@ -109,8 +109,8 @@ def test_large_sigma_lands_on_one_per_slice():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(spectral_strength=[1.0, 2.0]), "spectral_strength must be one number or 3"),
-    (dict(spectral_strength=-1.0), "spectral_strength must be one number or 3"),
+    (dict(strength=[1.0, 2.0]), "strength must be one number or 3"),
+    (dict(strength=-1.0), "strength must be one number or 3"),
     (dict(roles=["weird"]), "unknown role 'weird'"),
     (dict(k=0.5), "k must be a number >= 1"),
 ])
