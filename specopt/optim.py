@@ -225,9 +225,8 @@ class SpectralAdamW(SpectralAdam):
     r"""AdamW with decoupled spectral regularization: :class:`SpectralAdam` with ``decoupled_weight_decay=True``.
 
     .. math::
-        	heta_{t+1} = 	heta_t - \eta\,w\,	heta_t - \eta\,\hat m_t/(\sqrt{\hat v_t}+\epsilon)
-                       - \eta\,\lambda\,
-abla R(	heta_t)
+        \theta_{t+1} = \theta_t - \eta\,w\,\theta_t - \eta\,\hat m_t/(\sqrt{\hat v_t}+\epsilon)
+                       - \eta\,\lambda\,\nabla R(\theta_t)
 
     With ``strength=0`` it is ``torch.optim.AdamW`` (same arguments, same default ``weight_decay=1e-2``), bit for
     bit. Arguments as :class:`SpectralAdam`, without ``decoupled_weight_decay``.
