@@ -257,7 +257,10 @@ def _run_in(out: Path, cfg: RunConfig, resume: bool, progress: bool) -> list[dic
     saved = open_checkpoint(out, config, resume)  # before anything is written: a refused file changes nothing
     ds = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, cfg.train_size).to(cfg.device)
     rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
-    experiment.write_json(out / "config.json", config)
+    history = experiment.saved_provenance(out / "config.json") if saved is not None else []
+    if len(rows) < len(cfg.mitigators) * len(cfg.seeds) * cfg.tasks:  # this process trains: record its code version
+        history = history + [experiment.code_version(cfg.device)]
+    experiment.write_json(out / "config.json", {**config, experiment.PROVENANCE: history})
     if saved is not None:  # the checkpoint's rows are the record: a damaged or missing results.csv is rebuilt
         experiment.write_csv(out / "results.csv", rows, COLUMNS)
     order = {key: i for i, key in enumerate((m, s) for m in cfg.mitigators for s in cfg.seeds)}

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specopt.experiment import (append_csv, changed_settings, claim_folder, load_checkpoint, log_scalars, progress_bar,
-                                read_csv, save_checkpoint, tensorboard_writer, write_csv, write_json)
+from specopt.experiment import (PROVENANCE, append_csv, changed_settings, claim_folder, code_version, load_checkpoint,
+                                log_scalars, progress_bar, read_csv, save_checkpoint, saved_provenance,
+                                tensorboard_writer, write_csv, write_json)
 
 from . import streams
 from .buffer import ReplayBuffer
@@ -239,11 +240,14 @@ def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, t
     obs_dim, act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / CONFIG, cfg.to_dict())
+    history = saved_provenance(out / CONFIG) if ck is not None else []
+    if ck is None or ck["step"] < cfg.steps:  # this process trains: record its code version
+        history = history + [code_version(cfg.device)]
+    write_json(out / CONFIG, {**cfg.to_dict(), PROVENANCE: history})
     dirs = [agent_dir(cfg, a) for a in agents]
     for d, a in zip(dirs, agents):
         d.mkdir(parents=True, exist_ok=True)
-        write_json(d / CONFIG, cfg.agent_dict(a))
+        write_json(d / CONFIG, {**cfg.agent_dict(a), PROVENANCE: history})
     agent = SAC(obs_dim, act_dim, cfg, device)
     buffer = ReplayBuffer(n, cfg.buffer_size, obs_dim, act_dim, device)
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_TYPES", "CheckpointError", "FolderLock", "add_config_flags", "append_csv", "atomic_write",
-           "changed_settings", "claim_folder", "convert_checkpoint", "field_docs", "folder_kind", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
-           "mean_se", "progress_bar", "read_csv", "save_checkpoint", "save_figure", "tensorboard_writer", "write_csv",
+__all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "CheckpointError", "FolderLock", "add_config_flags", "append_csv", "atomic_write",
+           "changed_settings", "claim_folder", "code_version", "convert_checkpoint", "field_docs", "folder_kind", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
+           "mean_se", "progress_bar", "read_csv", "save_checkpoint", "saved_provenance", "save_figure", "tensorboard_writer", "write_csv",
            "write_json", "write_text"]
 
 
@@ -110,6 +110,67 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+# --- provenance: which code and machine made the rows -------------------------------------------------------------
+PROVENANCE = "provenance"
+"""The key of config.json that lists, per process that trained the run (its start, then every resume that had work
+left), the :func:`code_version` it ran; not a setting, so no resume guard compares it."""
+
+_CODE_DIRS = ("specopt", "continual", "rl")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def code_version(device: str = "cpu") -> dict[str, Any]:
+    """Which code and machine ran (part of) a run, as plain values: the git ``commit`` of the installed tree (None
+    outside a git checkout) and whether its code (``specopt/``, ``continual/``, ``rl/``) had uncommitted changes
+    (``dirty``), the torch and Python versions, the CPU model, the GPU's name on a CUDA ``device``, and the UTC time
+    it started. Rows of two versions are not one study's."""
+    import platform
+    import time as _time
+
+    import torch
+
+    root = Path(__file__).resolve().parents[1]
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *_CODE_DIRS) if commit else None
+    gpu = None
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name(torch.device(device))
+    return {"commit": commit, "dirty": None if status is None else bool(status), "torch": torch.__version__,
+            "python": platform.python_version(), "cpu": _cpu_model(), "gpu": gpu,
+            "started": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime())}
+
+
+def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The :data:`PROVENANCE` list of an existing config.json (``[]`` if there is none or it is unreadable)."""
+    try:
+        saved = json.loads(Path(config_path).read_text())
+    except (OSError, ValueError):
+        return []
+    entries = saved.get(PROVENANCE, []) if isinstance(saved, dict) else []
+    return entries if isinstance(entries, list) else []
 
 
 # --- run folders: one run (of one kind) per folder, one process at a time -----------------------------------------

@@ -372,3 +372,23 @@ def test_plot_and_sweep_on_a_garbage_results_csv(continual_run, tmp_path, capsys
     (sweep / "none-seed0" / "results.csv").write_bytes(b"garbage\n1,2,3\n")
     assert continual_main(SWEEP + ["--out", str(sweep)]) == 0  # the run resumes, which rebuilds its rows
     assert (sweep / "none-seed0" / "results.csv").read_bytes() == good
+
+
+def test_a_truncated_gz_idx_file_in_data_dir_is_one_line_and_writes_nothing(tmp_path, capsys):
+    import gzip
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    data.mkdir()
+    images = np.zeros((4, 28, 28), dtype=np.uint8)
+    idx = bytes([0, 0, 8, 3]) + b"".join(int(d).to_bytes(4, "big") for d in images.shape) + images.tobytes()
+    packed = gzip.compress(idx)
+    (data / "train-images-idx3-ubyte.gz").write_bytes(packed[: len(packed) // 2])  # a cut-off download
+    labels = bytes([0, 0, 8, 1]) + (4).to_bytes(4, "big") + bytes(4)
+    (data / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+    out = tmp_path / "run"
+    line = refused(capsys, continual_main(["run", "--dataset", "fashion-mnist", "--data-dir", str(data), "--tasks",
+                                           "1", "--epochs", "1", "--no-progress", "--out", str(out)]))
+    assert "train-images-idx3-ubyte.gz is truncated or not a gzip file" in line
+    assert not out.exists()
