@@ -11,9 +11,11 @@ of a conv kernel is a subset of the reshaped columns). One power iteration is
     s_r = \sum_c W_{rc} v_c \;\text{(over column shards)},\quad
     \hat\sigma^2 = \sum_r \lVert s_r\rVert^2 \;\text{(over row shards)},\quad u_r = s_r/\hat\sigma
 
-so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is three row
-blocks; a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
-its block from its global row index). The collectives of one step are batched: one all-reduce per phase and mesh
+so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is row blocks
+(three equal ones, or the sizes of its group's ``blocks`` entry, e.g. grouped-query attention's h·d, h_kv·d,
+h_kv·d); a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
+its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are refused on DTensors with
+a one-line error: that layout is not implemented for sharded parameters. The collectives of one step are batched: one all-reduce per phase and mesh
 dimension for all tensors that share a sharding. ``spectral_u`` (rows) and ``spectral_v`` (blocks × the weight's
 trailing dims) are stored as DTensors sharded like the weight's rows and columns, so ``torch.distributed.checkpoint``
 saves and reshards them like the rest of the optimizer state; ``spectral_sigma`` is a replicated plain tensor.
@@ -71,7 +73,8 @@ def _placements(p: DTensor, of: str) -> list[Any]:
 class _Matrix:
     """One sharded matrix-role parameter: its local block, block ids of its local rows, and local u, v."""
 
-    def __init__(self, p: DTensor, blocks: int, state: dict) -> None:
+    def __init__(self, p: DTensor, sizes: tuple[int, ...], state: dict) -> None:
+        blocks = len(sizes)
         self.p, self.blocks = p, blocks
         local = p.to_local()
         self.w = local.reshape(local.shape[0], -1).float()
@@ -80,16 +83,17 @@ class _Matrix:
         u_place, v_place = _placements(p, "u"), _placements(p, "v")
         row_ids = distribute_tensor(torch.arange(rows, device=local.device), p.device_mesh, u_place,
                                     src_data_rank=None).to_local()
-        self.block_ids = torch.div(row_ids, rows // blocks, rounding_mode="floor")
+        ends = torch.tensor(sizes, device=local.device).cumsum(0)
+        self.block_ids = torch.bucketize(row_ids, ends, right=True)  # block j holds rows [end_{j−1}, end_j)
         st = state.get(p) or {}
         self.warm = "spectral_u" in st
         if self.warm:
             self.u = st["spectral_u"].to_local()
             self.v = st["spectral_v"].to_local().reshape(blocks, -1)
         else:
-            u, v = F.initial_vectors(rows // blocks, cols, local.device)
-            u_full = u.repeat(blocks)
-            v_full = v.expand(blocks, cols).reshape(blocks, *p.shape[1:])
+            starts = [F.initial_vectors(size, cols, local.device) for size in sizes]
+            u_full = torch.cat([u for u, _ in starts])
+            v_full = torch.stack([v for _, v in starts]).reshape(blocks, *p.shape[1:])
             self.u = distribute_tensor(u_full, p.device_mesh, u_place, src_data_rank=None).to_local()
             self.v = distribute_tensor(v_full, p.device_mesh, v_place, src_data_rank=None).to_local()
             self.v = self.v.reshape(blocks, -1)
@@ -139,9 +143,12 @@ def prepare_sharded(entries: list[tuple], state: dict, pending: F.Pending) -> No
     """:func:`specopt.functional.prepare` for DTensor parameters; adds their work to ``pending``."""
     batches: dict[tuple, list[tuple[_Matrix, tuple]]] = {}
     for entry in entries:
-        p, role, strength, k, iterations, init_iterations, group = entry
+        p, role, strength, k, iterations, init_iterations, group, layout = entry
         if role in F.BLOCKS:
-            m = _Matrix(p, F.BLOCKS[role], state)
+            if layout is not None and layout[1] != 0:
+                raise ValueError("role 'qkv' with column blocks (axis 1) is not supported on sharded (DTensor) "
+                                 "parameters; give it role 'matrix' or row blocks")
+            m = _Matrix(p, layout[0] if layout is not None else (p.shape[0],), state)
             n = iterations if m.warm else max(iterations, init_iterations)
             batches.setdefault((m.key(), n), []).append((m, entry))
             continue
@@ -156,7 +163,7 @@ def prepare_sharded(entries: list[tuple], state: dict, pending: F.Pending) -> No
     for (_, iterations), members in batches.items():
         sigmas = _iterate([m for m, _ in members], iterations)
         for (m, entry), sigma in zip(members, sigmas):
-            p, _, strength, k, _, _, group = entry
+            p, _, strength, k, _, _, group, _ = entry
             pending.blocked.append((p, m, m.v, sigma, strength, k, group))
 
 
