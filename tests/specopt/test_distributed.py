@@ -415,6 +415,35 @@ def _control_worker(rank: int, out: Path) -> dict:
     }
 
 
+GQA_BLOCKS = {"sizes": (32, 8, 8), "axis": 0}  # 48 rows on two ranks: rank 1's 24 rows hold parts of all 3 blocks
+
+
+def make_gqa(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 48), nn.ReLU(), nn.Linear(48, 4))
+
+
+def gqa_optimizer(model: nn.Module, blocks: dict) -> torch.optim.Optimizer:
+    layer = "0.weight" if blocks["axis"] == 0 else "2.weight"
+    return specopt.SpectralAdam(specopt.param_groups(model, roles={layer: ("qkv", blocks)}), lr=LR)
+
+
+def _gqa_worker(rank: int, out: Path) -> dict:
+    """Unequal row blocks on Shard(0) rows; column blocks on a DTensor are refused."""
+    model = shard_model(make_gqa(), "shard0")
+    opt = gqa_optimizer(model, GQA_BLOCKS)
+    train(model, opt, "mlp", STEPS, rank=rank)
+    sigma = full(opt.state[model[0].weight]["spectral_sigma"])
+    columns = shard_model(make_gqa(), "shard0")
+    opt = gqa_optimizer(columns, {"sizes": (16, 16, 16), "axis": 1})
+    try:
+        train(columns, opt, "mlp", 1, rank=rank)
+        refused = ""
+    except ValueError as err:
+        refused = str(err)
+    return {"params": full_params(model), "sigma": sigma, "refused": refused}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # assertions
 
@@ -573,3 +602,16 @@ def test_fsdp2_step_never_all_gathers_and_keeps_vectors_sharded(tmp_path):
                     assert u["placements"] == ["Replicate()"], f"{where}: u {u}"
                     assert v["placements"] == [f"Shard({lead})"], f"{where}: v {v}"
                     assert v["local_shape"][lead] == w["local_shape"][1], f"{where}: v {v}"
+
+
+def test_fsdp2_unequal_row_blocks_match_one_process_and_column_blocks_are_refused(tmp_path):
+    results = run_workers(tmp_path, _gqa_worker)
+    model = make_gqa()
+    opt = gqa_optimizer(model, GQA_BLOCKS)
+    train(model, opt, "mlp", STEPS)
+    expected = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for rank, r in enumerate(results):
+        assert_matches(r["params"], expected, f"FSDP2 rank {rank} grouped-query blocks")
+        torch.testing.assert_close(r["sigma"], opt.state[model[0].weight]["spectral_sigma"], atol=ATOL, rtol=RTOL)
+        assert r["sigma"].shape == (3,)
+        assert r["refused"].startswith("role 'qkv' with column blocks (axis 1) is not supported on sharded")

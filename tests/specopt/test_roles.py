@@ -1,5 +1,7 @@
 """Parameter roles, describe(), and spectral_norms()."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -127,7 +129,10 @@ class TinyViT(nn.Module):
 
 
 def test_fused_qkv_linear_by_local_module_name():
-    roles = roles_by_name(specopt.param_groups(TinyViT()))
+    with pytest.warns(UserWarning) as caught:  # the two layouts it cannot tell are reported, one warning each
+        roles = roles_by_name(specopt.param_groups(TinyViT()))
+    reported = sorted(str(w.message).split("'")[1] for w in caught if "specopt: cannot tell" in str(w.message))
+    assert reported == ["gqa.qkv.weight", "other.query_key_value.weight"]
     assert roles == {
         "cls_token": "bias", "reg_tokens": "bias", "pos_embed": "bias",
         "attn.qkv.weight": "qkv", "attn.qkv.bias": "bias",
@@ -156,7 +161,11 @@ def test_interleaved_or_non_attention_fused_layers_are_plain_matrices_unless_ove
         assert specopt.infer_role(layer, "weight", layer.weight, module_name=f"layers.0.attention.{local}") == "matrix"
         model = nn.Module()
         setattr(model, local, layer)
-        assert roles_by_name(specopt.param_groups(model)) == {f"{local}.weight": "matrix", f"{local}.bias": "bias"}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert roles_by_name(specopt.param_groups(model)) == {f"{local}.weight": "matrix", f"{local}.bias": "bias"}
+        reported = [str(w.message) for w in caught if "specopt: cannot tell" in str(w.message)]
+        assert len(reported) == (local == "query_key_value")  # reported: a q/k/v layout it cannot tell; Mamba's not
         forced = specopt.param_groups(model, roles={f"*{local}.weight": "qkv"})
         assert roles_by_name(forced) == {f"{local}.weight": "qkv", f"{local}.bias": "bias"}
         assert set(specopt.spectral_norms(model)) == {f"{local}.weight"}  # one matrix, reported once
