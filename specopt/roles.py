@@ -37,7 +37,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -96,7 +96,7 @@ RoleSpec = Union[str, tuple[str, Mapping[str, Any]]]
 
 @dataclass(frozen=True)
 class Inference:
-    """The role :func:`infer` gives a tensor, the rule that gave it (shown by :func:`describe`), the blocks of a
+    """The role :func:`infer` gives a tensor, the rule that gave it (shown by :func:`specopt.describe`), the blocks of a
     ``qkv`` tensor (``{"sizes", "axis"}``), and, for a fused projection whose layout cannot be told, why."""
 
     role: str
@@ -444,63 +444,3 @@ def group_layouts(group: Mapping[str, Any], concrete: list[str] | None = None) -
         name = repr(names[j]) if names else f"parameter {j} of its group"
         out.append(L.check_spec(specs[j] if specs is not None else None, p, name))
     return out
-
-
-def _shape_text(param: torch.Tensor, concrete: str, layout: L.Layout | None) -> str:
-    shape = "×".join(map(str, param.shape)) or "scalar"
-    if concrete == "matrix" and param.ndim > 2:
-        shape += f" (as {param.shape[0]}×{param[0].numel()})"
-    elif layout is not None:
-        sizes, axis = layout
-        if L.is_default(layout):
-            shape += f" (as 3×{sizes[0]}×{param.shape[1]})"
-        elif len(set(sizes)) == 1:
-            dims = f"{sizes[0]}×{param.shape[1]}" if axis == 0 else f"{param.shape[0]}×{sizes[0]}"
-            shape += f" (as {len(sizes)}×{dims}{', by columns' if axis else ''})"
-        else:
-            shape += f" (as {'+'.join(map(str, sizes))} {'rows' if axis == 0 else 'columns'})"
-    return shape
-
-
-def _rows(groups: Iterable[Mapping[str, Any]], defaults: Mapping[str, Any],
-          known: Mapping[int, Tagged]) -> list[tuple[str, ...]]:
-    rows = []
-    for gi, group in enumerate(groups):
-        names = group.get("param_names") or [
-            known[id(p)].name if id(p) in known else f"group{gi}.param{j}" for j, p in enumerate(group["params"])]
-        strength = group.get("spectral_strength", defaults.get("spectral_strength", "unset"))
-        k = group.get("k", defaults.get("k", "unset"))
-        concrete, layouts = roles_and_layouts(group, defaults.get("role", AUTO))
-        for name, param, role, layout in zip(names, group["params"], concrete, layouts):
-            active = role != "none" and param.numel() > 0
-            tagged = known.get(id(param))
-            rule = "" if tagged is None else tagged.rule if tagged.role == role else "set by its group"
-            rows.append((name, _shape_text(param, role, layout), role, str(strength) if active else "-",
-                         str(k) if active else "-", rule))
-    return rows
-
-
-def describe(obj: Any, model: nn.Module | None = None) -> str:
-    """A table of every tensor and the rule applied to it, for a model, a list of groups or an optimizer.
-
-    ``print(specopt.describe(optimizer, model))`` shows what is regularized: name, shape (and how a tensor is
-    viewed: a conv kernel as out × in·kh·kw, a ``qkv`` tensor as its blocks), role, strength, k, and the rule that
-    chose the role (from :func:`infer`, or the override). With ``model``, tensors of groups built from
-    ``model.parameters()`` (as HF ``Trainer`` builds them) are shown by their names in the model. Strength and k:
-    ``-`` for a tensor that is not regularized (role ``none``), ``unset`` where neither the group nor the
-    optimizer sets it (a plain list of groups: the optimizer's default will apply).
-    """
-    if isinstance(obj, nn.Module):
-        model = obj if model is None else model
-        groups: list[Mapping[str, Any]] = param_groups(obj, split_roles=True)
-        defaults: Mapping[str, Any] = {}
-    elif isinstance(obj, torch.optim.Optimizer):
-        groups, defaults = obj.param_groups, obj.defaults
-    else:
-        groups, defaults = list(obj), {}
-    known = {id(t.param): t for t in tag(model)} if model is not None else {}
-    rows = [("name", "shape", "role", "strength", "k", "rule"), *_rows(groups, defaults, known)]
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
-    return "\n".join(lines)

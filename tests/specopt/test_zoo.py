@@ -276,3 +276,22 @@ def test_specopt_reports_each_fused_layout_it_cannot_determine_once_with_the_ove
                                             intermediate_size=64, vocab_size=50))
     with pytest.warns(UserWarning, match=r"'gpt_neox\.layers\.0\.attention\.query_key_value\.weight'.*interleave"):
         assert tagged(neox)["gpt_neox.layers.0.attention.query_key_value.weight"] == M
+
+
+def test_gpt2_overrides_keep_the_declared_column_blocks_or_state_others():
+    model, expected = gpt2()
+    e = model.config.n_embd
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert tagged(model)[name] == qkv((e, e, e), axis=1)
+    (plain,) = specopt.param_groups(model, roles={"*.c_attn.weight": "qkv"})  # plain "qkv": the declared columns
+    assert plain["blocks"][plain["param_names"].index(name)] == {"sizes": (e, e, e), "axis": 1}
+    groups = specopt.param_groups(model, roles={"*.c_attn.weight": ("qkv", {"sizes": (2 * e, e), "axis": 1})})
+    (group,) = groups
+    assert group["blocks"][group["param_names"].index(name)] == {"sizes": (2 * e, e), "axis": 1}
+    text = specopt.describe(model)
+    line = next(l for l in text.splitlines() if l.startswith(name))
+    assert f"{e}×{3 * e} (as 3×{e}×{e}, by columns)" in line and "HF Conv1D c_attn" in line
+    norms = specopt.spectral_norms(model)
+    w = model.get_parameter(name).detach()
+    for j, block in enumerate("qkv"):
+        assert norms[f"{name}[{block}]"].item() == pytest.approx(sigma(w[:, j * e:(j + 1) * e]), rel=1e-5)
