@@ -198,3 +198,39 @@ def test_describe_names_plain_parameter_groups_and_tells_unset_strength_from_not
     shown = describe_rows(specopt.describe(specopt.Spectral(torch.optim.SGD(groups, lr=0.1)), model))
     assert shown["2.o_proj.weight"]["strength"] == "-" and shown["0.weight"]["strength"] == "0.3"
     assert shown["2.o_proj.weight"]["rule"] == "set by its group"
+
+
+def test_a_checkpoint_with_blocks_loads_with_weights_only_and_resumes_bit_for_bit():
+    import io
+
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(Attn(), nn.Linear(32, 4))
+        with torch.no_grad():
+            model[0].qkv_proj.weight.mul_(5.0)
+        return model, specopt.SpectralAdam(specopt.param_groups(model, strength=0.5), lr=1e-2)
+
+    def steps(model, opt, start, n):
+        for t in range(start, start + n):
+            g = torch.Generator().manual_seed(t)
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+
+    model, opt = build()
+    steps(model, opt, 0, 6)
+    uninterrupted = [p.detach().clone() for p in model.parameters()]
+    model, opt = build()
+    steps(model, opt, 0, 3)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)  # the blocks entries are plain ints and tuples
+    assert saved["optim"]["param_groups"][0]["blocks"][0] == {"sizes": (32, 8, 8), "axis": 0}
+    model, opt = build()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["optim"])
+    assert opt.state[model[0].qkv_proj.weight]["spectral_u"].dtype == torch.float32
+    steps(model, opt, 3, 3)
+    for got, want in zip(model.parameters(), uninterrupted):
+        assert torch.equal(got.detach(), want)

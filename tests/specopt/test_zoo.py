@@ -18,8 +18,6 @@ from torch import nn
 
 import specopt
 
-transformers = pytest.importorskip("transformers")
-timm = pytest.importorskip("timm")
 
 M, B, S, N = "matrix", "bias", "scale", "none"
 
@@ -89,6 +87,8 @@ def convnext():
 
 
 def timm_vit():
+    import timm  # the test extra: a missing install fails here, it is not skipped
+
     dim, heads, depth = 32, 2, 2
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, embed_dim=dim,
                               depth=depth, num_heads=heads, init_values=1e-5, num_classes=5)
