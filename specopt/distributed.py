@@ -14,12 +14,13 @@ of a conv kernel is a subset of the reshaped columns). One power iteration is
 so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is row blocks
 (three equal ones, or the sizes of its group's ``blocks`` entry, e.g. grouped-query attention's h·d, h_kv·d,
 h_kv·d); a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
-its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are refused on DTensors with
-a one-line error: that layout is not implemented for sharded parameters. The collectives of one step are batched: one all-reduce per phase and mesh
-dimension for all tensors that share a sharding. ``spectral_u`` (rows) and ``spectral_v`` (blocks × the weight's
-trailing dims) are stored as DTensors sharded like the weight's rows and columns, so ``torch.distributed.checkpoint``
-saves and reshards them like the rest of the optimizer state; ``spectral_sigma`` is a replicated plain tensor.
-Biases need ‖b‖² summed over shards; scales are element-wise and need nothing.
+its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are refused on DTensors with a
+one-line error: that layout is not implemented for sharded parameters. The collectives of one step are batched: one
+all-reduce per phase and mesh dimension for all tensors that share a sharding. ``spectral_u`` (rows) and
+``spectral_v`` (blocks × the weight's trailing dims) are stored as DTensors sharded like the weight's rows and
+columns, so ``torch.distributed.checkpoint`` saves and reshards them like the rest of the optimizer state;
+``spectral_sigma`` is a replicated plain tensor. Biases need ‖b‖² summed over shards; scales are element-wise and
+need nothing.
 """
 
 from __future__ import annotations

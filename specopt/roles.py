@@ -96,8 +96,9 @@ RoleSpec = Union[str, tuple[str, Mapping[str, Any]]]
 
 @dataclass(frozen=True)
 class Inference:
-    """The role :func:`infer` gives a tensor, the rule that gave it (shown by :func:`specopt.describe`), the blocks of a
-    ``qkv`` tensor (``{"sizes", "axis"}``), and, for a fused projection whose layout cannot be told, why."""
+    """The role :func:`infer` gives a tensor, the rule that gave it (shown by :func:`specopt.describe`), the
+    blocks of a ``qkv`` tensor (``{"sizes", "axis"}``), and, for a fused projection whose layout cannot be told,
+    why."""
 
     role: str
     rule: str

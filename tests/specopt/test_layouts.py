@@ -48,7 +48,7 @@ def test_the_step_on_a_fused_tensor_is_the_matrix_step_on_each_of_its_blocks(lay
         a.step()
         b.step()
     torch.testing.assert_close(fused.detach(), torch.cat([p.detach() for p in separate], dim=layout[1]),
-                               rtol=1e-4, atol=5e-5)  # rounding only (Adam divides by √v̂): a wrong block would be off by ≫ 1e-3
+                               rtol=1e-4, atol=5e-5)  # rounding (Adam divides by √v̂); a wrong block: ≫ 1e-3
     sigmas = torch.stack([torch.linalg.matrix_norm(p.detach(), ord=2) for p in separate])
     assert not torch.allclose(sigmas, torch.ones_like(sigmas), atol=1e-3)  # the steps had work left: a real test
     state = a.state[fused]
