@@ -15,6 +15,8 @@ columns (axis 1), each its own matrix with its own σ1:
   ``num_key_value_heads``, ``head_dim``).
 * HF GPT-2's ``c_attn``: a ``transformers.pytorch_utils.Conv1D`` whose weight is stored *in × out* (E × 3E), so
   q, k and v are the column blocks (E, E, E) along axis 1 (``split_size`` of the attention module).
+* GPT-BigCode's ``c_attn`` (an ``nn.Linear``) with multi-query attention: rows (E, kv_dim, kv_dim); without
+  multi-query its rows are interleaved per head, so it is reported, not split.
 
 In a parameter group the layout of parameter j is ``group["blocks"][j]``: ``None`` (no layout: the default of the
 ``qkv`` role, three equal row blocks) or a plain dict ``{"sizes": (s_1, ..., s_b), "axis": a}`` — a dict of ints, so
@@ -147,6 +149,17 @@ def _fused_linear(param: torch.Tensor, parent: nn.Module | None) -> Detected:
     return Detected(((q, kv, kv), 0), f"[q; k; v] rows, {heads} q / {kv_heads} kv heads × {head_dim}")
 
 
+def _bigcode(param: torch.Tensor, parent: nn.Module | None) -> Detected:
+    """GPT-BigCode's ``c_attn`` Linear: rows [q; k; v] = (embed_dim, kv_dim, kv_dim) with multi-query attention;
+    without it the rows are interleaved per head (heads × [q_h; k_h; v_h]), not three blocks."""
+    embed, kv = (_int_attr(parent, (key,)) if parent is not None else None for key in ("embed_dim", "kv_dim"))
+    if getattr(parent, "multi_query", False) is True and embed and kv and embed + 2 * kv == param.shape[0]:
+        return Detected(((embed, kv, kv), 0), f"[q; k; v] rows, multi-query: {embed} / {kv} / {kv}")
+    owner = type(parent).__name__ if parent is not None else "its parent"
+    return Detected(None, "", f"a c_attn Linear whose layout {owner} does not declare as [q; k; v] blocks "
+                              f"(GPT-BigCode without multi_query interleaves q, k and v per head)")
+
+
 def is_hf_conv1d(module: nn.Module) -> bool:
     """HF transformers' ``Conv1D`` (GPT-2 family): a linear layer whose weight is stored in × out (``nx`` × ``nf``)."""
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "nx")
@@ -177,6 +190,8 @@ def detect(module: nn.Module, name: str, param: torch.Tensor, module_name: str,
                                                  f"along the columns")
     if isinstance(module, nn.Linear) and local_module in FUSED_LINEAR_NAMES:
         return _fused_linear(param, parent)
+    if isinstance(module, nn.Linear) and local_module == "c_attn":  # GPT-BigCode's fused Linear
+        return _bigcode(param, parent)
     if isinstance(module, nn.Linear) and local_module in UNKNOWN_LINEAR_NAMES:
         return Detected(None, "", f"{local_module}: GPT-NeoX, BLOOM and Falcon interleave q, k and v per head")
     return None

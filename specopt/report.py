@@ -45,7 +45,14 @@ def _rows(groups: Iterable[Mapping[str, Any]], defaults: Mapping[str, Any],
         for name, param, role, layout in zip(names, group["params"], concrete, layouts):
             active = role != "none" and param.numel() > 0
             tagged = known.get(id(param))
-            rule = "" if tagged is None else tagged.rule if tagged.role == role else "set by its group"
+            if tagged is None:
+                rule = ""
+            elif tagged.role == role:
+                rule = tagged.rule
+            else:  # the group decided: plain model.parameters() (role auto), an override, a hand-made group
+                source = ("its group's roles" if "roles" in group
+                          else f"group role {group.get('role', defaults.get('role', AUTO))!r}")
+                rule = f"{source} (inferred: {tagged.role})"
             rows.append((name, _shape_text(param, role, layout), role, str(strength) if active else "-",
                          str(k) if active else "-", rule))
     return rows

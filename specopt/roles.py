@@ -182,12 +182,13 @@ def infer(module: nn.Module, name: str, param: torch.Tensor, *, module_name: str
     * normalization layers (LayerNorm, BatchNorm, GroupNorm, InstanceNorm, RMSNorm, or any module whose class
       name contains ``Norm``): ``weight``/``scale``/``gamma`` → scale, anything else → bias;
     * fused q/k/v projections → qkv, split as the model declares (:func:`specopt.layouts.detect`):
-      ``nn.MultiheadAttention.in_proj_weight`` (rows E, E, E); ``nn.Linear`` named ``qkv``/``qkv_proj``/``Wqkv``
-      (rows h·d, h_kv·d, h_kv·d from the owning attention's head counts; three equal row blocks when it declares
-      none); HF ``Conv1D`` ``c_attn`` (GPT-2: weight stored in × out, q, k, v are column blocks of
-      ``split_size``). A fused projection whose layout cannot be told (CodeGen's ``qkv_proj``: ``mp_num`` chunks
-      of [q; v; k]; GPT-NeoX/BLOOM/Falcon ``query_key_value``: q, k, v interleaved per head; head counts that do
-      not add up) → matrix, and :func:`named_roles` warns once, with the override that settles it;
+      ``nn.MultiheadAttention.in_proj_weight`` (rows E, E, E); ``nn.Linear`` named ``qkv``/``qkv_proj``/``Wqkv`` (rows
+      h·d, h_kv·d, h_kv·d from the owning attention's head counts; three equal row blocks when it declares none); HF
+      ``Conv1D`` ``c_attn`` (GPT-2: weight stored in × out, q, k, v are column blocks of ``split_size``); GPT-BigCode's
+      ``c_attn`` Linear with multi-query attention (rows E, kv_dim, kv_dim). A fused projection whose layout cannot be
+      told (CodeGen's ``qkv_proj``: ``mp_num`` chunks of [q; v; k]; GPT-NeoX/BLOOM/Falcon ``query_key_value`` and
+      GPT-BigCode's ``c_attn`` without multi-query: q, k, v interleaved per head; head counts that do not add up) →
+      matrix, and :func:`named_roles` warns once, with the override that settles it;
     * additive embeddings → bias: a ≥ 2-D tensor not owned by ``nn.Embedding``/``nn.EmbeddingBag`` whose
       lowercased local name contains one of :data:`ADDITIVE_NAME_PARTS` (``cls_token``, ``reg_tokens``,
       ``pos_embed``, ``positional_embedding``, ``bias_k``, relative-position bias tables): added to the

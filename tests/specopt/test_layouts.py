@@ -187,7 +187,8 @@ def test_describe_names_plain_parameter_groups_and_tells_unset_strength_from_not
     assert set(rows) == {n for n, _ in model.named_parameters()}  # real names, no group0.param0
     assert rows["0.weight"]["role"] == "matrix" and rows["0.weight"]["strength"] == str(specopt.DEFAULT_STRENGTH)
     assert rows["0.bias"]["role"] == "none" and rows["0.bias"]["strength"] == "-"  # role auto: 1-D left alone
-    assert rows["0.bias"]["rule"] == "set by its group"  # param_groups would make it a bias
+    assert rows["0.bias"]["rule"] == "group role 'auto' (inferred: bias)"  # param_groups would make it a bias
+    assert rows["2.qkv_proj.weight"]["rule"] == "group role 'auto' (inferred: qkv)"
     assert rows["2.qkv_proj.weight"]["shape"] == "48×32"  # auto: one matrix
     plain = describe_rows(specopt.describe(model))
     assert plain["0.weight"]["strength"] == "unset" and plain["1.weight"]["strength"] == "unset"
@@ -197,7 +198,7 @@ def test_describe_names_plain_parameter_groups_and_tells_unset_strength_from_not
     groups = specopt.param_groups(model, strength=0.3, roles={"2.o_proj.weight": "none"})
     shown = describe_rows(specopt.describe(specopt.Spectral(torch.optim.SGD(groups, lr=0.1)), model))
     assert shown["2.o_proj.weight"]["strength"] == "-" and shown["0.weight"]["strength"] == "0.3"
-    assert shown["2.o_proj.weight"]["rule"] == "set by its group"
+    assert shown["2.o_proj.weight"]["rule"] == "its group's roles (inferred: matrix)"
 
 
 def test_a_checkpoint_with_blocks_loads_with_weights_only_and_resumes_bit_for_bit():

@@ -183,13 +183,16 @@ def parametrized():
         warnings.simplefilter("ignore", FutureWarning)  # torch.nn.utils.weight_norm is deprecated
         torch.nn.utils.weight_norm(model.legacy)
     model.sn = parametrizations.spectral_norm(nn.Linear(6, 8))  # effective weight: original / σ1(original)
+    model.legacy_sn = torch.nn.utils.spectral_norm(nn.Linear(6, 8))  # weight_orig, with weight_u/v buffers
+    model.orth = parametrizations.orthogonal(nn.Linear(8, 8, bias=False))  # effective weight orthogonal: σ1 = 1
     model.emb = nn.Embedding(20, 8)
     with torch.no_grad():
         model.wn.parametrizations.weight.original0.mul_(3.0)  # rows of norm ≠ 1, so the scale rule has work
         model.legacy.weight_g.mul_(0.25)
     expected = {"wn.bias": B, "wn.parametrizations.weight.original0": S, "wn.parametrizations.weight.original1": N,
                 "legacy.bias": B, "legacy.weight_g": S, "legacy.weight_v": N,
-                "sn.bias": B, "sn.parametrizations.weight.original": N, "emb.weight": M}
+                "sn.bias": B, "sn.parametrizations.weight.original": N, "legacy_sn.bias": B,
+                "legacy_sn.weight_orig": N, "orth.parametrizations.weight.original": N, "emb.weight": M}
     return model, expected
 
 
@@ -272,6 +275,21 @@ def test_specopt_reports_each_fused_layout_it_cannot_determine_once_with_the_ove
         tagged(codegen)  # reported once per tensor
         settled = CodeGenForCausalLM(codegen.config)
         specopt.param_groups(settled, roles={"*.qkv_proj.weight": "matrix"})  # the override silences it
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    for multi_query in (True, False):  # [q; k; v] rows (E, head_dim, head_dim) vs q, k, v interleaved per head
+        config = GPTBigCodeConfig(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=16,
+                                  multi_query=multi_query, bos_token_id=1, eos_token_id=2)
+        bigcode = GPTBigCodeForCausalLM(config)
+        name = "transformer.h.0.attn.c_attn.weight"
+        if multi_query:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                assert tagged(bigcode)[name] == qkv((config.n_embd, config.n_embd // config.n_head,
+                                                     config.n_embd // config.n_head))
+        else:
+            with pytest.warns(UserWarning, match=r"'transformer\.h\.0\.attn\.c_attn\.weight'.*interleaves"):
+                assert tagged(bigcode)[name] == M
     neox = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                             intermediate_size=64, vocab_size=50))
     with pytest.warns(UserWarning, match=r"'gpt_neox\.layers\.0\.attention\.query_key_value\.weight'.*interleave"):
