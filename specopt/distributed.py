@@ -14,8 +14,9 @@ of a conv kernel is a subset of the reshaped columns). One power iteration is
 so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is row blocks
 (three equal ones, or the sizes of its group's ``blocks`` entry, e.g. grouped-query attention's h·d, h_kv·d,
 h_kv·d); a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
-its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are refused on DTensors with a
-one-line error: that layout is not implemented for sharded parameters. The collectives of one step are batched: one
+its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are the row blocks of Wᵀ:
+the same code runs on the transposed DTensor view (``Shard(0)`` ↔ ``Shard(1)``), whose local tensor shares W's
+storage, and stores u, v of Wᵀ. The collectives of one step are batched: one
 all-reduce per phase and mesh dimension for all tensors that share a sharding. ``spectral_u`` (rows) and
 ``spectral_v`` (blocks × the weight's trailing dims) are stored as DTensors sharded like the weight's rows and
 columns, so ``torch.distributed.checkpoint`` saves and reshards them like the rest of the optimizer state;
@@ -74,9 +75,10 @@ def _placements(p: DTensor, of: str) -> list[Any]:
 class _Matrix:
     """One sharded matrix-role parameter: its local block, block ids of its local rows, and local u, v."""
 
-    def __init__(self, p: DTensor, sizes: tuple[int, ...], state: dict) -> None:
+    def __init__(self, param: DTensor, sizes: tuple[int, ...], state: dict, transpose: bool = False) -> None:
         blocks = len(sizes)
-        self.p, self.blocks = p, blocks
+        p = param.t() if transpose else param  # column blocks of W are the row blocks of Wᵀ (a view: Shard(d) swaps)
+        self.param, self.view, self.blocks = param, p, blocks
         local = p.to_local()
         self.w = local.reshape(local.shape[0], -1).float()
         rows = p.shape[0]
@@ -86,7 +88,7 @@ class _Matrix:
                                     src_data_rank=None).to_local()
         ends = torch.tensor(sizes, device=local.device).cumsum(0)
         self.block_ids = torch.bucketize(row_ids, ends, right=True)  # block j holds rows [end_{j−1}, end_j)
-        st = state.get(p) or {}
+        st = state.get(param) or {}
         self.warm = "spectral_u" in st
         if self.warm:
             self.u = st["spectral_u"].to_local()
@@ -146,10 +148,8 @@ def prepare_sharded(entries: list[tuple], state: dict, pending: F.Pending) -> No
     for entry in entries:
         p, role, strength, k, iterations, init_iterations, group, layout = entry
         if role in F.BLOCKS:
-            if layout is not None and layout[1] != 0:
-                raise ValueError("role 'qkv' with column blocks (axis 1) is not supported on sharded (DTensor) "
-                                 "parameters; give it role 'matrix' or row blocks")
-            m = _Matrix(p, layout[0] if layout is not None else (p.shape[0],), state)
+            sizes, axis = layout if layout is not None else ((p.shape[0],), 0)
+            m = _Matrix(p, sizes, state, transpose=axis == 1)
             n = iterations if m.warm else max(iterations, init_iterations)
             batches.setdefault((m.key(), n), []).append((m, entry))
             continue
@@ -170,13 +170,15 @@ def prepare_sharded(entries: list[tuple], state: dict, pending: F.Pending) -> No
 
 @torch.no_grad()
 def apply_sharded(p: DTensor, m: _Matrix, v: Tensor, sigma: Tensor, alpha: Tensor, state: dict) -> None:
-    """W ← W − α_j u vⱼᵀ on the local block (row i in block j), and store u, v as DTensors."""
+    """W ← W − α_j u vⱼᵀ on the local block (row i in block j), and store u, v as DTensors (of Wᵀ's rows and
+    columns for column blocks: the view ``m.view`` shares W's storage)."""
+    p = m.view
     local = p.to_local()
     update = (m.u * -alpha[m.block_ids]).unsqueeze(1) * v[m.block_ids]  # (m_local, n_local)
     local.add_(update.reshape(local.shape).to(local.dtype))
     v_shape = (m.blocks, *p.shape[1:])
     v_local = v.reshape(m.blocks, *local.shape[1:])
-    st = state[p]
+    st = state[m.param]
     st["spectral_u"] = DTensor.from_local(m.u, p.device_mesh, m.u_place, shape=(p.shape[0],),
                                           stride=(1,), run_check=False)
     st["spectral_v"] = DTensor.from_local(v_local, p.device_mesh, m.v_place, shape=v_shape,

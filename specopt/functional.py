@@ -16,8 +16,8 @@ is the decoupled form, like AdamW's weight decay. The directions per role are
   materialised); role ``qkv`` does the same for each block (q, k, v) of a fused projection — three equal row
   blocks by default, or the ``(sizes, axis)`` of the group's ``blocks`` entry (:mod:`specopt.layouts`): equal row
   blocks are one batched iteration on a (b, m, n) view, other layouts (grouped-query attention's unequal rows,
-  GPT-2's column blocks) a foreach iteration over the blocks, with u and v stored as the concatenation of the
-  blocks' vectors;
+  GPT-2's column blocks, iterated as the row blocks of Wᵀ) a foreach iteration over the blocks, with u and v
+  stored as the concatenation of the blocks' vectors;
 * bias :math:`b`: :math:`d = 2k\,\lVert b\rVert^{2k-2}\, b`, the gradient of :math:`\lVert b\rVert^{2k}`;
 * scale :math:`\gamma`: :math:`d = 2(\gamma - 1)`, the gradient of :math:`\sum_i(\gamma_i - 1)^2`.
 
@@ -271,10 +271,13 @@ def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iteratio
 
 
 def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int, init_iterations: int):
-    """(u_j's, v_j's, σ̂ (b,)) of the blocks ``p.split(sizes, axis)`` of a fused tensor (foreach power iteration)."""
+    """(u_j's, v_j's, σ̂ (b,)) of the blocks ``p.split(sizes, axis)`` of a fused tensor (foreach power iteration).
+
+    Column blocks are iterated as the row blocks of Wᵀ (u_j over W's columns, v_j over its rows), as the sharded
+    path does, so a DTensor run and a local one start from the same vectors."""
     sizes, axis = layout
     w = p if p.dtype == torch.float32 else p.float()
-    ws = list(w.split(sizes, dim=axis))
+    ws = list((w.t() if axis else w).split(sizes, dim=0))
     st = state.get(p) or {}
     if "spectral_u" in st:
         us = list(st["spectral_u"].split([b.shape[0] for b in ws]))
@@ -429,8 +432,8 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
             torch._foreach_copy_([st["spectral_u"], st["spectral_v"], st["spectral_sigma"]], [u_all, v_all, sig])
         else:
             st.update(spectral_u=u_all, spectral_v=v_all, spectral_sigma=sig.clone())
-        for block, u, v, a in zip(p.split(sizes, dim=axis), us, vs, (-alpha).unbind()):
-            block.add_(torch.outer(u * a, v).to(p.dtype))
+        for block, u, v, a in zip((p.t() if axis else p).split(sizes, dim=0), us, vs, (-alpha).unbind()):
+            block.add_(torch.outer(u * a, v).to(p.dtype))  # a view of p: of Wᵀ for column blocks
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
         fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
         steps = [-f for f in fraction.tolist()] if _eager_cpu(fraction) else list((-fraction).unbind())

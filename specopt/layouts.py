@@ -107,12 +107,6 @@ def is_default(layout: Layout) -> bool:
     return axis == 0 and len(sizes) == 3 and len(set(sizes)) == 1
 
 
-def block_shapes(layout: Layout, shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(rows, cols) of every block of a 2-D tensor of ``shape``."""
-    sizes, axis = layout
-    return [(s, shape[1]) if axis == 0 else (shape[0], s) for s in sizes]
-
-
 def _int_attr(obj: Any, names: tuple[str, ...]) -> int | None:
     for source in (obj, getattr(obj, "config", None)):
         for key in names:

@@ -152,7 +152,8 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
 def _fused_term(p: Tensor, layout: L.Layout, k: float, iterations: int, init_iterations: int, vectors) -> Tensor:
     """Σ_j (σ_j^k − 1)² over the blocks ``p.split(sizes, axis)``; vectors cached as the blocks' concatenation."""
     sizes, axis = layout
-    blocks = p.float().split(sizes, dim=axis)  # differentiable views
+    w = p.float()
+    blocks = (w.t() if axis else w).split(sizes, dim=0)  # differentiable views; column blocks as Wᵀ's row blocks
     rows, cols = [b.shape[0] for b in blocks], [b.shape[1] for b in blocks]
     with torch.no_grad():
         cached = vectors.get(p)

@@ -17,7 +17,8 @@ Roles are given per parameter (``"matrix"``, ``"qkv"``, ``"bias"``, ``"scale"`` 
 model's :func:`specopt.named_roles`; a matrix's slice is viewed as out × in (conv kernels flattened). A ``qkv``
 slice is three equal row blocks unless ``blocks`` gives its layout (the ``blocks`` entries of that model's
 :func:`specopt.param_groups`: ``{"sizes": (...), "axis": 0 or 1}``); then u and v are stored as the concatenation of
-the blocks' vectors, (S, Σ rows_j) and (S, Σ cols_j).
+the blocks' vectors, (S, Σ rows_j) and (S, Σ cols_j), column blocks iterated as the row blocks of Wᵀ as in
+:mod:`specopt.functional`.
 """
 
 from __future__ import annotations
@@ -108,10 +109,21 @@ class StackedSpectralAdam:
         layout = self.layouts[j]
         return layout is not None and not L.is_default(layout)
 
+    def _shapes(self, j: int) -> list[tuple[int, int]]:
+        """(rows, cols) of each block as iterated: column blocks as the row blocks of the slice's transpose."""
+        sizes, axis = self.layouts[j]
+        p = self.params[j]
+        return [(s, p.shape[2] if axis == 0 else p.shape[1]) for s in sizes]
+
+    def _blocks(self, j: int, w: Tensor) -> tuple[Tensor, ...]:
+        """The blocks of a stacked fused tensor ``w`` (S, rows, cols), each (S, size_j, ·): views of ``w``."""
+        sizes, axis = self.layouts[j]
+        return (w.transpose(1, 2) if axis else w).split(sizes, dim=1)
+
     def _start_vectors(self, j: int) -> tuple[Tensor, Tensor]:
         p, role = self.params[j], self.roles[j]
         if self._general(j):  # concatenated per-block starts, (S, Σ rows_j) and (S, Σ cols_j)
-            starts = [F.initial_vectors(m, n, p.device) for m, n in L.block_shapes(self.layouts[j], p.shape[1:])]
+            starts = [F.initial_vectors(m, n, p.device) for m, n in self._shapes(j)]
             u, v = torch.cat([u for u, _ in starts]), torch.cat([v for _, v in starts])
             return u.expand(self.slices, -1).clone(), v.expand(self.slices, -1).clone()
         blocks = F.BLOCKS[role]
@@ -173,12 +185,10 @@ class StackedSpectralAdam:
         lists of the blocks' u_j (S, m_j) and v_j (S, n_j) and σ̂ (S, b)."""
         p, role = self.params[j], self.roles[j]
         if self._general(j):
-            sizes, axis = self.layouts[j]
-            shapes = L.block_shapes(self.layouts[j], p.shape[1:])
+            shapes = self._shapes(j)
             u0s = st["spectral_u"].split([m for m, _ in shapes], dim=-1)
             v0s = st["spectral_v"].split([n for _, n in shapes], dim=-1)
-            out = [self._iterate(w.float(), u0, v0, st)
-                   for w, u0, v0 in zip(p.detach().split(sizes, dim=1 + axis), u0s, v0s)]
+            out = [self._iterate(w.float(), u0, v0, st) for w, u0, v0 in zip(self._blocks(j, p.detach()), u0s, v0s)]
             return [o[0] for o in out], [o[1] for o in out], torch.stack([o[2] for o in out], dim=-1)
         blocks = F.BLOCKS[role]
         w = p.detach().reshape(self.slices, *((blocks,) if blocks > 1 else ()), p.shape[1] // blocks, -1).float()
@@ -228,8 +238,7 @@ class StackedSpectralAdam:
             if self._general(j):  # block by block: W_j ← W_j − α_j u_j v_jᵀ per slice
                 us, vs_, sigma = terms
                 alpha = F.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))  # (S, b)
-                sizes, axis = self.layouts[j]
-                for b, (block, u, v) in enumerate(zip(p.split(sizes, dim=1 + axis), us, vs_)):
+                for b, (block, u, v) in enumerate(zip(self._blocks(j, p), us, vs_)):
                     block.sub_((alpha[:, b, None, None] * u[:, :, None] * v[:, None, :]).to(p.dtype))
                 st["spectral_u"].copy_(torch.cat(us, dim=-1))
                 st["spectral_v"].copy_(torch.cat(vs_, dim=-1))

@@ -14,14 +14,21 @@ LAYOUTS = [((32, 8, 8), 0), ((16, 16, 16), 1), ((10, 22), 1), ((12, 12, 12), 0)]
 
 
 def fused_and_separate(layout, seed=0):
-    """One fused 2-D weight with ``layout`` (scaled so σ1 > 1) and its blocks as separate matrices."""
+    """One fused 2-D weight with ``layout`` (scaled so σ1 > 1) and its blocks as separate matrices — column blocks
+    W_j transposed, as specopt iterates them (σ1(W_jᵀ) = σ1(W_j); the same start vectors then)."""
     sizes, axis = layout
     g = torch.Generator().manual_seed(seed)
     shape = (sum(sizes), 32) if axis == 0 else (32, sum(sizes))
     w = torch.randn(shape, generator=g) * 0.4
     fused = nn.Parameter(w.clone())
-    separate = [nn.Parameter(b.clone()) for b in w.split(sizes, dim=axis)]
+    separate = [nn.Parameter(b.clone()) for b in (w.t() if axis else w).split(sizes, dim=0)]
     return fused, separate
+
+
+def joined(blocks, layout):
+    """The fused tensor that ``blocks`` (as made by :func:`fused_and_separate`) are cut from."""
+    w = torch.cat([b.detach() if isinstance(b, nn.Parameter) else b for b in blocks], dim=0)
+    return w.t() if layout[1] else w
 
 
 def spec(layout):
@@ -43,11 +50,11 @@ def test_the_step_on_a_fused_tensor_is_the_matrix_step_on_each_of_its_blocks(lay
         g = torch.Generator().manual_seed(step)
         grad = torch.randn(fused.shape, generator=g)
         fused.grad = grad.clone()
-        for p, gb in zip(separate, grad.split(layout[0], dim=layout[1])):
+        for p, gb in zip(separate, (grad.t() if layout[1] else grad).split(layout[0], dim=0)):
             p.grad = gb.clone()
         a.step()
         b.step()
-    torch.testing.assert_close(fused.detach(), torch.cat([p.detach() for p in separate], dim=layout[1]),
+    torch.testing.assert_close(fused.detach(), joined(separate, layout),
                                rtol=1e-4, atol=5e-5)  # rounding (Adam divides by √v̂); a wrong block: ≫ 1e-3
     sigmas = torch.stack([torch.linalg.matrix_norm(p.detach(), ord=2) for p in separate])
     assert not torch.allclose(sigmas, torch.ones_like(sigmas), atol=1e-3)  # the steps had work left: a real test
@@ -64,8 +71,7 @@ def test_penalty_and_spectral_norms_use_the_blocks(layout):
     torch.testing.assert_close(penalty, reference, rtol=1e-5, atol=1e-6)
     penalty.backward()
     reference.backward()
-    torch.testing.assert_close(fused.grad, torch.cat([p.grad for p in separate], dim=layout[1]), rtol=1e-4,
-                               atol=1e-6)
+    torch.testing.assert_close(fused.grad, joined([p.grad for p in separate], layout), rtol=1e-4, atol=1e-6)
     norms = specopt.spectral_norms([group])
     names = (["attn.w[q]", "attn.w[k]", "attn.w[v]"] if len(layout[0]) == 3
              else [f"attn.w[{j}]" for j in range(len(layout[0]))])
