@@ -270,7 +270,8 @@ def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iteratio
     return u, v, sigma
 
 
-def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int, init_iterations: int):
+def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int,
+           init_iterations: int) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """(u_j's, v_j's, σ̂ (b,)) of the blocks ``p.split(sizes, axis)`` of a fused tensor (foreach power iteration).
 
     Column blocks are iterated as the row blocks of Wᵀ (u_j over W's columns, v_j over its rows), as the sharded

@@ -177,11 +177,12 @@ def detect(module: nn.Module, name: str, param: torch.Tensor, module_name: str,
     if is_hf_conv1d(module) and local_module == "c_attn":
         split = _int_attr(parent, ("split_size", "embed_dim")) if parent is not None else None
         cols = param.shape[1]
-        if split is None or cols % split:
-            return Detected(None, "", f"its columns ({cols}) are not whole blocks of its attention's split_size")
+        if split is None or cols % split or cols // split < 2:
+            return Detected(None, "", f"its columns ({cols}) are not two or more blocks of its attention's "
+                                      f"split_size ({split})")
         blocks = cols // split
-        return Detected(((split,) * blocks, 1), f"HF Conv1D c_attn (in × out): {'q, k, v' if blocks == 3 else 'k, v'} "
-                                                 f"along the columns")
+        what = {3: "q, k, v", 2: "k, v"}.get(blocks, f"{blocks} blocks")  # GPT-2 cross-attention: [k, v]
+        return Detected(((split,) * blocks, 1), f"HF Conv1D c_attn (in × out): {what} along the columns")
     if isinstance(module, nn.Linear) and local_module in FUSED_LINEAR_NAMES:
         return _fused_linear(param, parent)
     if isinstance(module, nn.Linear) and local_module == "c_attn":  # GPT-BigCode's fused Linear

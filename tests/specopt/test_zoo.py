@@ -119,6 +119,23 @@ def gpt2():
     return model, expected
 
 
+def gpt2_cross_attention():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=50, n_positions=16, add_cross_attention=True)
+    model = GPT2LMHeadModel(config)
+    e = config.n_embd
+    expected = {"transformer.wte.weight": M, "transformer.wpe.weight": M, **layer_norm("transformer.ln_f")}
+    h = "transformer.h.0"
+    expected |= {**layer_norm(f"{h}.ln_1"), **layer_norm(f"{h}.ln_2"), **layer_norm(f"{h}.ln_cross_attn"),
+                 f"{h}.attn.c_attn.weight": qkv((e, e, e), axis=1), f"{h}.attn.c_attn.bias": B,
+                 **linear(f"{h}.attn.c_proj"),
+                 f"{h}.crossattention.c_attn.weight": qkv((e, e), axis=1),  # cross-attention: [k | v] columns
+                 f"{h}.crossattention.c_attn.bias": B, **linear(f"{h}.crossattention.q_attn"),
+                 **linear(f"{h}.crossattention.c_proj"), **linear(f"{h}.mlp.c_fc"), **linear(f"{h}.mlp.c_proj")}
+    return model, expected
+
+
 def bert():
     from transformers import BertConfig, BertModel
 
@@ -197,7 +214,7 @@ def parametrized():
 
 
 ZOO = {"resnet18": resnet, "torchvision_vit": torchvision_vit, "convnext": convnext, "timm_vit": timm_vit,
-       "gpt2": gpt2, "bert": bert, "mistral": mistral, "phi3": phi3, "parametrized": parametrized}
+       "gpt2": gpt2, "gpt2_cross_attention": gpt2_cross_attention, "bert": bert, "mistral": mistral, "phi3": phi3, "parametrized": parametrized}
 
 
 def blocks_of(param: torch.Tensor, expected: object) -> list[torch.Tensor]:
