@@ -3,9 +3,9 @@
 Every model is built from a tiny config with random weights (no downloads). The expected role and block layout of
 every tensor is written here from the model's own definition — its config (n_embd, num_attention_heads,
 num_key_value_heads, head_dim, ...) and the modules' documented storage (HF ``Conv1D`` weights are in × out) — never
-by calling ``specopt.infer_role``. Then pure spectral steps (zero gradients, ``Spectral(SGD)`` at η·λ = 1) must move
-every block's σ1, measured independently with ``torch.linalg.matrix_norm(ord=2)``, to ≈ 1, scales to 1, and leave
-every ``none`` tensor bit for bit as it was.
+by calling ``specopt.infer_role``. Then 300 pure spectral steps (zero gradients, ``Spectral(SGD)`` at η·λ = 1, 4
+power iterations a step) must move every block's σ1, measured independently with ``torch.linalg.matrix_norm(ord=2)``,
+to 1 ± 0.02, scales to 1, and leave every ``none`` tensor bit for bit as it was.
 """
 
 from __future__ import annotations
