@@ -85,17 +85,18 @@ def stable_rank(w: Tensor) -> float:
 
 def weight_matrices(model: nn.Module) -> dict[str, Tensor]:
     """The matrices spectral regularization acts on: parameters with the ``matrix`` role (Linear/Conv/Embedding
-    weights; not normalization scales) by name, and each row block of a ``qkv`` parameter (a fused attention
-    projection such as ``nn.MultiheadAttention.in_proj_weight``) as ``"{name}[q]"``, ``"{name}[k]"``,
-    ``"{name}[v]"`` — the names :func:`specopt.spectral_norms` gives them."""
+    weights; not normalization scales) by name, and each block of a ``qkv`` parameter (a fused attention
+    projection such as ``nn.MultiheadAttention.in_proj_weight``, split as the model declares) as ``"{name}[q]"``,
+    ``"{name}[k]"``, ``"{name}[v]"`` — the names :func:`specopt.spectral_norms` gives them."""
     out: dict[str, Tensor] = {}
-    for n, p, role in specopt.named_roles(model):
-        if p.numel() == 0:
+    for t in specopt.roles.tag(model):
+        if t.param.numel() == 0:
             continue
-        if role == "matrix":
-            out[n] = p
-        elif role == "qkv":
-            out.update(zip(specopt.penalty.block_names(n), p.chunk(3, dim=0)))
+        if t.role == "matrix":
+            out[t.name] = t.param
+        elif t.role == "qkv":  # its blocks: three equal row blocks, or the layout the model declares
+            sizes, axis = (t.blocks["sizes"], t.blocks["axis"]) if t.blocks else ((t.param.shape[0] // 3,) * 3, 0)
+            out.update(zip(specopt.penalty.block_names(t.name, len(sizes)), t.param.split(sizes, dim=axis)))
     return out
 
 

@@ -24,7 +24,8 @@ from .optim import (
     compile_step,
 )
 from .penalty import SpectralPenalty, spectral_norms, spectral_penalty
-from .roles import ROLES, describe, infer_role, named_roles, param_groups
+from .report import describe
+from .roles import ROLES, infer_role, named_roles, param_groups
 from .stacked import StackedSpectralAdam
 
 __version__ = "0.1.0"

@@ -11,13 +11,17 @@ of a conv kernel is a subset of the reshaped columns). One power iteration is
     s_r = \sum_c W_{rc} v_c \;\text{(over column shards)},\quad
     \hat\sigma^2 = \sum_r \lVert s_r\rVert^2 \;\text{(over row shards)},\quad u_r = s_r/\hat\sigma
 
-so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is three row
-blocks; a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
-its block from its global row index). The collectives of one step are batched: one all-reduce per phase and mesh
-dimension for all tensors that share a sharding. ``spectral_u`` (rows) and ``spectral_v`` (blocks × the weight's
-trailing dims) are stored as DTensors sharded like the weight's rows and columns, so ``torch.distributed.checkpoint``
-saves and reshards them like the rest of the optimizer state; ``spectral_sigma`` is a replicated plain tensor.
-Biases need ‖b‖² summed over shards; scales are element-wise and need nothing.
+so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is row blocks
+(three equal ones, or the sizes of its group's ``blocks`` entry, e.g. grouped-query attention's h·d, h_kv·d,
+h_kv·d); a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
+its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are the row blocks of Wᵀ:
+the same code runs on the transposed DTensor view (``Shard(0)`` ↔ ``Shard(1)``), whose local tensor shares W's
+storage, and stores u, v of Wᵀ. The collectives of one step are batched: one
+all-reduce per phase and mesh dimension for all tensors that share a sharding. ``spectral_u`` (rows) and
+``spectral_v`` (blocks × the weight's trailing dims) are stored as DTensors sharded like the weight's rows and
+columns, so ``torch.distributed.checkpoint`` saves and reshards them like the rest of the optimizer state;
+``spectral_sigma`` is a replicated plain tensor. Biases need ‖b‖² summed over shards; scales are element-wise and
+need nothing.
 """
 
 from __future__ import annotations
@@ -71,8 +75,10 @@ def _placements(p: DTensor, of: str) -> list[Any]:
 class _Matrix:
     """One sharded matrix-role parameter: its local block, block ids of its local rows, and local u, v."""
 
-    def __init__(self, p: DTensor, blocks: int, state: dict) -> None:
-        self.p, self.blocks = p, blocks
+    def __init__(self, param: DTensor, sizes: tuple[int, ...], state: dict, transpose: bool = False) -> None:
+        blocks = len(sizes)
+        p = param.t() if transpose else param  # column blocks of W are the row blocks of Wᵀ (a view: Shard(d) swaps)
+        self.param, self.view, self.blocks = param, p, blocks
         local = p.to_local()
         self.w = local.reshape(local.shape[0], -1).float()
         rows = p.shape[0]
@@ -80,16 +86,17 @@ class _Matrix:
         u_place, v_place = _placements(p, "u"), _placements(p, "v")
         row_ids = distribute_tensor(torch.arange(rows, device=local.device), p.device_mesh, u_place,
                                     src_data_rank=None).to_local()
-        self.block_ids = torch.div(row_ids, rows // blocks, rounding_mode="floor")
-        st = state.get(p) or {}
+        ends = torch.tensor(sizes, device=local.device).cumsum(0)
+        self.block_ids = torch.bucketize(row_ids, ends, right=True)  # block j holds rows [end_{j−1}, end_j)
+        st = state.get(param) or {}
         self.warm = "spectral_u" in st
         if self.warm:
             self.u = st["spectral_u"].to_local()
             self.v = st["spectral_v"].to_local().reshape(blocks, -1)
         else:
-            u, v = F.initial_vectors(rows // blocks, cols, local.device)
-            u_full = u.repeat(blocks)
-            v_full = v.expand(blocks, cols).reshape(blocks, *p.shape[1:])
+            starts = [F.initial_vectors(size, cols, local.device) for size in sizes]
+            u_full = torch.cat([u for u, _ in starts])
+            v_full = torch.stack([v for _, v in starts]).reshape(blocks, *p.shape[1:])
             self.u = distribute_tensor(u_full, p.device_mesh, u_place, src_data_rank=None).to_local()
             self.v = distribute_tensor(v_full, p.device_mesh, v_place, src_data_rank=None).to_local()
             self.v = self.v.reshape(blocks, -1)
@@ -139,9 +146,10 @@ def prepare_sharded(entries: list[tuple], state: dict, pending: F.Pending) -> No
     """:func:`specopt.functional.prepare` for DTensor parameters; adds their work to ``pending``."""
     batches: dict[tuple, list[tuple[_Matrix, tuple]]] = {}
     for entry in entries:
-        p, role, strength, k, iterations, init_iterations, group = entry
+        p, role, strength, k, iterations, init_iterations, group, layout = entry
         if role in F.BLOCKS:
-            m = _Matrix(p, F.BLOCKS[role], state)
+            sizes, axis = layout if layout is not None else ((p.shape[0],), 0)
+            m = _Matrix(p, sizes, state, transpose=axis == 1)
             n = iterations if m.warm else max(iterations, init_iterations)
             batches.setdefault((m.key(), n), []).append((m, entry))
             continue
@@ -156,19 +164,21 @@ def prepare_sharded(entries: list[tuple], state: dict, pending: F.Pending) -> No
     for (_, iterations), members in batches.items():
         sigmas = _iterate([m for m, _ in members], iterations)
         for (m, entry), sigma in zip(members, sigmas):
-            p, _, strength, k, _, _, group = entry
+            p, _, strength, k, _, _, group, _ = entry
             pending.blocked.append((p, m, m.v, sigma, strength, k, group))
 
 
 @torch.no_grad()
 def apply_sharded(p: DTensor, m: _Matrix, v: Tensor, sigma: Tensor, alpha: Tensor, state: dict) -> None:
-    """W ← W − α_j u vⱼᵀ on the local block (row i in block j), and store u, v as DTensors."""
+    """W ← W − α_j u vⱼᵀ on the local block (row i in block j), and store u, v as DTensors (of Wᵀ's rows and
+    columns for column blocks: the view ``m.view`` shares W's storage)."""
+    p = m.view
     local = p.to_local()
     update = (m.u * -alpha[m.block_ids]).unsqueeze(1) * v[m.block_ids]  # (m_local, n_local)
     local.add_(update.reshape(local.shape).to(local.dtype))
     v_shape = (m.blocks, *p.shape[1:])
     v_local = v.reshape(m.blocks, *local.shape[1:])
-    st = state[p]
+    st = state[m.param]
     st["spectral_u"] = DTensor.from_local(m.u, p.device_mesh, m.u_place, shape=(p.shape[0],),
                                           stride=(1,), run_check=False)
     st["spectral_v"] = DTensor.from_local(v_local, p.device_mesh, m.v_place, shape=v_shape,

@@ -13,7 +13,11 @@ is the decoupled form, like AdamW's weight decay. The directions per role are
 * matrix :math:`W` (conv kernels reshaped to out × in·kh·kw), with warm-started power iteration
   :math:`v \leftarrow W^\top u/\lVert W^\top u\rVert,\; s = W v,\; \hat\sigma = \lVert s\rVert,\; u \leftarrow s/\hat\sigma`:
   :math:`d = c(\hat\sigma)\,u v^\top` with :math:`c(\sigma) = 2k\,\sigma^{k-1}(\sigma^k - 1)` (rank one, never
-  materialised); role ``qkv`` does the same for each of the three row blocks (q, k, v) of a fused projection;
+  materialised); role ``qkv`` does the same for each block (q, k, v) of a fused projection — three equal row
+  blocks by default, or the ``(sizes, axis)`` of the group's ``blocks`` entry (:mod:`specopt.layouts`): equal row
+  blocks are one batched iteration on a (b, m, n) view, other layouts (grouped-query attention's unequal rows,
+  GPT-2's column blocks, iterated as the row blocks of Wᵀ) a foreach iteration over the blocks, with u and v
+  stored as the concatenation of the blocks' vectors;
 * bias :math:`b`: :math:`d = 2k\,\lVert b\rVert^{2k-2}\, b`, the gradient of :math:`\lVert b\rVert^{2k}`;
 * scale :math:`\gamma`: :math:`d = 2(\gamma - 1)`, the gradient of :math:`\sum_i(\gamma_i - 1)^2`.
 
@@ -57,13 +61,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .roles import group_roles
+from . import layouts as L
+from .roles import roles_and_layouts
 
 _TINY = 1e-30
 SPECTRAL_KEYS = ("spectral_strength", "k", "power_iterations", "init_iterations")
 SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma", "spectral_residual")
 BLOCKS = {"matrix": 1, "qkv": 3}
-"""Row blocks of each matrix-like role: ``qkv`` is three stacked projections, each its own matrix."""
+"""Row blocks of each matrix-like role by default: ``qkv`` is three stacked projections, each its own matrix (a
+group's ``blocks`` entry may state other sizes or column blocks)."""
 
 
 @dataclass
@@ -75,6 +81,9 @@ class Pending:
     )  # plain local matrices, batched: (params, us, vs, σ̂ (n,), strength, k, group)
     blocked: list[tuple[Tensor, Tensor, Tensor, Tensor, float, float, dict]] = field(default_factory=list)
     # one qkv or sharded matrix each: (param, u (b, m), v (b, n), σ̂ (b,), strength, k, group)
+    fused: list[tuple[Tensor, tuple[int, ...], int, list[Tensor], list[Tensor], Tensor, float, float, dict]] = field(
+        default_factory=list
+    )  # one qkv tensor of another layout each: (param, sizes, axis, u_j's, v_j's, σ̂ (b,), strength, k, group)
     vectors: list[tuple[list[Tensor], list[Tensor], Tensor, str, float, dict]] = field(default_factory=list)
     # (params, x_t (b_t, or γ_t − 1), coefficients (n,) of d = c·x_t, role, strength, group)
     recheck_grads: bool = False
@@ -265,6 +274,27 @@ def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iteratio
     return u, v, sigma
 
 
+def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int,
+           init_iterations: int) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """(u_j's, v_j's, σ̂ (b,)) of the blocks ``p.split(sizes, axis)`` of a fused tensor (foreach power iteration).
+
+    Column blocks are iterated as the row blocks of Wᵀ (u_j over W's columns, v_j over its rows), as the sharded
+    path does, so a DTensor run and a local one start from the same vectors."""
+    sizes, axis = layout
+    w = p if p.dtype == torch.float32 else p.float()
+    ws = list((w.t() if axis else w).split(sizes, dim=0))
+    st = state.get(p) or {}
+    if "spectral_u" in st:
+        us = list(st["spectral_u"].split([b.shape[0] for b in ws]))
+        vs = list(st["spectral_v"].split([b.shape[1] for b in ws]))
+        n = iterations
+    else:
+        starts = [initial_vectors(b.shape[0], b.shape[1], p.device) for b in ws]
+        us, vs, n = [s[0] for s in starts], [s[1] for s in starts], max(iterations, init_iterations)
+    us, vs, sigma, _ = power_iteration_foreach(ws, us, vs, n)
+    return us, vs, sigma
+
+
 def vector_terms(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], Tensor]:
     r"""∇R = c·x for a list of biases or scales, as (x's, c (n,)), float32 copies of the pre-step values.
 
@@ -300,13 +330,15 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
     closure every tensor is prepared and :func:`apply` drops those that end up without one.
     """
     pending = Pending(recheck_grads=not only_with_grad)
-    sharded: list[tuple[Tensor, str, float, float, int, int, dict]] = []
+    sharded: list[tuple[Tensor, str, float, float, int, int, dict, L.Layout | None]] = []
     for group in param_groups:
         strength, k, iterations, init_iterations = group_settings(group, defaults)
         if strength == 0.0:
             continue
         by_role: dict[str, list[Tensor]] = {"matrix": [], "qkv": [], "bias": [], "scale": []}
-        for p, role in zip(group["params"], group_roles(group, defaults.get("role", "auto"))):
+        fused: list[tuple[Tensor, L.Layout]] = []
+        concrete, layouts = roles_and_layouts(group, defaults.get("role", "auto"))
+        for p, role, layout in zip(group["params"], concrete, layouts):
             if role == "none" or p.numel() == 0:
                 continue
             grad = p.grad
@@ -319,7 +351,9 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
                     "(specopt.param_groups(model, roles={'<name>': 'none'})) or use dense gradients"
                 )
             if _is_dtensor(p):
-                sharded.append((p, role, strength, k, iterations, init_iterations, group))
+                sharded.append((p, role, strength, k, iterations, init_iterations, group, layout))
+            elif role == "qkv" and not L.is_default(layout):
+                fused.append((p, layout))
             else:
                 by_role[role].append(p)
         for batch in _by_device_and_dtype(by_role["matrix"]):
@@ -328,6 +362,9 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
         for p in by_role["qkv"]:
             u, v, sig = _blocked(p, 3, state, iterations, init_iterations)
             pending.blocked.append((p, u, v, sig, strength, k, group))
+        for p, (sizes, axis) in fused:
+            us, vs, sig = _fused(p, (sizes, axis), state, iterations, init_iterations)
+            pending.fused.append((p, sizes, axis, us, vs, sig, strength, k, group))
         for role in ("bias", "scale"):
             for batch in _by_device_and_dtype(by_role[role]):
                 xs, coef = vector_terms(batch, role, k)
@@ -437,6 +474,20 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
             st.update(spectral_u=u.reshape(-1).clone(), spectral_v=v.clone(), spectral_sigma=sig.clone())
         update = (u * -alpha.unsqueeze(-1)).unsqueeze(-1) * v.unsqueeze(-2)  # (b, m, n)
         _add(p, update.reshape(p.shape), st)
+    for p, sizes, axis, us, vs, sig, strength, k, group in pending.fused:  # W_j ← W_j − α_j u_j v_jᵀ, block by block
+        if not has_grad(p):
+            continue
+        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
+        st = state[p]
+        u_all, v_all = torch.cat(us), torch.cat(vs)
+        if "spectral_u" in st:
+            stored = [st["spectral_u"], st["spectral_v"], st["spectral_sigma"]]
+            torch._foreach_copy_(stored, _keep_on_skip(stored, [u_all, v_all, sig], found_inf))
+        else:
+            st.update(spectral_u=u_all, spectral_v=v_all, spectral_sigma=sig.clone())
+        # the blocks are row blocks of W (axis 0) or of Wᵀ (axis 1): stacked, they are that matrix's update
+        update = torch.cat([torch.outer(u * a, v) for u, v, a in zip(us, vs, (-alpha).unbind())])
+        _add(p, update.t() if axis else update, st)
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
         fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
         steps = [-f for f in fraction.tolist()] if _eager_cpu(fraction) else list((-fraction).unbind())
@@ -460,7 +511,7 @@ def fill_group_defaults(group: dict, defaults: dict) -> None:
     for key in SPECTRAL_KEYS + (() if "roles" in group else ("role",)):
         group.setdefault(key, defaults[key])
     group_settings(group, defaults)
-    group_roles(group)
+    roles_and_layouts(group)
 
 
 def split_spectral_state(state_dict: dict) -> tuple[dict, dict[Any, dict[str, Tensor]]]:

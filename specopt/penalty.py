@@ -7,8 +7,9 @@ r"""The paper's coupled form (a differentiable loss term) and per-layer spectral
 The coupled objective is :math:`J(\theta) + \lambda R(\theta)`. σ1 is estimated by warm-started power iteration
 under ``no_grad``; the differentiable estimate is then :math:`\hat\sigma = u^\top W v` with u, v held fixed, whose
 gradient is :math:`u v^\top` — the gradient of the true σ1 at convergence (Yoshida & Miyato, 2017). Computing
-σ̂ itself under ``no_grad`` would silently drop the matrix terms from the gradient. A ``qkv`` tensor is three
-matrices (its row blocks), each with its own vectors, iterated as one batch.
+σ̂ itself under ``no_grad`` would silently drop the matrix terms from the gradient. A ``qkv`` tensor is several
+matrices (its blocks: three equal row blocks by default, else its group's ``blocks`` entry, e.g. grouped-query
+rows or GPT-2's column blocks), each with its own vectors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import functional as F
-from .roles import ROLES, group_roles, param_groups
+from . import layouts as L
+from .roles import ROLES, group_roles, param_groups, roles_and_layouts
 
 _Groups = Iterable[Mapping[str, Any]]
 
@@ -113,7 +115,7 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
     device = None
     for group in groups:
         gk = group.get("k", k)
-        for p, concrete in zip(group["params"], group_roles(group)):
+        for p, concrete, layout in zip(group["params"], *roles_and_layouts(group)):
             device = p.device
             if p.numel() == 0 or concrete == "none":
                 continue
@@ -125,6 +127,8 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
                     vectors[p] = (u, v)
                 sigma = torch.dot(u, torch.mv(w, v))  # differentiable in W, u and v fixed
                 terms.append((sigma.pow(gk) - 1.0).pow(2))
+            elif concrete == "qkv" and not L.is_default(layout):
+                terms.append(_fused_term(p, layout, gk, iterations, init_iterations, vectors))
             elif concrete == "qkv":
                 blocks = F.BLOCKS["qkv"]
                 w = F.as_blocks(p, blocks)  # (3, out/3, in), differentiable
@@ -145,21 +149,42 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
     return torch.stack(terms).sum()
 
 
+def _fused_term(p: Tensor, layout: L.Layout, k: float, iterations: int, init_iterations: int, vectors) -> Tensor:
+    """Σ_j (σ_j^k − 1)² over the blocks ``p.split(sizes, axis)``; vectors cached as the blocks' concatenation."""
+    sizes, axis = layout
+    w = p.float()
+    blocks = (w.t() if axis else w).split(sizes, dim=0)  # differentiable views; column blocks as Wᵀ's row blocks
+    rows, cols = [b.shape[0] for b in blocks], [b.shape[1] for b in blocks]
+    with torch.no_grad():
+        cached = vectors.get(p)
+        if cached is not None and cached[0].shape == (sum(rows),) and cached[1].shape == (sum(cols),):
+            us, vs, n = list(cached[0].split(rows)), list(cached[1].split(cols)), iterations
+        else:
+            starts = [F.initial_vectors(r, c, p.device) for r, c in zip(rows, cols)]
+            us, vs, n = [u for u, _ in starts], [v for _, v in starts], max(iterations, init_iterations)
+        us, vs, _, _ = F.power_iteration_foreach([b.detach() for b in blocks], us, vs, n)
+        vectors[p] = (torch.cat(us), torch.cat(vs))
+    sigma = torch.stack([torch.dot(u, torch.mv(b, v)) for b, u, v in zip(blocks, us, vs)])  # σ_j = u_jᵀ W_j v_j
+    return (sigma.pow(k) - 1.0).pow(2).sum()
+
+
 QKV_BLOCK_NAMES = ("q", "k", "v")
-"""Suffixes of the per-block names of a ``qkv`` tensor in :func:`spectral_norms`: ``"attn.qkv.weight[q]"``."""
+"""Suffixes of the per-block names of a three-block ``qkv`` tensor in :func:`spectral_norms`:
+``"attn.qkv.weight[q]"``; a tensor of another number of blocks is reported as ``name[0]``, ``name[1]``, ..."""
 
 
-def block_names(name: str) -> list[str]:
-    """The names of the q, k and v blocks of the ``qkv`` tensor ``name``: ``name[q]``, ``name[k]``, ``name[v]``."""
-    return [f"{name}[{b}]" for b in QKV_BLOCK_NAMES]
+def block_names(name: str, blocks: int = 3) -> list[str]:
+    """The names of the blocks of the ``qkv`` tensor ``name``: ``name[q]``, ``name[k]``, ``name[v]`` for three
+    blocks, ``name[0]``, ``name[1]``, ... otherwise."""
+    return [f"{name}[{b}]" for b in (QKV_BLOCK_NAMES if blocks == 3 else range(blocks))]
 
 
-def _matrix_params(obj: Any) -> list[tuple[str, Tensor, str]]:
-    """(name, parameter, role) of every non-empty matrix-like (``matrix`` or ``qkv``) parameter."""
+def _matrix_params(obj: Any) -> list[tuple[str, Tensor, str, L.Layout | None]]:
+    """(name, parameter, role, layout) of every non-empty matrix-like (``matrix`` or ``qkv``) parameter."""
     out = []
     for gi, group in enumerate(_as_groups(obj)):
         names = group.get("param_names") or [f"group{gi}.param{j}" for j in range(len(group["params"]))]
-        out += [(n, p, r) for n, p, r in zip(names, group["params"], group_roles(group))
+        out += [(n, p, r, lay) for n, p, r, lay in zip(names, group["params"], *roles_and_layouts(group))
                 if r in F.BLOCKS and p.numel() > 0]
     return out
 
@@ -169,7 +194,8 @@ def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool
     """σ1 of every matrix-role parameter (conv kernels reshaped to out × in·kh·kw), as 0-dim float32 tensors.
 
     A ``qkv`` parameter is reported per block, as three entries ``"{name}[q]"``, ``"{name}[k]"`` and
-    ``"{name}[v]"`` (σ1 of W_q, W_k, W_v: the matrices the ``qkv`` role regularizes), in that order.
+    ``"{name}[v]"`` (σ1 of W_q, W_k, W_v: the matrices the ``qkv`` role regularizes, split by its layout), in that
+    order (``name[0]``, ``name[1]``, ... for another number of blocks).
 
     * ``exact=True`` (default for a model or groups): ``torch.linalg.matrix_norm(W, ord=2)``, an SVD per matrix.
     * ``exact=False`` (default for an optimizer): the cheap estimate stored by the optimizer's last power iteration
@@ -181,8 +207,11 @@ def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool
     if not exact and not isinstance(obj, torch.optim.Optimizer):
         raise ValueError("exact=False reads an optimizer's power-iteration state; pass the optimizer")
     out: dict[str, Tensor] = {}
-    for name, p, role in params:
-        if exact:
+    for name, p, role, layout in params:
+        count = 1 if layout is None else len(layout[0])
+        if exact and layout is not None and not L.is_default(layout):
+            sigma = torch.stack([torch.linalg.matrix_norm(b.float(), ord=2) for b in p.split(layout[0], layout[1])])
+        elif exact:
             sigma = torch.linalg.matrix_norm(F.as_blocks(p, F.BLOCKS[role]), ord=2)  # (blocks,)
         else:
             st = obj.state.get(p)
@@ -190,7 +219,7 @@ def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool
                 continue
             sigma = st["spectral_sigma"].detach().clone()  # a copy: the optimizer updates its state in place
         if role == "qkv":
-            out.update(zip(block_names(name), sigma.reshape(F.BLOCKS[role]).unbind()))
+            out.update(zip(block_names(name, count), sigma.reshape(count).unbind()))
         else:
             out[name] = sigma.reshape(())
     return out

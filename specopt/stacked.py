@@ -14,7 +14,11 @@ deterministic power-iteration start. The bias corrections use each slice's own s
 a reset slice is from then on exactly a freshly built optimizer on that slice.
 
 Roles are given per parameter (``"matrix"``, ``"qkv"``, ``"bias"``, ``"scale"`` or ``"none"``), usually those of one
-model's :func:`specopt.named_roles`; a matrix's slice is viewed as out × in (conv kernels flattened).
+model's :func:`specopt.named_roles`; a matrix's slice is viewed as out × in (conv kernels flattened). A ``qkv``
+slice is three equal row blocks unless ``blocks`` gives its layout (the ``blocks`` entries of that model's
+:func:`specopt.param_groups`: ``{"sizes": (...), "axis": 0 or 1}``); then u and v are stored as the concatenation of
+the blocks' vectors, (S, Σ rows_j) and (S, Σ cols_j), column blocks iterated as the row blocks of Wᵀ as in
+:mod:`specopt.functional`.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from . import layouts as L
 from .optim import DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, resolve_strength
 from .roles import ROLES
 
@@ -50,6 +55,8 @@ class StackedSpectralAdam:
         k: as in :class:`specopt.SpectralAdam`.
         power_iterations: as in :class:`specopt.SpectralAdam`.
         init_iterations: as in :class:`specopt.SpectralAdam`.
+        blocks: optional, one entry per parameter: the layout of a ``qkv`` parameter's slices (``None``: three
+            equal row blocks), as in the ``blocks`` of :func:`specopt.param_groups`.
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     ``step()`` makes no host-device synchronisation. After construction, :meth:`reset` or :meth:`load_state_dict`
@@ -61,6 +68,7 @@ class StackedSpectralAdam:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  strength: float | Sequence[float] | Tensor = DEFAULT_STRENGTH, k: float = 2,
                  power_iterations: int = 1, init_iterations: int = DEFAULT_INIT_ITERATIONS,
+                 blocks: Sequence[Any] | None = None,
                  spectral_strength: float | Sequence[float] | Tensor | None = None) -> None:
         strength = resolve_strength("StackedSpectralAdam", strength, spectral_strength)
         self.params = list(params)
@@ -83,10 +91,15 @@ class StackedSpectralAdam:
             raise ValueError(f"strength must be one number or {self.slices} numbers, each finite and >= 0")
         F.check_hyperparameters(1.0, k, power_iterations, init_iterations)
         self.roles = list(roles)
+        if blocks is not None and len(blocks) != len(self.params):
+            raise ValueError(f"got {len(blocks)} blocks entries for {len(self.params)} parameters")
+        self.layouts: list[L.Layout | None] = [
+            L.check_spec(blocks[j] if blocks is not None else None, p[0], f"parameter {j}") if r == "qkv" else None
+            for j, (p, r) in enumerate(zip(self.params, self.roles))]
         self.lr, self.betas, self.eps, self.k = lr, betas, eps, k
         self.power_iterations, self.init_iterations = power_iterations, init_iterations
         self.strength = strength.to(self.params[0].device)
-        self.state: list[dict[str, Tensor]] = [self._fresh_state(p, r) for p, r in zip(self.params, self.roles)]
+        self.state: list[dict[str, Tensor]] = [self._fresh_state(j) for j in range(len(self.params))]
         self._maybe_fresh = True  # host-side: some slice still needs its first (longer) power iteration
 
     @property
@@ -95,19 +108,40 @@ class StackedSpectralAdam:
         return self._maybe_fresh
 
     # --- state -------------------------------------------------------------------------------------------------
-    def _start_vectors(self, p: Tensor, role: str) -> tuple[Tensor, Tensor]:
+    def _general(self, j: int) -> bool:
+        layout = self.layouts[j]
+        return layout is not None and not L.is_default(layout)
+
+    def _shapes(self, j: int) -> list[tuple[int, int]]:
+        """(rows, cols) of each block as iterated: column blocks as the row blocks of the slice's transpose."""
+        sizes, axis = self.layouts[j]
+        p = self.params[j]
+        return [(s, p.shape[2] if axis == 0 else p.shape[1]) for s in sizes]
+
+    def _blocks(self, j: int, w: Tensor) -> tuple[Tensor, ...]:
+        """The blocks of a stacked fused tensor ``w`` (S, rows, cols), each (S, size_j, ·): views of ``w``."""
+        sizes, axis = self.layouts[j]
+        return (w.transpose(1, 2) if axis else w).split(sizes, dim=1)
+
+    def _start_vectors(self, j: int) -> tuple[Tensor, Tensor]:
+        p, role = self.params[j], self.roles[j]
+        if self._general(j):  # concatenated per-block starts, (S, Σ rows_j) and (S, Σ cols_j)
+            starts = [F.initial_vectors(m, n, p.device) for m, n in self._shapes(j)]
+            u, v = torch.cat([u for u, _ in starts]), torch.cat([v for _, v in starts])
+            return u.expand(self.slices, -1).clone(), v.expand(self.slices, -1).clone()
         blocks = F.BLOCKS[role]
         rows, cols = p.shape[1] // blocks, p[0].numel() // p.shape[1]
         u, v = F.initial_vectors(rows, cols, p.device)
         lead = (self.slices, blocks) if blocks > 1 else (self.slices,)
         return u.expand(*lead, rows).clone(), v.expand(*lead, cols).clone()
 
-    def _fresh_state(self, p: Tensor, role: str) -> dict[str, Tensor]:
+    def _fresh_state(self, j: int) -> dict[str, Tensor]:
+        p, role = self.params[j], self.roles[j]
         st = {"step": torch.zeros(self.slices, dtype=torch.float32, device=p.device),
               "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
               "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
         if role in F.BLOCKS:
-            st["spectral_u"], st["spectral_v"] = self._start_vectors(p, role)
+            st["spectral_u"], st["spectral_v"] = self._start_vectors(j)
             st["spectral_fresh"] = torch.ones(self.slices, dtype=torch.bool, device=p.device)
         return st
 
@@ -118,8 +152,8 @@ class StackedSpectralAdam:
         mask = torch.as_tensor(mask, dtype=torch.bool, device=self.params[0].device).flatten()
         if mask.numel() != self.slices:
             raise ValueError(f"reset needs {self.slices} booleans, got {mask.numel()}")
-        for p, role, st in zip(self.params, self.roles, self.state):
-            fresh = self._fresh_state(p, role)
+        for j, st in enumerate(self.state):
+            fresh = self._fresh_state(j)
             for key, value in st.items():
                 value.copy_(torch.where(_column(mask, value.dim()), fresh[key], value))
         self._maybe_fresh = True
@@ -141,27 +175,39 @@ class StackedSpectralAdam:
         self._maybe_fresh = True
 
     # --- the step ----------------------------------------------------------------------------------------------
-    def _matrix_terms(self, p: Tensor, role: str, st: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """(u, v, σ̂) at the pre-step weights, batched over slices (and q/k/v blocks)."""
-        blocks = F.BLOCKS[role]
-        w = p.detach().reshape(self.slices, *((blocks,) if blocks > 1 else ()), p.shape[1] // blocks, -1).float()
-        u, v, sigma, _ = F.power_iteration(w, st["spectral_u"], st["spectral_v"], self.power_iterations)
+    def _iterate(self, w: Tensor, u0: Tensor, v0: Tensor, st: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        u, v, sigma, _ = F.power_iteration(w, u0, v0, self.power_iterations)
         if self._maybe_fresh and self.init_iterations > self.power_iterations:
-            first = F.power_iteration(w, st["spectral_u"], st["spectral_v"], self.init_iterations)[:3]
+            first = F.power_iteration(w, u0, v0, self.init_iterations)[:3]
             fresh = st["spectral_fresh"]
             u, v, sigma = (torch.where(_column(fresh, x.dim()), y, x) for x, y in zip((u, v, sigma), first))
         return u, v, sigma
 
+    def _matrix_terms(self, j: int, st: dict[str, Tensor]) -> tuple[Any, Any, Tensor]:
+        """(u, v, σ̂) at the pre-step weights, batched over slices (and q/k/v blocks); for another layout, the
+        lists of the blocks' u_j (S, m_j) and v_j (S, n_j) and σ̂ (S, b)."""
+        p, role = self.params[j], self.roles[j]
+        if self._general(j):
+            shapes = self._shapes(j)
+            u0s = st["spectral_u"].split([m for m, _ in shapes], dim=-1)
+            v0s = st["spectral_v"].split([n for _, n in shapes], dim=-1)
+            out = [self._iterate(w.float(), u0, v0, st) for w, u0, v0 in zip(self._blocks(j, p.detach()), u0s, v0s)]
+            return [o[0] for o in out], [o[1] for o in out], torch.stack([o[2] for o in out], dim=-1)
+        blocks = F.BLOCKS[role]
+        w = p.detach().reshape(self.slices, *((blocks,) if blocks > 1 else ()), p.shape[1] // blocks, -1).float()
+        return self._iterate(w, st["spectral_u"], st["spectral_v"], st)
+
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step on every slice, then each slice's decoupled spectral step (∇R at the pre-step weights)."""
-        live = [(p, r, st) for p, r, st in zip(self.params, self.roles, self.state) if p.grad is not None]
+        live = [(j, p, r, st) for j, (p, r, st) in enumerate(zip(self.params, self.roles, self.state))
+                if p.grad is not None]
         if not live:
             return
         pending = []
-        for p, role, st in live:  # ∇R at θ_t, before the base step moves θ
+        for j, p, role, st in live:  # ∇R at θ_t, before the base step moves θ
             if role in F.BLOCKS:
-                pending.append(self._matrix_terms(p, role, st))
+                pending.append(self._matrix_terms(j, st))
             elif role == "bias":
                 x = p.detach().float().clone()
                 norm2 = x.flatten(1).pow(2).sum(1)
@@ -171,10 +217,10 @@ class StackedSpectralAdam:
             else:
                 pending.append(None)
 
-        params = [p for p, _, _ in live]
+        params = [p for _, p, _, _ in live]
         grads = [p.grad for p in params]
-        steps = [st["step"] for _, _, st in live]
-        ms, vs = [st["exp_avg"] for _, _, st in live], [st["exp_avg_sq"] for _, _, st in live]
+        steps = [st["step"] for *_, st in live]
+        ms, vs = [st["exp_avg"] for *_, st in live], [st["exp_avg_sq"] for *_, st in live]
         beta1, beta2 = self.betas
         torch._foreach_add_(steps, 1.0)
         torch._foreach_lerp_(ms, grads, 1 - beta1)
@@ -189,10 +235,18 @@ class StackedSpectralAdam:
         torch._foreach_addcdiv_(params, updates, denom, value=self.lr)  # θ − η m̂ / (√v̂ + ε)
 
         lr_strength = self.lr * self.strength
-        for (p, role, st), terms in zip(live, pending):
+        for (j, p, role, st), terms in zip(live, pending):
             if terms is None:
                 continue
-            if role in F.BLOCKS:
+            if self._general(j):  # block by block: W_j ← W_j − α_j u_j v_jᵀ per slice
+                us, vs_, sigma = terms
+                alpha = F.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))  # (S, b)
+                for b, (block, u, v) in enumerate(zip(self._blocks(j, p), us, vs_)):
+                    block.sub_((alpha[:, b, None, None] * u[:, :, None] * v[:, None, :]).to(p.dtype))
+                st["spectral_u"].copy_(torch.cat(us, dim=-1))
+                st["spectral_v"].copy_(torch.cat(vs_, dim=-1))
+                st["spectral_fresh"].zero_()
+            elif role in F.BLOCKS:
                 u, v, sigma = terms
                 alpha = F.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))
                 p.sub_((alpha[..., None, None] * u[..., :, None] * v[..., None, :]).reshape(p.shape).to(p.dtype))

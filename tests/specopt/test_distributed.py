@@ -415,6 +415,35 @@ def _control_worker(rank: int, out: Path) -> dict:
     }
 
 
+GQA_BLOCKS = {"sizes": (32, 8, 8), "axis": 0}  # 48 rows on two ranks: rank 1's 24 rows hold parts of all 3 blocks
+COLUMN_BLOCKS = {"sizes": (16, 20, 12), "axis": 1}  # the 4 × 48 output layer as GPT-2's Conv1D c_attn is cut
+
+
+def make_gqa(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 48), nn.ReLU(), nn.Linear(48, 4))
+
+
+def gqa_optimizer(model: nn.Module, blocks: dict) -> torch.optim.Optimizer:
+    layer = "0.weight" if blocks["axis"] == 0 else "2.weight"
+    return specopt.SpectralAdam(specopt.param_groups(model, roles={layer: ("qkv", blocks)}), lr=LR)
+
+
+def _gqa_worker(rank: int, out: Path) -> dict:
+    """Unequal row blocks and unequal column blocks, on rows (Shard(0)) and columns (Shard(1))."""
+    result = {}
+    for placement in PLACEMENTS:
+        for key, blocks in (("rows", GQA_BLOCKS), ("columns", COLUMN_BLOCKS)):
+            model = shard_model(make_gqa(), placement)
+            opt = gqa_optimizer(model, blocks)
+            train(model, opt, "mlp", STEPS, rank=rank)
+            fused = model[0].weight if blocks["axis"] == 0 else model[2].weight
+            result[f"{placement}/{key}"] = {"params": full_params(model),
+                                            "sigma": full(opt.state[fused]["spectral_sigma"]),
+                                            "placements": [placement_name(pl) for pl in fused.placements]}
+    return result
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # assertions
 
@@ -573,3 +602,23 @@ def test_fsdp2_step_never_all_gathers_and_keeps_vectors_sharded(tmp_path):
                     assert u["placements"] == ["Replicate()"], f"{where}: u {u}"
                     assert v["placements"] == [f"Shard({lead})"], f"{where}: v {v}"
                     assert v["local_shape"][lead] == w["local_shape"][1], f"{where}: v {v}"
+
+
+def test_fsdp2_unequal_row_and_column_blocks_match_one_process(tmp_path):
+    results = run_workers(tmp_path, _gqa_worker)
+    for key, blocks in (("rows", GQA_BLOCKS), ("columns", COLUMN_BLOCKS)):
+        model = make_gqa()
+        opt = gqa_optimizer(model, blocks)
+        train(model, opt, "mlp", STEPS)
+        fused = model[0].weight if blocks["axis"] == 0 else model[2].weight
+        expected = {name: p.detach().clone() for name, p in model.named_parameters()}
+        for placement in PLACEMENTS:
+            for rank, result in enumerate(results):
+                r = result[f"{placement}/{key}"]
+                assert_matches(r["params"], expected, f"FSDP2 {placement} rank {rank} {key} blocks")
+                torch.testing.assert_close(r["sigma"], opt.state[fused]["spectral_sigma"], atol=ATOL, rtol=RTOL,
+                                           msg=lambda m: f"{placement} rank {rank} {key}: {m}")
+                assert r["sigma"].shape == (3,)
+            sharded_dim = {"shard0": "Shard(0)", "shard1": "Shard(1)"}[placement]
+            assert results[0][f"{placement}/{key}"]["placements"] == [sharded_dim] or key == "rows"
+

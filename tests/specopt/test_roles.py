@@ -1,5 +1,7 @@
 """Parameter roles, describe(), and spectral_norms()."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -127,7 +129,10 @@ class TinyViT(nn.Module):
 
 
 def test_fused_qkv_linear_by_local_module_name():
-    roles = roles_by_name(specopt.param_groups(TinyViT()))
+    with pytest.warns(UserWarning) as caught:  # the two layouts it cannot tell are reported, one warning each
+        roles = roles_by_name(specopt.param_groups(TinyViT()))
+    reported = sorted(str(w.message).split("'")[1] for w in caught if "specopt: cannot tell" in str(w.message))
+    assert reported == ["gqa.qkv.weight", "other.query_key_value.weight"]
     assert roles == {
         "cls_token": "bias", "reg_tokens": "bias", "pos_embed": "bias",
         "attn.qkv.weight": "qkv", "attn.qkv.bias": "bias",
@@ -156,7 +161,11 @@ def test_interleaved_or_non_attention_fused_layers_are_plain_matrices_unless_ove
         assert specopt.infer_role(layer, "weight", layer.weight, module_name=f"layers.0.attention.{local}") == "matrix"
         model = nn.Module()
         setattr(model, local, layer)
-        assert roles_by_name(specopt.param_groups(model)) == {f"{local}.weight": "matrix", f"{local}.bias": "bias"}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert roles_by_name(specopt.param_groups(model)) == {f"{local}.weight": "matrix", f"{local}.bias": "bias"}
+        reported = [str(w.message) for w in caught if "specopt: cannot tell" in str(w.message)]
+        assert len(reported) == (local == "query_key_value")  # reported: a q/k/v layout it cannot tell; Mamba's not
         forced = specopt.param_groups(model, roles={f"*{local}.weight": "qkv"})
         assert roles_by_name(forced) == {f"{local}.weight": "qkv", f"{local}.bias": "bias"}
         assert set(specopt.spectral_norms(model)) == {f"{local}.weight"}  # one matrix, reported once
@@ -270,11 +279,26 @@ def test_auto_override_is_resolved_and_kept_with_split_roles():
     assert roles_by_name(split) == {"0.weight": "matrix", "0.bias": "bias", "1.weight": "none", "1.bias": "none"}
 
 
+def describe_table(text: str) -> dict[str, dict[str, str]]:
+    """describe()'s table as {name: {column: cell}}, cut at the column boundaries of its dashed line."""
+    header, dashes, *body = text.splitlines()
+    spans, start = [], 0
+    for dash in dashes.split("  "):
+        spans.append((start, start + len(dash)))
+        start += len(dash) + 2
+    spans[-1] = (spans[-1][0], None)
+    columns = [header[a:b].strip() for a, b in spans]
+    rows = [{c: line[a:b].strip() for c, (a, b) in zip(columns, spans)} for line in body]
+    return {row["name"]: row for row in rows}
+
+
 def test_describe_shows_qkv_blocks():
     text = specopt.describe(small_vit())
     lines = {l.split()[0]: l for l in text.splitlines()[2:]}
-    qkv = lines["encoder.layers.encoder_layer_0.self_attention.in_proj_weight"]
-    assert "576×192 (as 3×192×192)" in qkv and qkv.split()[-3] == "qkv"
+    table = describe_table(text)
+    qkv = table["encoder.layers.encoder_layer_0.self_attention.in_proj_weight"]
+    assert qkv["shape"] == "576×192 (as 3×192×192)" and qkv["role"] == "qkv"
+    assert qkv["rule"] == "MultiheadAttention in_proj: [q; k; v] rows"
     assert lines["class_token"].split()[1:3] == ["1×1×192", "bias"]
     assert lines["conv_proj.weight"].split()[1:5] == ["192×3×4×4", "(as", "192×48)", "matrix"]
     assert len(text.splitlines()) == 2 + len(list(small_vit().parameters()))
@@ -283,7 +307,7 @@ def test_describe_shows_qkv_blocks():
 def test_describe_lists_every_tensor_with_its_rule():
     model = Block()
     text = specopt.describe(specopt.SpectralAdam(specopt.param_groups(model, strength=0.3)))
-    assert text.splitlines()[0].split() == ["name", "shape", "role", "strength", "k"]
+    assert text.splitlines()[0].split() == ["name", "shape", "role", "strength", "k", "rule"]
     line = next(l for l in text.splitlines() if l.startswith("conv.weight"))
     assert "8×3×3×3 (as 8×27)" in line and "matrix" in line and "0.3" in line
     line = next(l for l in text.splitlines() if l.startswith("temperature"))
