@@ -341,6 +341,8 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
         for p, role, layout in zip(group["params"], concrete, layouts):
             if role == "none" or p.numel() == 0:
                 continue
+            if p.is_complex():  # fill_group_defaults refuses it first; a role changed later is caught here
+                raise complex_error(group, p, role)
             grad = p.grad
             if grad is None:
                 if only_with_grad:
@@ -507,11 +509,54 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
 
 def fill_group_defaults(group: dict, defaults: dict) -> None:
     """Give ``group`` the spectral keys it lacks (:data:`SPECTRAL_KEYS`, and ``role`` unless it has per-parameter
-    ``roles``), and validate them."""
+    ``roles``), and validate them (a complex tensor with a role other than ``none``: :func:`complex_error`)."""
     for key in SPECTRAL_KEYS + (() if "roles" in group else ("role",)):
         group.setdefault(key, defaults[key])
     group_settings(group, defaults)
-    roles_and_layouts(group)
+    check_real(group, roles_and_layouts(group)[0])
+
+
+def complex_error(group: dict, p: Tensor, role: str) -> ValueError:
+    """The one-line refusal of a complex tensor ``p`` of ``group`` that has role ``role`` (not ``none``).
+
+    The spectral step is written for real tensors: applied to a complex one it would regularize Re W alone (its
+    σ1, not that of W) and report that σ1. The tensor is named by the group's ``param_names`` when it has them."""
+    j = next(i for i, q in enumerate(group["params"]) if q is p)
+    names = group.get("param_names")
+    name = repr(names[j]) if names else f"parameter {j} of its group"
+    override = repr(names[j]) if names else "'<name>'"
+    return ValueError(
+        f"specopt does not regularize complex tensors: {name} is {str(p.dtype).removeprefix('torch.')} with role "
+        f"{role!r}; give it role 'none' (specopt.param_groups(model, roles={{{override}: 'none'}}))"
+    )
+
+
+def check_real(group: dict, roles: list[str]) -> None:
+    """Raise :func:`complex_error` for the first complex tensor of ``group`` whose role in ``roles`` is not ``none``."""
+    for p, role in zip(group["params"], roles):
+        if role != "none" and p.is_complex():
+            raise complex_error(group, p, role)
+
+
+def carry_group_settings(saved_groups: list[dict], groups: list[dict]) -> list[dict]:
+    """The ``param_groups`` of a ``state_dict`` about to be loaded, completed from the optimizer's current ``groups``.
+
+    ``Optimizer.load_state_dict`` replaces every group's keys with the saved group's. A state saved by another
+    optimizer (``torch.optim.Adam``, a plain SGD: the usual way of switching a checkpointed run to specopt) has no
+    ``role``/``roles`` and none of :data:`SPECTRAL_KEYS`, so loading it would turn every group back into ``auto``
+    (biases and scales into ``none``) at the default strength. Each saved group (a copy) therefore takes the current
+    group's ``role``/``roles`` when it has neither, its ``param_names`` when it has none, and each spectral setting
+    it lacks; what a saved group has wins, so a specopt state loads exactly as saved."""
+    completed = []
+    for saved, group in zip(saved_groups, groups):
+        saved = dict(saved)
+        roles = () if "role" in saved or "roles" in saved else ("role", "roles", "blocks")  # blocks go with roles
+        keys = SPECTRAL_KEYS + ("param_names",) + roles
+        for key in keys:
+            if key in group and key not in saved:
+                saved[key] = group[key]
+        completed.append(saved)
+    return completed
 
 
 def split_spectral_state(state_dict: dict) -> tuple[dict, dict[Any, dict[str, Tensor]]]:

@@ -70,7 +70,9 @@ class _SpectralStep:
 
     A step pre-hook computes ∇R at the pre-step weights (:func:`specopt.functional.prepare`), a step post-hook
     applies it after the base update (:func:`specopt.functional.apply`); a ``load_state_dict`` pre/post-hook pair
-    keeps the power-iteration vectors float32 (``Optimizer.load_state_dict`` casts state to the parameter dtype).
+    keeps the power-iteration vectors float32 (``Optimizer.load_state_dict`` casts state to the parameter dtype) and
+    gives the groups of another optimizer's state (``torch.optim.Adam``, SGD) the current roles and spectral
+    settings (:func:`specopt.functional.carry_group_settings`; its state has no vectors, so they start fresh).
     Hooks registered first run first, so user pre-hooks run after ``prepare`` and user post-hooks see the final
     weights.
     """
@@ -98,6 +100,8 @@ class _SpectralStep:
     def split(self, optimizer: Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
         rest, spectral = F.split_spectral_state(state_dict)
         self.loading = (state_dict["param_groups"], spectral)
+        # another optimizer's state (torch.optim.Adam, SGD) keeps the current roles and spectral settings
+        rest["param_groups"] = F.carry_group_settings(rest["param_groups"], optimizer.param_groups)
         return rest
 
     def restore(self, optimizer: Optimizer) -> None:

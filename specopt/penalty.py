@@ -56,7 +56,7 @@ class SpectralPenalty:
         F.check_hyperparameters(0.0, k, power_iterations)
         self.groups = _as_groups(model_or_groups)
         for group in self.groups:
-            group_roles(group)  # validate
+            F.check_real(group, group_roles(group))  # validate
         self.k = k
         self.power_iterations = power_iterations
         self.init_iterations = init_iterations
@@ -91,7 +91,8 @@ def spectral_penalty(
     ``model_or_groups`` is a model (roles inferred by :func:`specopt.param_groups`), a list of parameter groups
     (their ``role`` and ``k`` keys are honoured; no role → matrices only) or an optimizer. Power-iteration vectors
     are warm-started across calls from a cache keyed weakly by parameter; use :class:`SpectralPenalty` to own them
-    (e.g. to checkpoint them).
+    (e.g. to checkpoint them). A complex tensor with a role other than ``none`` raises a one-line ``ValueError``, as
+    the optimizers do.
     """
     F.check_hyperparameters(0.0, k, power_iterations)
     return _penalty(_as_groups(model_or_groups), k, power_iterations, 16, _DEFAULT_VECTORS)
@@ -119,6 +120,8 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
             device = p.device
             if p.numel() == 0 or concrete == "none":
                 continue
+            if p.is_complex():
+                raise F.complex_error(group, p, concrete)
             if concrete == "matrix":
                 w = p.reshape(p.shape[0], -1).float()
                 with torch.no_grad():
@@ -189,6 +192,14 @@ def _matrix_params(obj: Any) -> list[tuple[str, Tensor, str, L.Layout | None]]:
     return out
 
 
+def _complex_sigma(p: Tensor, blocks: int) -> Tensor:
+    r"""σ1 of each row block of a complex ``p`` (shape (blocks,), float32), through its real form: with
+    :math:`W = A + iB`, :math:`\sigma_1(W) = \sigma_1\begin{pmatrix} A & -B\\ B & A\end{pmatrix}` (the real matrix
+    acting on (Re x, Im x) as W acts on x), so the blocks are those :func:`specopt.functional.as_blocks` defines."""
+    a, b = F.as_blocks(p.real, blocks), F.as_blocks(p.imag, blocks)  # .real/.imag: views, no dtype cast
+    return torch.linalg.matrix_norm(torch.cat([torch.cat([a, -b], -1), torch.cat([b, a], -1)], -2), ord=2)
+
+
 @torch.no_grad()
 def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool | None = None) -> dict[str, Tensor]:
     """σ1 of every matrix-role parameter (conv kernels reshaped to out × in·kh·kw), as 0-dim float32 tensors.
@@ -197,7 +208,9 @@ def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool
     ``"{name}[v]"`` (σ1 of W_q, W_k, W_v: the matrices the ``qkv`` role regularizes, split by its layout), in that
     order (``name[0]``, ``name[1]``, ... for another number of blocks).
 
-    * ``exact=True`` (default for a model or groups): ``torch.linalg.matrix_norm(W, ord=2)``, an SVD per matrix.
+    * ``exact=True`` (default for a model or groups): ``torch.linalg.matrix_norm(W, ord=2)``, an SVD per matrix;
+      of a complex W its true σ1 (the optimizers refuse to regularize complex tensors, see
+      :func:`specopt.functional.complex_error`, but their σ1 is still reported).
     * ``exact=False`` (default for an optimizer): the cheap estimate stored by the optimizer's last power iteration
       (``spectral_sigma``, taken at the weights *before* that step); tensors not yet stepped are omitted.
     """
@@ -210,7 +223,10 @@ def spectral_norms(obj: nn.Module | torch.optim.Optimizer | _Groups, exact: bool
     for name, p, role, layout in params:
         count = 1 if layout is None else len(layout[0])
         if exact and layout is not None and not L.is_default(layout):
-            sigma = torch.stack([torch.linalg.matrix_norm(b.float(), ord=2) for b in p.split(layout[0], layout[1])])
+            sigma = torch.stack([torch.linalg.matrix_norm(b if b.is_complex() else b.float(), ord=2)
+                                 for b in p.split(layout[0], layout[1])])
+        elif exact and p.is_complex():
+            sigma = _complex_sigma(p, F.BLOCKS[role])
         elif exact:
             sigma = torch.linalg.matrix_norm(F.as_blocks(p, F.BLOCKS[role]), ord=2)  # (blocks,)
         else:

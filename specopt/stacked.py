@@ -76,9 +76,11 @@ class StackedSpectralAdam:
             raise ValueError("StackedSpectralAdam got no parameters")
         if len(roles) != len(self.params):
             raise ValueError(f"got {len(roles)} roles for {len(self.params)} parameters")
-        for role in roles:
+        for p, role in zip(self.params, roles):
             if role not in ROLES or role == "auto":
                 raise ValueError(f"unknown role {role!r}; valid: {', '.join(r for r in ROLES if r != 'auto')}")
+            if role != "none" and p.is_complex():
+                raise F.complex_error({"params": self.params}, p, role)
         self.slices = self.params[0].shape[0]
         if any(p.dim() < 1 or p.shape[0] != self.slices for p in self.params):
             raise ValueError(f"every stacked parameter needs the same leading dimension ({self.slices})")

@@ -521,3 +521,155 @@ def test_hooks_registered_on_the_wrapper_get_the_wrapper_and_see_the_final_weigh
     assert [s[0] for s in seen] == ["pre", "post"] and all(s[1] is opt for s in seen)
     assert torch.equal(seen[0][2], before)
     assert torch.equal(seen[1][2], layer.weight.detach()) and not torch.equal(seen[1][2], before)
+
+
+# --- complex parameters: refused in one line unless their role is none -------------------------------------------
+
+
+class _ComplexNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(6, 8, dtype=torch.cfloat)  # a complex matrix and a complex bias
+        self.out = nn.Linear(8, 3)
+
+
+COMPLEX_USERS = {
+    "SpectralAdam": lambda groups: specopt.SpectralAdam(groups, lr=1e-3),
+    "SpectralAdamW": lambda groups: specopt.SpectralAdamW(groups, lr=1e-3),
+    "Spectral(SGD)": lambda groups: specopt.Spectral(torch.optim.SGD(groups, lr=0.1)),
+    "spectral_penalty": lambda groups: specopt.spectral_penalty(groups),
+    "SpectralPenalty": lambda groups: specopt.SpectralPenalty(groups)(),
+}
+
+
+@pytest.mark.parametrize("use", sorted(COMPLEX_USERS))
+@pytest.mark.parametrize("name, role", [("fc.weight", "matrix"), ("fc.bias", "bias"), ("fc.bias", "scale")])
+def test_a_complex_tensor_to_regularize_is_refused_in_one_line_that_names_it(use, name, role):
+    model = _ComplexNet()
+    others = {n: "none" for n in ("fc.weight", "fc.bias") if n != name}
+    groups = specopt.param_groups(model, roles={**others, name: role})
+    with pytest.raises(ValueError) as err:
+        COMPLEX_USERS[use](groups)
+    assert str(err.value) == (f"specopt does not regularize complex tensors: '{name}' is complex64 with role '{role}'; "
+                              f"give it role 'none' (specopt.param_groups(model, roles={{'{name}': 'none'}}))")
+
+
+@pytest.mark.parametrize("make", [
+    lambda params: specopt.SpectralAdam(params, lr=1e-3, strength=1.0),
+    lambda params: specopt.Spectral(torch.optim.SGD(params, lr=0.1), strength=1.0),
+], ids=["SpectralAdam", "Spectral(SGD)"])
+def test_complex_tensors_are_refused_without_names_and_when_given_a_role_after_construction(make):
+    w = nn.Parameter(torch.randn(4, 3, dtype=torch.cfloat))
+    with pytest.raises(ValueError, match="parameter 0 of its group is complex64 with role 'matrix'"):
+        make([w])  # plain parameters: "auto" makes a 2-D tensor a matrix
+    b = nn.Parameter(torch.randn(4, dtype=torch.cfloat))
+    opt = make([b])  # "auto" leaves a 1-D tensor alone
+    opt.param_groups[0]["role"] = "bias"
+    b.grad = torch.zeros_like(b)
+    with pytest.raises(ValueError, match="parameter 0 of its group is complex64 with role 'bias'"):
+        opt.step()
+    with pytest.raises(ValueError, match="complex64 with role 'matrix'"):
+        specopt.StackedSpectralAdam([nn.Parameter(torch.randn(2, 4, 3, dtype=torch.cfloat))], ["matrix"])
+
+
+def test_complex_tensors_with_role_none_train_as_the_base_optimizer_does():
+    a, b = _ComplexNet(), _ComplexNet()
+    roles = {"fc.*": "none"}
+    opt_a = specopt.SpectralAdam(specopt.param_groups(a, roles=roles), lr=1e-2, strength=1.0, foreach=False)
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2, foreach=False)
+    for t in range(5):
+        g = torch.Generator().manual_seed(t)
+        x, z = torch.randn(4, 6, dtype=torch.cfloat, generator=g), torch.randn(4, 8, generator=g)
+        for model, opt in ((a, opt_a), (b, opt_b)):  # two losses: fc's gradient does not depend on out
+            opt.zero_grad()
+            (model.fc(x).abs().square().sum() + model.out(z).square().sum()).backward()
+            opt.step()
+    assert torch.equal(a.fc.weight, b.fc.weight) and torch.equal(a.fc.bias, b.fc.bias)
+    assert not torch.equal(a.out.weight, b.out.weight)  # the real layer is regularized
+
+
+def test_spectral_norms_of_a_complex_matrix_is_its_true_sigma1():
+    model = _ComplexNet()
+    with torch.no_grad():
+        model.fc.weight.imag.mul_(5.0)
+    sigma = specopt.spectral_norms(model)["fc.weight"]
+    true = torch.linalg.matrix_norm(model.fc.weight.detach(), ord=2)
+    assert sigma.dtype == torch.float32 and sigma.shape == ()
+    torch.testing.assert_close(sigma, true)
+    assert sigma > 2 * torch.linalg.matrix_norm(model.fc.weight.detach().real, ord=2)  # not Re W's σ1
+    w = torch.randn(6, 4, dtype=torch.cdouble)  # a complex qkv: each row block's true σ1
+    norms = specopt.spectral_norms([{"params": [w], "param_names": ["qkv"], "role": "qkv"}])
+    blocks = torch.linalg.matrix_norm(w.reshape(3, 2, 4), ord=2).float()
+    torch.testing.assert_close(torch.stack([norms[f"qkv[{j}]"] for j in "qkv"]), blocks)
+
+
+# --- migrating a checkpoint of another optimizer into a specopt optimizer -----------------------------------------
+
+
+def _migrate(make_base, make_specopt, moments):
+    """Train ``make_base(model.parameters())`` (a torch optimizer), save its state, load it into
+    ``make_specopt(param_groups(model, strength=0.5))``; return (model, specopt optimizer, saved state, the roles
+    ``describe`` showed before loading, a reference specopt optimizer on a copy of the model given the saved
+    ``moments`` directly, its model, a plain base optimizer on another copy loaded with the saved state, its model)."""
+    model = make_model()
+    base = make_base(model.parameters())
+    train(model, base, 5)
+    saved = _roundtrip(base.state_dict())
+    ref_model, base_model = copy.deepcopy(model), copy.deepcopy(model)
+    opt = make_specopt(specopt.param_groups(model, strength=0.5))
+    before = specopt.describe(opt)
+    opt.load_state_dict(copy.deepcopy(saved))  # load_state_dict keeps the tensors it is given
+    ref = make_specopt(specopt.param_groups(ref_model, strength=0.5))
+    for i, p in enumerate(ref_model.parameters()):
+        ref.state[p] = {key: saved["state"][i][key].clone() for key in moments}
+    plain = make_base(base_model.parameters())
+    plain.load_state_dict(copy.deepcopy(saved))
+    return model, opt, saved, before, ref, ref_model, plain, base_model
+
+
+MIGRATIONS = {
+    "Adam -> SpectralAdam": (lambda ps: torch.optim.Adam(ps, lr=1e-2),
+                             lambda groups: specopt.SpectralAdam(groups, lr=1e-2), ("step", "exp_avg", "exp_avg_sq")),
+    "SGD -> Spectral(SGD)": (lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+                             lambda groups: specopt.Spectral(torch.optim.SGD(groups, lr=0.05, momentum=0.9)),
+                             ("momentum_buffer",)),
+}
+
+
+@pytest.mark.parametrize("migration", sorted(MIGRATIONS))
+def test_loading_another_optimizers_checkpoint_keeps_the_roles_and_settings_and_loads_the_moments(migration):
+    make_base, make_specopt, moments = MIGRATIONS[migration]
+    model, opt, saved, before, ref, ref_model, _, _ = _migrate(make_base, make_specopt, moments)
+    assert "bias" in before and "scale" in before  # the LayerNorm and the Linear biases
+    assert specopt.describe(opt) == before
+    assert all(g["spectral_strength"] == 0.5 and g["param_names"] for g in opt.param_groups)
+    for i, p in enumerate(model.parameters()):
+        st = opt.state[p]
+        assert not any(key.startswith("spectral_") for key in st)  # the spectral state starts fresh
+        for key in moments:
+            assert torch.equal(st[key], saved["state"][i][key])
+    train(model, opt, 3, start=5)
+    train(ref_model, ref, 3, start=5)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("migration", sorted(MIGRATIONS))
+def test_after_loading_another_optimizers_checkpoint_biases_and_scales_take_the_spectral_step(migration):
+    make_base, make_specopt, moments = MIGRATIONS[migration]
+    model, opt, _, _, _, _, plain, base_model = _migrate(make_base, make_specopt, moments)
+    lr = opt.param_groups[0]["lr"]
+    pre = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, opt, 1, start=5)
+    train(base_model, plain, 1, start=5)  # the base optimizer's own step from the same state
+    base = dict(base_model.named_parameters())
+    k, strength = 2, 0.5
+    for name in ("0.bias", "3.bias"):  # b ← base(b) − ηλ·2k‖b‖^{2k−2}·b
+        b = pre[name]
+        expected = base[name] - lr * strength * 2 * k * b.norm() ** (2 * k - 2) * b
+        torch.testing.assert_close(dict(model.named_parameters())[name], expected, rtol=1e-6, atol=1e-8)
+    gamma = pre["1.weight"]  # γ ← base(γ) − ηλ·2(γ − 1)
+    torch.testing.assert_close(model[1].weight, base["1.weight"] - lr * strength * 2 * (gamma - 1), rtol=1e-6,
+                               atol=1e-8)
+    assert not torch.equal(model[1].bias, base["1.bias"])
