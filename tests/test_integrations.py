@@ -37,8 +37,8 @@ def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def roles_of(optimizer) -> dict[torch.Tensor, str]:
-    """The role the optimizer's spectral step applies to each parameter (as :func:`specopt.functional.prepare`)."""
-    return {p: r for g in optimizer.param_groups for p, r in zip(g["params"], specopt.functional.group_roles(g))}
+    """The role the optimizer's spectral step applies to each parameter (as :func:`specopt.roles.group_roles` reads a group)."""
+    return {p: r for g in optimizer.param_groups for p, r in zip(g["params"], specopt.roles.group_roles(g))}
 
 
 def sigma(w: torch.Tensor) -> float:
