@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from specopt.experiment import add_config_flags, given_fields
+from specopt.experiment import add_config_flags, given_fields, os_error_line
 
 from .data import DATASETS, DataError
 from .mitigators import MITIGATORS
@@ -203,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except OSError as err:  # a read-only or full --out, a folder removed under a run: the file and the reason
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: cannot read or write {where}{err.strerror or err}", file=sys.stderr)
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed task is checkpointed; continue with --resume", file=sys.stderr)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from specopt.experiment import add_config_flags, given_fields
+from specopt.experiment import add_config_flags, given_fields, os_error_line
 
 from .config import MITIGATORS, PAPER7_ENVS, Config
 
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m rl {command}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # a read-only or full --out, a folder removed under a run: the file and the reason
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"python -m rl {command}: error: cannot read or write {where}{e.strerror or e}", file=sys.stderr)
+        print(f"python -m rl {command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"python -m rl {command}: interrupted: the rows up to the last evaluation are written; continue from "

@@ -29,10 +29,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "CheckpointError", "FolderLock", "add_config_flags", "append_csv", "atomic_write",
-           "changed_settings", "claim_folder", "code_version", "convert_checkpoint", "field_docs", "folder_kind", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
-           "mean_se", "progress_bar", "read_csv", "save_checkpoint", "saved_provenance", "save_figure", "tensorboard_writer", "write_csv",
-           "write_json", "write_text"]
+__all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "append_csv", "atomic_write", "changed_settings",
+           "CheckpointError", "claim_folder", "code_version", "convert_checkpoint", "field_docs", "folder_kind",
+           "FolderLock", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference", "mean_se",
+           "os_error_line", "progress_bar", "read_csv", "save_checkpoint", "save_figure", "saved_provenance",
+           "tensorboard_writer", "write_csv", "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -171,6 +172,13 @@ def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     entries = saved.get(PROVENANCE, []) if isinstance(saved, dict) else []
     return entries if isinstance(entries, list) else []
+
+
+def os_error_line(err: OSError) -> str:
+    """A failed read or write (a read-only or full ``--out``, a folder removed under a run) as one line: the file and
+    the reason, for the command lines' ``error:`` message."""
+    where = f"{err.filename}: " if err.filename else ""
+    return f"cannot read or write {where}{err.strerror or err}"
 
 
 # --- run folders: one run (of one kind) per folder, one process at a time -----------------------------------------

@@ -114,3 +114,48 @@ def test_compiled_model_and_compile_step_recipe_equals_the_eager_loop_and_warns_
     for p, q in zip(eager_model.parameters(), model.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-6)
     assert sigma(model[0].weight) < sigma(tiny_classifier()[0].weight)
+
+
+def test_timm_and_torchvision_recipe_gives_each_tensor_the_rule_its_module_declares(capsys):
+    timm = pytest.importorskip("timm")
+    torchvision = pytest.importorskip("torchvision")
+    namespace = {"pretrained": False}
+    exec(recipe("timm and torchvision models"), namespace)
+    vit, resnet = namespace["vit"], namespace["resnet"]
+    assert isinstance(vit, timm.models.vision_transformer.VisionTransformer)
+    printed = capsys.readouterr().out
+    e = vit.embed_dim  # timm's Attention: qkv = nn.Linear(dim, 3 * dim), rows [q; k; v]
+    groups = specopt.param_groups(vit)
+    roles = {n: r for g in groups for n, r in zip(g["param_names"], g["roles"])}
+    blocks = {n: b for g in groups for n, b in zip(g["param_names"], g["blocks"])}
+    assert roles["blocks.0.attn.qkv.weight"] == "qkv" and tuple(blocks["blocks.0.attn.qkv.weight"]["sizes"]) == (e,) * 3
+    assert roles["blocks.0.ls1.gamma"] == roles["blocks.0.ls2.gamma"] == "none"  # LayerScale keeps its 1e-5 start
+    assert roles["cls_token"] == roles["pos_embed"] == "bias" and roles["blocks.0.norm1.weight"] == "scale"
+    r = {n: role for g in specopt.param_groups(resnet) for n, role in zip(g["param_names"], g["roles"])}
+    assert r["conv1.weight"] == "matrix" and r["bn1.weight"] == "scale" and r["bn1.bias"] == "bias"
+    for name in ("blocks.0.attn.qkv.weight", "blocks.0.ls1.gamma", "layer1.0.conv1.weight", "bn1.weight"):
+        assert name in printed  # describe(optimizer, net) names the model's tensors
+
+
+def test_ddp_and_fsdp2_recipe_runs_on_one_process(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model, sharded = tiny_classifier(), tiny_classifier()
+        namespace = {"model": model, "sharded": sharded}
+        exec(recipe("DDP and FSDP2"), namespace)
+        for net, optimizer in ((namespace["ddp"], namespace["optimizer"]), (sharded, namespace["sharded_optimizer"])):
+            roles = roles_of(optimizer)
+            before = sigma(model[0].weight if net is namespace["ddp"] else sharded[0].weight.full_tensor())
+            for x, y in batches(5):
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            first = model[0].weight if net is namespace["ddp"] else sharded[0].weight.full_tensor()
+            assert sigma(first) < before  # the first layer (σ1 ≫ 1) is pulled down
+        assert roles_of(namespace["optimizer"])[model[0].bias] == "none"  # the override, written for the bare module
+        assert roles_of(namespace["optimizer"])[model[3].bias] == "bias"
+        assert roles[sharded[1].weight] == "scale"
+    finally:
+        dist.destroy_process_group()

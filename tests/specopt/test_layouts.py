@@ -10,6 +10,8 @@ from torch import nn
 import specopt
 from specopt import StackedSpectralAdam
 
+from .test_roles import describe_table
+
 LAYOUTS = [((32, 8, 8), 0), ((16, 16, 16), 1), ((10, 22), 1), ((12, 12, 12), 0)]
 
 
@@ -174,35 +176,23 @@ def test_patterns_written_for_the_bare_module_apply_through_wrapper_prefixes(wra
     assert got[prefix + "0.bias"][0] == "bias"
 
 
-def describe_rows(text):
-    header, dashes, *body = text.splitlines()
-    spans, start = [], 0
-    for dash in dashes.split("  "):
-        spans.append((start, start + len(dash)))
-        start += len(dash) + 2
-    spans[-1] = (spans[-1][0], None)
-    columns = [header[a:b].strip() for a, b in spans]
-    return {row["name"]: row for row in
-            ({c: line[a:b].strip() for c, (a, b) in zip(columns, spans)} for line in body)}
-
-
 def test_describe_names_plain_parameter_groups_and_tells_unset_strength_from_not_regularized():
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), Attn())
     opt = specopt.Spectral(torch.optim.SGD(model.parameters(), lr=0.1))  # as HF Trainer builds groups
-    rows = describe_rows(specopt.describe(opt, model))
+    rows = describe_table(specopt.describe(opt, model))
     assert set(rows) == {n for n, _ in model.named_parameters()}  # real names, no group0.param0
     assert rows["0.weight"]["role"] == "matrix" and rows["0.weight"]["strength"] == str(specopt.DEFAULT_STRENGTH)
     assert rows["0.bias"]["role"] == "none" and rows["0.bias"]["strength"] == "-"  # role auto: 1-D left alone
     assert rows["0.bias"]["rule"] == "group role 'auto' (inferred: bias)"  # param_groups would make it a bias
     assert rows["2.qkv_proj.weight"]["rule"] == "group role 'auto' (inferred: qkv)"
     assert rows["2.qkv_proj.weight"]["shape"] == "48×32"  # auto: one matrix
-    plain = describe_rows(specopt.describe(model))
+    plain = describe_table(specopt.describe(model))
     assert plain["0.weight"]["strength"] == "unset" and plain["1.weight"]["strength"] == "unset"
     assert plain["2.qkv_proj.weight"]["shape"] == "48×32 (as 32+8+8 rows)"
     assert plain["2.qkv_proj.weight"]["rule"].startswith("[q; k; v] rows, 4 q / 1 kv heads")
     assert plain["1.weight"]["rule"] == "normalization scale"
     groups = specopt.param_groups(model, strength=0.3, roles={"2.o_proj.weight": "none"})
-    shown = describe_rows(specopt.describe(specopt.Spectral(torch.optim.SGD(groups, lr=0.1)), model))
+    shown = describe_table(specopt.describe(specopt.Spectral(torch.optim.SGD(groups, lr=0.1)), model))
     assert shown["2.o_proj.weight"]["strength"] == "-" and shown["0.weight"]["strength"] == "0.3"
     assert shown["2.o_proj.weight"]["rule"] == "its group's roles (inferred: matrix)"
 
