@@ -146,10 +146,9 @@ def _cpu_model() -> str:
 def code_version(device: str = "cpu") -> dict[str, Any]:
     """Which code and machine ran (part of) a run, as plain values: the git ``commit`` of the installed tree (None
     outside a git checkout) and whether its code (``specopt/``, ``continual/``, ``rl/``) had uncommitted changes
-    (``dirty``), the torch and Python versions, the CPU model, the GPU's name on a CUDA ``device``, and the UTC time
-    it started. Rows of two versions are not one study's."""
+    (``dirty``), the torch and Python versions, the CPU model and the GPU's name on a CUDA ``device``. Rows of two
+    versions are not one study's."""
     import platform
-    import time as _time
 
     import torch
 
@@ -160,8 +159,7 @@ def code_version(device: str = "cpu") -> dict[str, Any]:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(torch.device(device))
     return {"commit": commit, "dirty": None if status is None else bool(status), "torch": torch.__version__,
-            "python": platform.python_version(), "cpu": _cpu_model(), "gpu": gpu,
-            "started": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime())}
+            "python": platform.python_version(), "cpu": _cpu_model(), "gpu": gpu}
 
 
 def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
