@@ -63,7 +63,8 @@ class RunConfig:
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` for a setting no run can have (before anything is read or written):
         every number finite and in range, a device torch knows, a non-empty ``out``."""
-        if self.strength is not None and not (isinstance(self.strength, (int, float)) and 0 <= self.strength < math.inf):
+        finite = isinstance(self.strength, (int, float)) and 0 <= self.strength < math.inf
+        if self.strength is not None and not finite:
             raise ValueError(f"--strength must be a finite number >= 0, got {self.strength}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
             raise ValueError(f"--lr must be a finite number > 0, got {self.lr}")
@@ -77,9 +78,10 @@ class RunConfig:
         try:
             torch.device(self.device)
         except (RuntimeError, ValueError):
-            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
+            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ..."
+                             ) from None
         if str(self.out).strip() == "":
-            raise ValueError("--out is empty: give the run's folder (it would otherwise write into the current directory)")
+            raise ValueError("--out is empty: give the run's folder (else it would write into the current directory)")
 
 
 def options_text(options: dict[str, Any]) -> str:
@@ -259,7 +261,7 @@ def _run_in(out: Path, cfg: RunConfig, resume: bool, progress: bool) -> list[dic
     rows: list[dict[str, Any]] = saved["rows"] if saved is not None else []
     history = experiment.saved_provenance(out / "config.json") if saved is not None else []
     if len(rows) < len(cfg.mitigators) * len(cfg.seeds) * cfg.tasks:  # this process trains: record its code version
-        history = history + [experiment.code_version(cfg.device)]
+        history = experiment.add_version(history, cfg.device)
     experiment.write_json(out / "config.json", {**config, experiment.PROVENANCE: history})
     if saved is not None:  # the checkpoint's rows are the record: a damaged or missing results.csv is rebuilt
         experiment.write_csv(out / "results.csv", rows, COLUMNS)

@@ -238,7 +238,8 @@ def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: s
                     message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
                     if isinstance(cause, (ValueError, DataError)):  # a setting the worker refused (e.g. no dataset)
                         raise ValueError(f"{run.name} on its Ray worker: {message}") from None
-                    raise RunFailed(f"{run.name} failed on its Ray worker ({type(cause).__name__}: {message})") from None
+                    raise RunFailed(f"{run.name} failed on its Ray worker ({type(cause).__name__}: {message})"
+                                    ) from None
                 except ray.exceptions.RayError as err:  # its worker died RAY_RETRIES + 1 times, or Ray lost it
                     raise RunFailed(f"{run.name}: its Ray worker died {RAY_RETRIES + 1} times "
                                     f"({type(err).__name__}); its finished tasks are in {run.config.out}: run the "

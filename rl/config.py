@@ -117,7 +117,8 @@ class Config:
 
             torch.device(self.device)
         except (RuntimeError, ValueError):
-            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
+            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ..."
+                             ) from None
         for m in self.mitigators:
             if m not in MITIGATORS:
                 raise ValueError(f"unknown mitigator {m!r}; choose from {', '.join(MITIGATORS)}")

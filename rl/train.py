@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from specopt.experiment import (PROVENANCE, append_csv, changed_settings, claim_folder, code_version, load_checkpoint,
+from specopt.experiment import (PROVENANCE, add_version, append_csv, changed_settings, claim_folder, load_checkpoint,
                                 log_scalars, progress_bar, read_csv, save_checkpoint, saved_provenance,
                                 tensorboard_writer, write_csv, write_json)
 
@@ -176,8 +176,8 @@ def metrics_before(cfg: Config, step: int) -> list[list[dict[str, str]]]:
             pass
         if [int(r["step"]) for r in kept] != expected:
             raise ValueError(f"{path} lacks rows the checkpoint at step {step} needs (evaluations at steps "
-                             f"{cfg.eval_interval}…{step}): it was deleted, emptied or damaged; restore it from a copy, "
-                             "or start the run over in another --out")
+                             f"{cfg.eval_interval}…{step}): it was deleted, emptied or damaged; restore it from a "
+                             "copy, or start the run over in another --out")
         out.append(kept)
     return out
 
@@ -242,7 +242,7 @@ def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, t
     out.mkdir(parents=True, exist_ok=True)
     history = saved_provenance(out / CONFIG) if ck is not None else []
     if ck is None or ck["step"] < cfg.steps:  # this process trains: record its code version
-        history = history + [code_version(cfg.device)]
+        history = add_version(history, cfg.device)
     write_json(out / CONFIG, {**cfg.to_dict(), PROVENANCE: history})
     dirs = [agent_dir(cfg, a) for a in agents]
     for d, a in zip(dirs, agents):

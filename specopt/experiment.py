@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "append_csv", "atomic_write", "changed_settings",
-           "CheckpointError", "claim_folder", "code_version", "convert_checkpoint", "field_docs", "folder_kind",
-           "FolderLock", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference", "mean_se",
-           "os_error_line", "progress_bar", "read_csv", "save_checkpoint", "save_figure", "saved_provenance",
-           "tensorboard_writer", "write_csv", "write_json", "write_text"]
+__all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "add_version", "append_csv", "atomic_write",
+           "changed_settings", "CheckpointError", "claim_folder", "code_version", "convert_checkpoint", "field_docs",
+           "folder_kind", "FolderLock", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
+           "mean_se", "os_error_line", "progress_bar", "read_csv", "save_checkpoint", "save_figure",
+           "saved_provenance", "tensorboard_writer", "write_csv", "write_json", "write_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -115,8 +115,8 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 # --- provenance: which code and machine made the rows -------------------------------------------------------------
 PROVENANCE = "provenance"
-"""The key of config.json that lists, per process that trained the run (its start, then every resume that had work
-left), the :func:`code_version` it ran; not a setting, so no resume guard compares it."""
+"""The key of config.json that lists the distinct code versions (:func:`code_version`) of the processes that trained
+the run (its start, then every resume that had work left); not a setting, so no resume guard compares it."""
 
 _CODE_DIRS = ("specopt", "continual", "rl")
 
@@ -160,6 +160,13 @@ def code_version(device: str = "cpu") -> dict[str, Any]:
         gpu = torch.cuda.get_device_name(torch.device(device))
     return {"commit": commit, "dirty": None if status is None else bool(status), "torch": torch.__version__,
             "python": platform.python_version(), "cpu": _cpu_model(), "gpu": gpu}
+
+
+def add_version(history: list[dict[str, Any]], device: str = "cpu") -> list[dict[str, Any]]:
+    """``history`` with this process's :func:`code_version` added when it is not there yet: a run resumed by the
+    same code on the same kind of machine keeps one entry (its config.json then equals an uninterrupted run's)."""
+    version = code_version(device)
+    return history if version in history else [*history, version]
 
 
 def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -242,8 +249,8 @@ def claim_folder(path: str | os.PathLike, kind: str) -> Iterator[Path]:
     """Hold the run folder ``path`` for a ``kind`` run (see :func:`folder_kind`) while the ``with`` block reads and
     writes it: checked, created if missing, and locked (:class:`FolderLock`). A folder this call created and the
     block left empty (the run refused a setting) is removed again, so a refused run writes nothing. One-line
-    ``ValueError`` errors: an empty path, a path that is a file, a folder another kind of run made, a folder that cannot be
-    created, a folder in use by another process."""
+    ``ValueError`` errors: an empty path, a path that is a file, a folder another kind of run made, a folder that
+    cannot be created, a folder in use by another process."""
     if str(path).strip() == "":
         raise ValueError("--out is empty: give the run's folder (it would otherwise write into the current directory)")
     folder = Path(path)
@@ -315,9 +322,10 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
 
 def load_checkpoint(path: str | os.PathLike, convert_command: str, map_location: Any = None) -> dict[str, Any]:
     """The checkpoint at ``path``, read with ``torch.load(weights_only=True)`` (tensors onto ``map_location``, as
-    ``torch.load`` has it; None: the devices they were saved from): no code from the file runs. A file that needs more than that (an object of another type, a hostile pickle, a checkpoint written before
-    checkpoints were plain) is refused with a one-line :class:`CheckpointError` that names the file and
-    ``convert_command`` (how to convert a file the user trusts); so is a corrupt, truncated or empty file."""
+    ``torch.load`` has it; None: the devices they were saved from): no code from the file runs. A file that needs
+    more than that (an object of another type, a hostile pickle, a checkpoint written before checkpoints were plain)
+    is refused with a one-line :class:`CheckpointError` that names the file and ``convert_command`` (how to convert a
+    file the user trusts); so is a corrupt, truncated or empty file."""
     import pickle
 
     import torch
@@ -330,7 +338,8 @@ def load_checkpoint(path: str | os.PathLike, convert_command: str, map_location:
     except pickle.UnpicklingError as err:
         if "weights only" not in str(err).lower() or "unsupported operand" in str(err).lower():  # no pickle at all
             raise CheckpointError(f"{path} is not a readable checkpoint (its bytes are no pickle): it is corrupt or "
-                                  f"truncated; restore it from a copy, or delete the run folder to start over") from None
+                                  "truncated; restore it from a copy, or delete the run folder to start over"
+                                  ) from None
         found = re.search(r"GLOBAL (\S+)", str(err))
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(

@@ -37,7 +37,8 @@ def batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def roles_of(optimizer) -> dict[torch.Tensor, str]:
-    """The role the optimizer's spectral step applies to each parameter (as :func:`specopt.roles.group_roles` reads a group)."""
+    """The role the optimizer's spectral step applies to each parameter (as :func:`specopt.roles.group_roles` reads
+    a group)."""
     return {p: r for g in optimizer.param_groups for p, r in zip(g["params"], specopt.roles.group_roles(g))}
 
 
@@ -118,7 +119,7 @@ def test_compiled_model_and_compile_step_recipe_equals_the_eager_loop_and_warns_
 
 def test_timm_and_torchvision_recipe_gives_each_tensor_the_rule_its_module_declares(capsys):
     timm = pytest.importorskip("timm")
-    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision")
     namespace = {"pretrained": False}
     exec(recipe("timm and torchvision models"), namespace)
     vit, resnet = namespace["vit"], namespace["resnet"]
