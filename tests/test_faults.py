@@ -191,11 +191,21 @@ def test_resuming_a_finished_run_writes_nothing(tmp_path):
     (["--strength", "nan"], "--strength must be a finite number"),
     (["--strength", "inf"], "--strength must be a finite number"),
     (["--device", "foo"], "is not a torch device"),
+    (["--mitigator", "shrink-perturb", "--shrink-perturb.noise-scale", "inf"], "noise_scale must be a finite number"),
+    (["--spectral.k", "inf"], "k must be a finite number"),
+    (["--cbp.decay", "nan"], "decay must lie in [0, 1)"),
 ])
 def test_continual_bad_values_are_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
     assert message in refused(capsys, continual_main(RUN + ["--out", str(out)] + flags))
     assert not out.exists()
+
+
+def test_rl_out_empty_or_a_file_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    assert "is a file" in refused(capsys, rl_main(RL + ["--steps", "250", "--out", "afile"]))
+    assert (tmp_path / "afile").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["afile"]
 
 
 def test_continual_out_empty_or_a_file_is_one_line(tmp_path, capsys, monkeypatch):

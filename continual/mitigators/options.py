@@ -10,6 +10,8 @@ options; a row's ``options`` column holds the options of its own mitigator that 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -24,8 +26,8 @@ class ShrinkPerturbOptions:
     noise_scale: float | None = None  # σ of the perturbation (None: sqrt(λ(2 − λ)), which keeps the initial scale)
 
     def __post_init__(self) -> None:
-        _check(self.noise_scale is None or self.noise_scale >= 0, "shrink-perturb: noise_scale must be >= 0 or None",
-               self.noise_scale)
+        _check(self.noise_scale is None or 0 <= self.noise_scale < math.inf,
+               "shrink-perturb: noise_scale must be a finite number >= 0 or None", self.noise_scale)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class SpectralOptions:
     k: float = 2  # exponent of σ1 in R = Σ(σ1^k − 1)² (paper: 2)
 
     def __post_init__(self) -> None:
-        _check(self.k > 0, "spectral: k must be > 0", self.k)
+        _check(0 < self.k < math.inf, "spectral: k must be a finite number > 0", self.k)
 
 
 @dataclass(frozen=True)
