@@ -18,3 +18,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     api = (tmp_path / "site" / "api" / "specopt" / "index.html").read_text()
     assert "StackedSpectralAdam" in api and "spectral_strength" in api  # rendered from the docstrings
+
+
+def test_readme_demo_table_is_the_table_of_its_committed_rows():
+    """The README's demo table is what `python -m continual plot results/readme-demo` prints from the committed rows."""
+    from continual.plot import read_rows, table
+
+    readme = (ROOT / "README.md").read_text()
+    generated = table(read_rows([ROOT / "results" / "readme-demo"]))
+    assert generated.strip() in readme
