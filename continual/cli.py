@@ -17,6 +17,7 @@ from pathlib import Path
 
 from specopt.experiment import add_config_flags, given_fields, os_error_line
 
+from .config import RunConfig
 from .data import DATASETS, DataError
 from .mitigators import MITIGATORS
 from .models import MODELS
@@ -74,8 +75,6 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
     ``--preset`` and ``--no-progress``. With ``sweep``, those of ``sweep``: the same settings, with ``--strengths`` (a grid) for ``--strength``, ``--workers``/``--backend``/
     ``--ray-address``, ``--threads`` per run (default 1), and neither ``--resume`` (a sweep always continues what is
     in ``--out``) nor ``--vectorize-seeds``."""
-    from .runner import RunConfig
-
     r.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Appendix B setting (flags override)")
     positive_int, positive_float = _positive(int), _positive(float)
     add_config_flags(
@@ -134,9 +133,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace, check_device: bool = True):
-    """The run's :class:`~continual.runner.RunConfig`: its defaults, then the preset's settings, then the flags given."""
-    from .runner import RunConfig
-
+    """The run's :class:`~continual.config.RunConfig`: its defaults, then the preset's settings, then the flags given.
+    The only reader of the parsed flags: everything below takes the finished config."""
     settings = {**(PRESETS[args.preset] if args.preset else {}), **given_fields(RunConfig, args)}
     if "mitigators" in settings:
         settings["mitigators"] = list(dict.fromkeys(settings["mitigators"]))
@@ -161,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(args.threads)
             run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
-            from .sweep import RunFailed, main as sweep_main
+            from .sweep import RunFailed, sweep
 
             try:
-                return sweep_main(args)
+                # With Ray the runs go to the cluster's machines: CUDA need not be on this one.
+                cfg = config_from(args, check_device=args.backend == "local")
+                sweep(cfg, strengths=args.strengths, workers=args.workers, threads=args.threads, backend=args.backend,
+                      ray_address=args.ray_address, progress=not args.no_progress)
             except RunFailed as err:
                 print(f"error: {err}", file=sys.stderr)
                 return 1
