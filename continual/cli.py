@@ -70,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
-    """The flags of ``run``: one per :class:`~continual.runner.RunConfig` field, generated from it (the defaults
+    """The flags of ``run``: one per :class:`~continual.config.RunConfig` field, generated from it (the defaults
     and the help are the dataclass's; each mitigator's options as ``--spectral.k``, ``--l2.decoupled``, ...), plus
     ``--preset`` and ``--no-progress``. With ``sweep``, those of ``sweep``: the same settings, with ``--strengths`` (a grid) for ``--strength``, ``--workers``/``--backend``/
     ``--ray-address``, ``--threads`` per run (default 1), and neither ``--resume`` (a sweep always continues what is
@@ -151,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "run":
-            from .runner import run_experiment
+            from .runner import run
 
             if args.threads:
                 import torch
 
                 torch.set_num_threads(args.threads)
-            run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
+            run(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
             from .sweep import RunFailed, sweep
 
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plot(args.runs, args.output, args.metric, per_seed=args.per_seed))
             print(f"figure: {args.output}")
         else:
-            from .runner import RunConfig, run_experiment
+            from .runner import run
             from .plot import plot
 
             import torch
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                             diagnostics=False, out=str(args.out))
             print("Adam ('none') vs SpectralAdam ('spectral'): an MLP 4×256 memorises a new random labelling of "
                   "the 8×8 digits every task.")
-            run_experiment(cfg, resume=(args.out / "checkpoint.pt").exists())
+            run(cfg, resume=(args.out / "checkpoint.pt").exists())
             print(plot([args.out], args.out / "demo.png"))
             print(f"figure: {args.out / 'demo.png'}")
     except (DataError, ValueError, FileNotFoundError) as err:

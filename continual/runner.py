@@ -1,7 +1,7 @@
 """The continual-learning run: data → task stream → model → mitigator/optimizer → metrics → results.
 
 One run is (dataset, non-stationarity, model, mitigator, strength, seed); an experiment loops over mitigators and
-seeds. :func:`run_experiment` takes a finished :class:`~continual.config.RunConfig` and trains one
+seeds. :func:`run` takes a finished :class:`~continual.config.RunConfig` and trains one
 :class:`~continual.learner.Learner` at a time — one seed (:class:`~continual.learner.Run`) or, with
 ``vectorize_seeds``, all seeds of a mitigator at once (:class:`~continual.vmap_seeds.StackedSeeds`) — through the
 same loop: at every task end it writes the rows and checkpoints atomically; ``resume`` continues a killed experiment
@@ -24,7 +24,7 @@ from .vmap_seeds import StackedSeeds, check_vectorizable
 
 __all__ = ["BASE_COLUMNS", "COLUMNS", "CONVERT_COMMAND", "LOCATION_SETTINGS", "Learner", "Run", "RunConfig",
            "batch_generator", "changed_settings", "evaluate", "make_learner", "open_checkpoint", "options_text",
-           "run_experiment"]  # RunConfig, Run and the row columns stay importable from here, where they lived
+           "run", "run_experiment"]  # RunConfig, Run and the row columns stay importable from here, where they lived
 
 
 CONVERT_COMMAND = "python -m continual convert-checkpoint --trust {out}"
@@ -48,9 +48,11 @@ def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str
     return None
 
 
-def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
+def run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> list[dict[str, Any]]:
     """Run every (mitigator, seed) of ``cfg``, writing ``results.csv``, ``config.json`` and a checkpoint to
-    ``cfg.out`` after every task; with ``resume``, continue from that checkpoint.
+    ``cfg.out`` after every task; with ``resume``, continue from that checkpoint. Returns the rows (one per
+    mitigator, seed and task, as results.csv holds them; :data:`COLUMNS`). ``continual.run``; ``python -m continual
+    run`` is this call on the config its flags build. ``cfg`` is validated here, once.
 
     The unit of work is a mitigator with a group of seeds: one seed at a time (a :class:`Run`), or with
     ``cfg.vectorize_seeds`` all seeds at once (:class:`continual.vmap_seeds.StackedSeeds`, stacked parameters and
@@ -61,6 +63,9 @@ def run_experiment(cfg: RunConfig, resume: bool = False, progress: bool = True) 
         check_vectorizable(cfg)
     with experiment.claim_folder(cfg.out, "continual run") as out:  # one run, one process per folder
         return _run_in(out, cfg, resume, progress)
+
+
+run_experiment = run  # the name it had first (scripts, tests)
 
 
 def make_learner(cfg: RunConfig, ds: Dataset, mitigator: str, seeds: tuple[int, ...]) -> Learner:

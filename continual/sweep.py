@@ -1,6 +1,6 @@
 """``python -m continual sweep``: a grid of runs (mitigator × strength × seed), one run folder each.
 
-Every run is one call of :func:`continual.runner.run_experiment` with one mitigator and one seed, in its own folder
+Every run is one call of :func:`continual.run` with one mitigator and one seed, in its own folder
 ``<out>/<mitigator>[-s<strength>]-seed<seed>`` (the same ``results.csv``, ``config.json`` and ``checkpoint.pt`` as
 ``run``). Runs go to local processes (``backend="local"``) or to Ray tasks (``backend="ray"``): a Ray task runs the
 experiment in a temporary folder on its worker, seeded with the run folder's files, and returns the folder's files
@@ -26,7 +26,7 @@ from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import DataError
 from .mitigators import NO_STRENGTH, strength_or_default
 from .plot import read_results
-from .runner import run_experiment
+from . import runner
 
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
              "to the smaller strength")
@@ -105,7 +105,7 @@ def execute(config: dict[str, Any], threads: int = 1) -> int:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return len(run_experiment(RunConfig(**config), resume=True, progress=False))
+        return len(runner.run(RunConfig(**config), resume=True, progress=False))
     finally:
         torch.set_num_threads(previous)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from specopt.experiment import add_config_flags, given_fields, os_error_line
 
@@ -98,7 +99,8 @@ def _train(args: dict) -> int:
     _quiet_absl()
     from .train import train
 
-    out = train(cfg, resume=resume, explicit=explicit)
+    train(cfg, resume=resume, explicit=explicit)
+    out = Path(cfg.out)
     print(f"wrote {out}/config.json, {out}/checkpoint.pt and per agent {out}/<mitigator>-s<seed>/metrics.csv")
     return 0
 
