@@ -1,8 +1,8 @@
 """The run's settings: :class:`RunConfig`, built once at the edge (the CLI, or a Python caller), validated once by
 :func:`continual.run`, then handed down finished to everything below (the learners, the loop, a sweep's runs).
 
-A mitigator's strength is filled in here, from ``strength`` or the mitigator's default
-(:func:`continual.mitigators.strength_or_default`): :meth:`RunConfig.strength_of`.
+``strength`` stays as given (None: each mitigator's default); the one place that fills the default in is
+:func:`continual.mitigators.strength_or_default`, where a run builds its mitigator.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from specopt import experiment
 
-from .mitigators import MitigatorOptions, strength_or_default
+from .mitigators import MitigatorOptions
 
 
 @dataclass
@@ -45,10 +45,6 @@ class RunConfig:
     def __post_init__(self) -> None:
         # options may come as a mapping (config.json, or {"spectral": {"k": 4}} from Python): checked and completed
         self.options = MitigatorOptions.from_dict(self.options)
-
-    def strength_of(self, mitigator: str) -> float:
-        """The strength mitigator ``mitigator`` runs with: ``strength``, or that mitigator's default when None."""
-        return strength_or_default(mitigator, self.strength)
 
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` for a setting no run can have (before anything is read or written):

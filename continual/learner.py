@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .config import RunConfig
 from .data import Dataset
 from .diagnostics import DIAGNOSTICS, task_end_diagnostics
-from .mitigators import build_mitigator, model_activation
+from .mitigators import build_mitigator, model_activation, strength_or_default
 from .models import build_model
 from .streams import Task, make_task
 
@@ -74,7 +74,7 @@ class Run:
 
     def __init__(self, cfg: RunConfig, ds: Dataset, mitigator: str, seed: int) -> None:
         self.cfg, self.ds, self.name, self.seed = cfg, ds, mitigator, seed
-        self.strength = cfg.strength_of(mitigator)
+        self.strength = strength_or_default(mitigator, cfg.strength)  # the mitigator's default when None
         self.key, self.label = (mitigator, seed), f"s{seed}"
         torch.manual_seed(seed)
         self.model = build_model(cfg.model, ds.in_shape, ds.num_classes, cfg.layernorm,

@@ -85,7 +85,7 @@ class StackedSeeds:
         # Adam per seed, and for spectral SpectralAdam's decoupled step per seed (specopt.StackedSpectralAdam)
         spectral = self.mitigator == "spectral"
         roles = {name: role for name, _, role in specopt.named_roles(self.runs[0].model)}
-        strength = self.runs[0].strength if spectral else 0.0  # cfg.strength_of("spectral"), as each Run's
+        strength = self.runs[0].strength if spectral else 0.0  # every Run's: cfg.strength or spectral's default
         self.optimizer = specopt.StackedSpectralAdam(
             list(self.params.values()), [roles[name] if spectral else "none" for name in self.params], lr=cfg.lr,
             strength=strength, k=cfg.options.spectral.k)

@@ -103,8 +103,8 @@ def _check_name(name: str) -> None:
 
 def strength_or_default(name: str, strength: float | None = None) -> float:
     """``strength``, or mitigator ``name``'s :data:`DEFAULT_STRENGTHS` entry when it is None: the one place a
-    mitigator's default strength is filled in (the runner, the vectorized seeds and a sweep's grid all ask here,
-    through :meth:`continual.config.RunConfig.strength_of`)."""
+    mitigator's default strength is filled in (a run's :class:`~continual.learner.Run`, and through it the vectorized
+    seeds, and a sweep's grid all ask here)."""
     _check_name(name)
     return DEFAULT_STRENGTHS[name] if strength is None else strength
 
