@@ -159,20 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.set_num_threads(args.threads)
             run(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
-            from .sweep import RunFailed, sweep
-
-            try:
-                # With Ray the runs go to the cluster's machines: CUDA need not be on this one.
-                cfg = config_from(args, check_device=args.backend == "local")
-                sweep(cfg, strengths=args.strengths, workers=args.workers, threads=args.threads, backend=args.backend,
-                      ray_address=args.ray_address, progress=not args.no_progress)
-            except RunFailed as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                print("interrupted: finished tasks are checkpointed; run the same command again to continue",
-                      file=sys.stderr)
-                return 130
+            return _sweep(args)
         elif args.command == "convert-checkpoint":
             from specopt.experiment import convert_checkpoint
 
@@ -208,5 +195,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed task is checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``sweep``: the finished config of every run (with Ray the runs go to the cluster's machines, so CUDA need not
+    be on this one), handed to :func:`continual.sweep.sweep` with the sweep's own flags."""
+    from .sweep import RunFailed, sweep
+
+    try:
+        cfg = config_from(args, check_device=args.backend == "local")
+        sweep(cfg, strengths=args.strengths, workers=args.workers, threads=args.threads, backend=args.backend,
+              ray_address=args.ray_address, progress=not args.no_progress)
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished tasks are checkpointed; run the same command again to continue", file=sys.stderr)
         return 130
     return 0
