@@ -1,5 +1,6 @@
-"""The import structure: continual → specopt and rl → specopt, never back, never continual ↔ rl, and no two modules
-of continual/ or rl/ that import each other, directly or around a circle (lazy imports inside functions count)."""
+"""The import structure: continual → specopt and rl → specopt, never back, never continual ↔ rl, and no two
+modules of continual/ or rl/ that import each other, directly or around a circle (lazy imports inside functions
+count)."""
 
 from __future__ import annotations
 
