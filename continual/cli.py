@@ -17,6 +17,7 @@ from pathlib import Path
 
 from specopt.experiment import add_config_flags, given_fields, os_error_line
 
+from .config import RunConfig
 from .data import DATASETS, DataError
 from .mitigators import MITIGATORS
 from .models import MODELS
@@ -69,13 +70,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
-    """The flags of ``run``: one per :class:`~continual.runner.RunConfig` field, generated from it (the defaults
+    """The flags of ``run``: one per :class:`~continual.config.RunConfig` field, generated from it (the defaults
     and the help are the dataclass's; each mitigator's options as ``--spectral.k``, ``--l2.decoupled``, ...), plus
     ``--preset`` and ``--no-progress``. With ``sweep``, those of ``sweep``: the same settings, with ``--strengths`` (a grid) for ``--strength``, ``--workers``/``--backend``/
     ``--ray-address``, ``--threads`` per run (default 1), and neither ``--resume`` (a sweep always continues what is
     in ``--out``) nor ``--vectorize-seeds``."""
-    from .runner import RunConfig
-
     r.add_argument("--preset", choices=sorted(PRESETS), help="the paper's Appendix B setting (flags override)")
     positive_int, positive_float = _positive(int), _positive(float)
     add_config_flags(
@@ -134,9 +133,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace, check_device: bool = True):
-    """The run's :class:`~continual.runner.RunConfig`: its defaults, then the preset's settings, then the flags given."""
-    from .runner import RunConfig
-
+    """The run's :class:`~continual.config.RunConfig`: its defaults, then the preset's settings, then the flags given.
+    The only reader of the parsed flags: everything below takes the finished config."""
     settings = {**(PRESETS[args.preset] if args.preset else {}), **given_fields(RunConfig, args)}
     if "mitigators" in settings:
         settings["mitigators"] = list(dict.fromkeys(settings["mitigators"]))
@@ -153,25 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "run":
-            from .runner import run_experiment
+            from .runner import run
 
             if args.threads:
                 import torch
 
                 torch.set_num_threads(args.threads)
-            run_experiment(config_from(args), resume=args.resume, progress=not args.no_progress)
+            run(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
-            from .sweep import RunFailed, main as sweep_main
-
-            try:
-                return sweep_main(args)
-            except RunFailed as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            except KeyboardInterrupt:
-                print("interrupted: finished tasks are checkpointed; run the same command again to continue",
-                      file=sys.stderr)
-                return 130
+            return _sweep(args)
         elif args.command == "convert-checkpoint":
             from specopt.experiment import convert_checkpoint
 
@@ -184,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(plot(args.runs, args.output, args.metric, per_seed=args.per_seed))
             print(f"figure: {args.output}")
         else:
-            from .runner import RunConfig, run_experiment
+            from .runner import run
             from .plot import plot
 
             import torch
@@ -195,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                             diagnostics=False, out=str(args.out))
             print("Adam ('none') vs SpectralAdam ('spectral'): an MLP 4×256 memorises a new random labelling of "
                   "the 8×8 digits every task.")
-            run_experiment(cfg, resume=(args.out / "checkpoint.pt").exists())
+            run(cfg, resume=(args.out / "checkpoint.pt").exists())
             print(plot([args.out], args.out / "demo.png"))
             print(f"figure: {args.out / 'demo.png'}")
     except (DataError, ValueError, FileNotFoundError) as err:
@@ -207,5 +195,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed task is checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``sweep``: the finished config of every run (with Ray the runs go to the cluster's machines, so CUDA need not
+    be on this one), handed to :func:`continual.sweep.sweep` with the sweep's own flags."""
+    from .sweep import RunFailed, sweep
+
+    try:
+        cfg = config_from(args, check_device=args.backend == "local")
+        sweep(cfg, strengths=args.strengths, workers=args.workers, threads=args.threads, backend=args.backend,
+              ray_address=args.ray_address, progress=not args.no_progress)
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished tasks are checkpointed; run the same command again to continue", file=sys.stderr)
         return 130
     return 0

@@ -1,6 +1,6 @@
 """``python -m continual sweep``: a grid of runs (mitigator × strength × seed), one run folder each.
 
-Every run is one call of :func:`continual.runner.run_experiment` with one mitigator and one seed, in its own folder
+Every run is one call of :func:`continual.run` with one mitigator and one seed, in its own folder
 ``<out>/<mitigator>[-s<strength>]-seed<seed>`` (the same ``results.csv``, ``config.json`` and ``checkpoint.pt`` as
 ``run``). Runs go to local processes (``backend="local"``) or to Ray tasks (``backend="ray"``): a Ray task runs the
 experiment in a temporary folder on its worker, seeded with the run folder's files, and returns the folder's files
@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .data import DataError
-from .mitigators import DEFAULT_STRENGTHS, NO_STRENGTH
 from specopt.experiment import atomic_write, claim_folder, mean_se, save_figure, write_text
 
+from .config import LOCATION_SETTINGS, RunConfig, changed_settings
+from .data import DataError
+from .mitigators import NO_STRENGTH, strength_or_default
 from .plot import read_results
-from .runner import LOCATION_SETTINGS, RunConfig, changed_settings
+from . import runner
 
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
              "to the smaller strength")
@@ -59,7 +60,7 @@ def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
         if mitigator in NO_STRENGTH:
             grid = [None]
         else:
-            grid = list(strengths) if strengths else [float(DEFAULT_STRENGTHS[mitigator])]
+            grid = list(strengths) if strengths else [strength_or_default(mitigator)]
         for strength in grid:
             for seed in base.seeds:
                 name = run_name(mitigator, strength, seed)
@@ -101,12 +102,10 @@ def execute(config: dict[str, Any], threads: int = 1) -> int:
     of work of both backends (module level, so a worker process can import it)."""
     import torch
 
-    from .runner import run_experiment
-
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return len(run_experiment(RunConfig(**config), resume=True, progress=False))
+        return len(runner.run(RunConfig(**config), resume=True, progress=False))
     finally:
         torch.set_num_threads(previous)
 
@@ -258,7 +257,12 @@ def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: s
 def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | None = None, threads: int = 1,
           backend: str = "local", ray_address: str | None = None, progress: bool = True) -> str:
     """Run the sweep of ``base`` (its mitigators and seeds) × ``strengths`` into ``base.out``; skip finished runs,
-    resume partial ones; write ``summary.md`` and ``sensitivity.png`` there. Returns the summary's text."""
+    resume partial ones; write ``summary.md`` and ``sensitivity.png`` there. Returns the summary's text.
+
+    ``base`` is finished (the CLI builds it, :func:`continual.cli.config_from`); it is validated here, once, with the
+    sweep's own settings, before anything runs."""
+    if ray_address and backend != "ray":
+        raise ValueError("--ray-address needs --backend ray")
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; valid names are local, ray")
     if backend == "ray":
@@ -403,15 +407,3 @@ def summarize(runs: list[SweepRun], out: Path) -> str:
     title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
     sensitivity_plot(entries, out / "sensitivity.png", title)
     return text
-
-
-def main(args) -> int:
-    """The ``sweep`` subcommand (``args`` from :func:`continual.cli.parser`)."""
-    from .cli import config_from
-
-    if args.ray_address and args.backend != "ray":
-        raise ValueError("--ray-address needs --backend ray")
-    # With Ray the runs go to the cluster's machines: CUDA need not be on this one.
-    sweep(config_from(args, check_device=args.backend == "local"), strengths=args.strengths, workers=args.workers,
-          threads=args.threads, backend=args.backend, ray_address=args.ray_address, progress=not args.no_progress)
-    return 0

@@ -39,8 +39,10 @@ from torch.func import functional_call, stack_module_state, vmap
 
 import specopt
 
-from .mitigators import DEFAULT_STRENGTHS, ParameterRegularizer
-from .runner import Run, RunConfig, batch_generator
+from .config import RunConfig
+from .data import Dataset
+from .learner import Run, batch_generator
+from .mitigators import ParameterRegularizer
 from .streams import Task, make_task
 
 VECTORIZABLE = ("none", "spectral", "l2", "l2-init", "wasserstein")
@@ -66,12 +68,14 @@ def _stacked_batch(tasks: list[Task], idx: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class StackedSeeds:
-    """S models of one architecture trained as one; ``runs[s]`` is seed s's sequential-runner ``Run``."""
+    """S models of one architecture trained as one; ``runs[s]`` is seed s's sequential-runner ``Run``. A
+    :class:`~continual.learner.Learner`, as one ``Run`` is: the run loop trains either the same way."""
 
-    def __init__(self, cfg: RunConfig, ds, seeds: list[int]) -> None:
+    def __init__(self, cfg: RunConfig, ds: Dataset, seeds: list[int]) -> None:
         check_vectorizable(cfg)
         self.cfg, self.ds, self.seeds = cfg, ds, list(seeds)
         self.mitigator = cfg.mitigators[0]
+        self.key, self.label = (self.mitigator, tuple(self.seeds)), f"×{len(self.seeds)} seeds"
         self.runs = [Run(cfg, ds, self.mitigator, seed) for seed in self.seeds]  # the sequential runner's init
         params, buffers = stack_module_state([r.model for r in self.runs])
         if buffers:
@@ -81,7 +85,7 @@ class StackedSeeds:
         # Adam per seed, and for spectral SpectralAdam's decoupled step per seed (specopt.StackedSpectralAdam)
         spectral = self.mitigator == "spectral"
         roles = {name: role for name, _, role in specopt.named_roles(self.runs[0].model)}
-        strength = (DEFAULT_STRENGTHS["spectral"] if cfg.strength is None else cfg.strength) if spectral else 0.0
+        strength = self.runs[0].strength if spectral else 0.0  # every Run's: cfg.strength or spectral's default
         self.optimizer = specopt.StackedSpectralAdam(
             list(self.params.values()), [roles[name] if spectral else "none" for name in self.params], lr=cfg.lr,
             strength=strength, k=cfg.options.spectral.k)
@@ -126,7 +130,10 @@ class StackedSeeds:
         for run, rep, init in zip(self.runs, s["prev_reps"], s["init_params"]):
             run.prev_rep, run.init_params = rep, init
 
-    def train_task(self, t: int, progress=None) -> list[dict[str, Any]]:
+    def train(self, t: int, progress: Any = None) -> list[dict[str, Any]]:
+        return self.train_task(t, progress)
+
+    def train_task(self, t: int, progress: Any = None) -> list[dict[str, Any]]:
         cfg = self.cfg
         tasks = [make_task(self.ds, cfg.nonstationarity, seed, t) for seed in self.seeds]
         n = tasks[0].x_train.shape[0]

@@ -8,13 +8,13 @@ every task, Adam against Adam + spectral regularization, trainability at each ta
 import sys
 import tempfile
 
-from continual import RunConfig, run_experiment
+import continual
 
 tiny = "--tiny" in sys.argv
 with tempfile.TemporaryDirectory() as out:
-    cfg = RunConfig(dataset="digits", nonstationarity="random-labels", model="mlp", mitigators=["none", "spectral"],
+    cfg = continual.RunConfig(dataset="digits", nonstationarity="random-labels", model="mlp", mitigators=["none", "spectral"],
                     seeds=[0], tasks=2 if tiny else 10, epochs=1 if tiny else 10, out=out)
-    rows = run_experiment(cfg, progress=not tiny)  # one row per (mitigator, seed, task), as results.csv holds
+    rows = continual.run(cfg, progress=not tiny)  # one row per (mitigator, seed, task), as results.csv holds
 
 for mitigator in cfg.mitigators:
     accuracy = [r["train_accuracy"] for r in rows if r["mitigator"] == mitigator]

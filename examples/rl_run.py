@@ -7,26 +7,23 @@ the package's drop-in strength (`specopt.DEFAULT_STRENGTH`); pass `spectral_stre
     python examples/rl_run.py --tiny      # 250 env steps on 125-step episodes (what CI runs)
 """
 
-import csv
 import sys
 import tempfile
 from pathlib import Path
 
-from rl.config import Config
+import rl
 from rl.plot import plot
-from rl.train import agent_dir, train
 
 tiny = "--tiny" in sys.argv
 size = (dict(steps=250, action_repeat=8, warmup_steps=50, eval_interval=125, eval_episodes=1, hidden=32,
              batch_size=32, buffer_size=1000, env_workers=0) if tiny
         else dict(steps=20_000, warmup_steps=5_000, eval_interval=5_000, eval_episodes=5))
 with tempfile.TemporaryDirectory() as out:
-    cfg = Config(env="cheetah-run", mitigators=("none", "spectral"), seeds=(0, 1), replay_ratio=1, out=out,
-                 progress=not tiny, **size)
-    train(cfg)
+    cfg = rl.Config(env="cheetah-run", mitigators=("none", "spectral"), seeds=(0, 1), replay_ratio=1, out=out,
+                    progress=not tiny, **size)
+    rows = rl.run(cfg)  # every agent's metrics rows, as <out>/<mitigator>-s<seed>/metrics.csv holds them
     for agent in cfg.agents:
-        with open(agent_dir(cfg, agent) / "metrics.csv", newline="") as f:
-            last = list(csv.DictReader(f))[-1]
+        last = [r for r in rows if r["mitigator"] == agent.mitigator and int(r["seed"]) == agent.seed][-1]
         print(f"{agent.mitigator:>9} seed {agent.seed}: eval return {float(last['eval_return_mean']):.1f} at step {last['step']}, "
               f"critic σ1 mean {float(last['sigma1_critic_mean']):.2f}")
     print(plot([out], str(Path(out) / "fig.png")))  # the markdown table; the figure lives in the run directory

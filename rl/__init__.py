@@ -5,9 +5,22 @@ ICLR 2025, Section 5.4): ``none`` (SAC + LayerNorm), ``resets``, ``spectral`` (s
     python -m rl train --env cheetah-run --mitigator spectral --steps 100000 --seed 0 --out runs/NAME
     python -m rl plot runs/A runs/B -o fig.png
 
+From Python: ``rows = rl.run(rl.Config(env="cheetah-run", mitigators=("none", "spectral"), out="runs/x"))``.
 See docs/rl.md.
 """
 
+from __future__ import annotations
+
 from .config import MITIGATORS, PAPER7_ENVS, Config
 
-__all__ = ["Config", "MITIGATORS", "PAPER7_ENVS"]
+
+def run(cfg: Config, resume: bool = False) -> list[dict[str, str]]:
+    """Train (with ``resume``, continue) every agent of the finished ``cfg`` in ``cfg.out``, as ``python -m rl
+    train`` does; returns every agent's metrics rows, as their metrics.csv files hold them
+    (:func:`rl.train.train`)."""
+    from .train import train  # dm_control loads here, not on ``import rl``
+
+    return train(cfg, resume=resume)
+
+
+__all__ = ["Config", "MITIGATORS", "PAPER7_ENVS", "run"]

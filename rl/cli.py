@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from specopt.experiment import add_config_flags, given_fields, os_error_line
 
@@ -92,22 +93,14 @@ def _train(args: dict) -> int:
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {cfg.device} but CUDA is not available")
-    from .envs import parse_env_name
+    from .envs import parse_env_name, quiet_absl
 
     parse_env_name(cfg.env)  # fail fast, before any file is written
-    _quiet_absl()
+    quiet_absl()
     from .train import train
 
-    out = train(cfg, resume=resume, explicit=explicit)
+    train(cfg, resume=resume, explicit=explicit)
+    out = Path(cfg.out)
     print(f"wrote {out}/config.json, {out}/checkpoint.pt and per agent {out}/<mitigator>-s<seed>/metrics.csv")
     return 0
 
-
-def _quiet_absl() -> None:
-    """dm_control's model compiler logs a deprecation warning through absl on every env; keep the bar readable."""
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:
-        pass

@@ -29,6 +29,16 @@ class Agent(NamedTuple):
     seed: int
     strength: float | None
 
+class Network(NamedTuple):
+    """The shape of every actor and critic MLP (:func:`rl.sac.mlp`): ``layers`` × (Linear(``hidden``) →
+    LayerNorm when ``layer_norm`` → ReLU), then the output layer. The networks take these, not the whole
+    :class:`Config`."""
+
+    hidden: int
+    layers: int
+    layer_norm: bool
+
+
 # The paper's Figure 16 shows seven DMC environments without naming them (Appendix C.8). This set spans easy to
 # hard and is drawn from the tasks with public high-replay-ratio SAC references (rl-reference.md).
 PAPER7_ENVS = (
@@ -170,6 +180,11 @@ class Config:
         return cls(**d)
 
     @property
+    def network(self) -> Network:
+        """The networks' settings (``hidden``, ``layers``, ``layer_norm``)."""
+        return Network(self.hidden, self.layers, self.layer_norm)
+
+    @property
     def agents(self) -> list[Agent]:
         """Every agent, mitigator-major, then strength, then seed: the order of the stacked agent dimension. A
         mitigator with a strength gets one agent per value of ``strengths`` (its own default when empty)."""
@@ -199,4 +214,4 @@ class Config:
 # Settings that may differ between a run and its --resume (everything else must match the saved config).
 RESUMABLE_OVERRIDES = ("steps", "device", "threads", "compile", "cuda_graphs", "progress", "env_workers", "tensorboard")
 
-__all__ = ["Agent", "Config", "MITIGATORS", "WITH_STRENGTH", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]
+__all__ = ["Agent", "Config", "MITIGATORS", "Network", "WITH_STRENGTH", "PAPER7_ENVS", "RESUMABLE_OVERRIDES"]

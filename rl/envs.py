@@ -114,18 +114,23 @@ def rng_state_numpy(state: tuple) -> tuple:
 
 
 # --- many environments, stepped in worker processes ---------------------------------------------------------------
-def _serve(conn, specs: list[tuple[str, int, int]]) -> None:
-    """Worker loop: hosts the environments ``specs`` (name, seed, action_repeat) and answers commands. Ctrl-C (or a
-    ``timeout --signal=INT``) goes to the whole process group: the worker ignores it and lets the parent, which
-    handles it, close the pipe — a worker whose parent is gone exits quietly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("MUJOCO_GL", "disable")
+def quiet_absl() -> None:
+    """dm_control's model compiler logs a deprecation warning through absl on every env; keep the bar readable."""
     try:
         from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
         pass
+
+
+def _serve(conn, specs: list[tuple[str, int, int]]) -> None:
+    """Worker loop: hosts the environments ``specs`` (name, seed, action_repeat) and answers commands. Ctrl-C (or a
+    ``timeout --signal=INT``) goes to the whole process group: the worker ignores it and lets the parent, which
+    handles it, close the pipe — a worker whose parent is gone exits quietly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    quiet_absl()
     envs = [make_env(*spec) for spec in specs]
     while True:
         try:

@@ -31,11 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import specopt
 from specopt import StackedSpectralAdam
 
 from . import streams
 from .buffer import Batch, ReplayBuffer
-from .config import Config
+from .config import Config, Network
 
 _LOG2 = math.log(2.0)
 
@@ -97,10 +98,11 @@ def tanh_gaussian_log_prob(u: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
 class Actor(nn.Module):
     """Tanh-Gaussian policies of N agents: the MLP outputs mean and log-std (clipped, jaxrl)."""
 
-    def __init__(self, agents: int, obs_dim: int, act_dim: int, cfg: Config) -> None:
-        super().__init__()
-        self.net = mlp(obs_dim, 2 * act_dim, cfg.hidden, cfg.layers, cfg.layer_norm, agents)
-        self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
+    def __init__(self, agents: int | None, obs_dim: int, act_dim: int, net: Network,
+                 log_std: tuple[float, float]) -> None:
+        super().__init__()  # agents=None: one agent's ordinary network (the same parameter names)
+        self.net = mlp(obs_dim, 2 * act_dim, *net, agents)
+        self.log_std_min, self.log_std_max = log_std
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_std = self.net(obs).chunk(2, dim=-1)
@@ -120,35 +122,30 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """``cfg.critics`` independent Q-networks per agent on [s, a]; ``forward`` returns shape (critics, N, B)."""
+    """``critics`` independent Q-networks per agent on [s, a]; ``forward`` returns shape (critics, N, B)."""
 
-    def __init__(self, agents: int, obs_dim: int, act_dim: int, cfg: Config) -> None:
-        super().__init__()
-        self.qs = nn.ModuleList(
-            mlp(obs_dim + act_dim, 1, cfg.hidden, cfg.layers, cfg.layer_norm, agents) for _ in range(cfg.critics)
-        )
+    def __init__(self, agents: int | None, obs_dim: int, act_dim: int, net: Network, critics: int) -> None:
+        super().__init__()  # agents=None: one agent's ordinary networks (the same parameter names)
+        self.qs = nn.ModuleList(mlp(obs_dim + act_dim, 1, *net, agents) for _ in range(critics))
 
     def forward(self, obs: Tensor, action: Tensor) -> Tensor:
         x = torch.cat([obs, action], dim=-1)
         return torch.stack([q(x).squeeze(-1) for q in self.qs])
 
 
-def roles(module: nn.Module, cfg: Config, regularized: bool) -> list[str]:
-    """specopt roles of a stacked network's parameters: Linear weights are matrices, biases (Linear and LayerNorm)
-    go to 0, LayerNorm scales to 1; the output layers only with ``spectral_heads``; all ``none`` when no agent is
-    regularized (the optimizer is then plain Adam and skips the power iterations)."""
-    head = str(3 * cfg.layers)  # the last Linear of each MLP, at this index of its Sequential
-    out = []
-    for name, sub in module.named_modules():
-        for local, _ in sub.named_parameters(recurse=False):
-            is_head = name.split(".")[-1] == head
-            if not regularized or (is_head and not cfg.spectral_heads):
-                out.append("none")
-            elif isinstance(sub, StackedLinear):
-                out.append("matrix" if local == "weight" else "bias")
-            else:
-                out.append("scale" if local == "weight" else "bias")
-    return out
+def roles(module: nn.Module, single: nn.Module, spectral_heads: bool, regularized: bool) -> list[str]:
+    """specopt roles of the stacked network ``module``'s parameters: the roles :func:`specopt.named_roles` gives the
+    same-named parameters of ``single``, the single-agent network each agent is (Linear weights are matrices, biases
+    go to 0, LayerNorm scales to 1); the output layer of each MLP (the last module of its ``Sequential``) ``none``
+    unless ``spectral_heads``; all ``none`` when no agent is regularized (the optimizer is then plain Adam and skips
+    the power iterations)."""
+    names = [name for name, _ in module.named_parameters()]
+    if not regularized:
+        return ["none"] * len(names)
+    heads = {} if spectral_heads else {f"{name}.{len(seq) - 1}.*": "none" for name, seq in single.named_modules()
+                                       if isinstance(seq, nn.Sequential)}
+    named = {name: role for name, _, role in specopt.named_roles(single, heads)}
+    return [named[name] for name in names]
 
 
 def _column(x: Tensor, like: Tensor) -> Tensor:
@@ -175,8 +172,10 @@ class SAC:
         self.resetting = [a.mitigator == "resets" for a in self.agents]
         self.coupled = bool(self.l2.any() or self.l2_init.any())
 
-        self.actor = Actor(n, obs_dim, act_dim, cfg).to(dev)
-        self.critic = Critic(n, obs_dim, act_dim, cfg).to(dev)
+        actor_args = (obs_dim, act_dim, cfg.network, (cfg.log_std_min, cfg.log_std_max))
+        critic_args = (obs_dim, act_dim, cfg.network, cfg.critics)
+        self.actor = Actor(n, *actor_args).to(dev)
+        self.critic = Critic(n, *critic_args).to(dev)
         self.target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.full((n,), math.log(cfg.init_temperature), device=dev))
         self.actor_params = list(self.actor.parameters())
@@ -188,9 +187,13 @@ class SAC:
         self._initialize([True] * n)
         regularized = bool(self.strength.any())
         opt = dict(strength=self.strength, k=cfg.spectral_k)
-        self.actor_opt = StackedSpectralAdam(self.actor_params, roles(self.actor, cfg, regularized), cfg.actor_lr, **opt)
-        self.critic_opt = StackedSpectralAdam(self.critic_params, roles(self.critic, cfg, regularized), cfg.critic_lr,
-                                              **opt)
+        with torch.device("meta"):  # one agent's networks, shapes only (no memory, no draw from torch's generator)
+            actor, critic = Actor(None, *actor_args), Critic(None, *critic_args)
+        heads = cfg.spectral_heads
+        self.actor_opt = StackedSpectralAdam(self.actor_params, roles(self.actor, actor, heads, regularized),
+                                             cfg.actor_lr, **opt)
+        self.critic_opt = StackedSpectralAdam(self.critic_params, roles(self.critic, critic, heads, regularized),
+                                              cfg.critic_lr, **opt)
         self.alpha_opt = StackedSpectralAdam([self.log_alpha], ["none"], cfg.temperature_lr, strength=0.0)
         self.info: dict[str, Tensor] = {}  # last update's per-agent losses, (N,) device tensors
         self._update = torch.compile(self._update_tensors) if cfg.compile else self._update_tensors
@@ -211,9 +214,8 @@ class SAC:
                 continue
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(agent.seed * 1_000_003 + self.resets[i])
-                actor = mlp(self.obs_dim, 2 * self.act_dim, cfg.hidden, cfg.layers, cfg.layer_norm)
-                critics = [mlp(self.obs_dim + self.act_dim, 1, cfg.hidden, cfg.layers, cfg.layer_norm)
-                           for _ in range(cfg.critics)]
+                actor = mlp(self.obs_dim, 2 * self.act_dim, *cfg.network)
+                critics = [mlp(self.obs_dim + self.act_dim, 1, *cfg.network) for _ in range(cfg.critics)]
             singles = list(actor.parameters()) + [p for q in critics for p in q.parameters()]
             for p, t, p0, q in zip(self.actor_params + self.critic_params,
                                    [None] * len(self.actor_params) + self.target_params, self.init_params, singles):

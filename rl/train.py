@@ -198,8 +198,11 @@ def env_workers(cfg: Config) -> int:
     return 0 if n == 1 else max(0, min(n, (os.cpu_count() or 1) - 1))
 
 
-def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -> Path:
-    """Run (or resume) the agents ``cfg.agents`` together; returns the output directory."""
+def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -> list[dict[str, str]]:
+    """Run (or resume) the agents ``cfg.agents`` together in ``cfg.out``; returns every agent's metrics rows (agent
+    by agent in ``cfg.agents`` order, then by step; as each ``<out>/<agent>/metrics.csv`` holds them, so a resumed
+    run's rows are the uninterrupted run's). ``explicit``: the settings given on the command line, the ones a
+    ``resume`` may not change (all when None)."""
     cfg.validate()
     if resume and not Path(cfg.out).is_dir():
         raise ValueError(f"nothing to resume in {cfg.out} (no such folder)")
@@ -207,7 +210,7 @@ def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -
         return _train_in(cfg, resume, explicit)
 
 
-def _train_in(cfg: Config, resume: bool, explicit: set[str] | None) -> Path:
+def _train_in(cfg: Config, resume: bool, explicit: set[str] | None) -> list[dict[str, str]]:
     cfg = resolve_config(cfg, resume, explicit)
     cfg.validate()
     if cfg.threads:
@@ -228,11 +231,12 @@ def _train_in(cfg: Config, resume: bool, explicit: set[str] | None) -> Path:
     specs += [(cfg.env, a.seed + cfg.eval_seed_offset, cfg.action_repeat) for a in agents]
     train_ids, eval_ids = list(range(n)), list(range(n, 2 * n))
     with VectorEnv(specs, env_workers(cfg)) as envs:
-        return _loop(cfg, ck, device, envs, train_ids, eval_ids)
+        _loop(cfg, ck, device, envs, train_ids, eval_ids)
+    return [row for a in agents for row in read_csv(agent_dir(cfg, a) / METRICS)]
 
 
 def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, train_ids: list[int],
-          eval_ids: list[int]) -> Path:
+          eval_ids: list[int]) -> None:
     agents = cfg.agents
     n = len(agents)
     obs = np.stack(envs.reset(train_ids))
@@ -333,7 +337,6 @@ def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, t
             rate = n * (agent.updates - updates_at_start) / max(time.perf_counter() - start, 1e-9)
             bar.set_postfix(seed_updates_per_s=f"{rate:.0f}", refresh=False)
     bar.close()
-    return out
 
 
 __all__ = ["agent_dir", "train", "evaluate", "diagnostics", "discounted_returns", "resolve_config"]

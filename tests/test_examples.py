@@ -26,7 +26,9 @@ def test_every_example_is_covered():
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
 def test_example_runs(script, tmp_path):
-    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1")
+    # the packages of this tree, not whichever checkout is installed: the script's folder is examples/, not the root
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, MUJOCO_GL="disable", OMP_NUM_THREADS="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--tiny"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

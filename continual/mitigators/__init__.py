@@ -101,6 +101,14 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown mitigator {name!r}; valid names are {', '.join(MITIGATORS)}")
 
 
+def strength_or_default(name: str, strength: float | None = None) -> float:
+    """``strength``, or mitigator ``name``'s :data:`DEFAULT_STRENGTHS` entry when it is None: the one place a
+    mitigator's default strength is filled in (a run's :class:`~continual.learner.Run`, and through it the vectorized
+    seeds, and a sweep's grid all ask here)."""
+    _check_name(name)
+    return DEFAULT_STRENGTHS[name] if strength is None else strength
+
+
 def build_mitigator(name: str, model: nn.Module, lr: float, strength: float | None = None,
                     **options: Any) -> Mitigator:
     """Build mitigator ``name`` for ``model`` (call right after the model is initialised: anchors are θ0).
@@ -108,11 +116,9 @@ def build_mitigator(name: str, model: nn.Module, lr: float, strength: float | No
     ``strength=None`` uses :data:`DEFAULT_STRENGTHS`. ``options`` are the mitigator's keyword options
     (unknown ones raise ``ValueError``).
     """
-    _check_name(name)
-    cls = _CLASSES[name]
-    s = DEFAULT_STRENGTHS[name] if strength is None else strength
+    s = strength_or_default(name, strength)
     try:
-        return cls(model, lr, s, **options)
+        return _CLASSES[name](model, lr, s, **options)
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise ValueError(f"mitigator {name!r} got an unknown option: {e}") from None
@@ -145,4 +151,5 @@ __all__ = [
     "mlp_blocks",
     "option_names",
     "model_activation",
+    "strength_or_default",
 ]

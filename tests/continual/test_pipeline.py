@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from continual import data as data_mod
-from continual import runner as runner_mod
+from continual import learner as learner_mod  # the learners make their tasks (continual.learner.Run.train)
 from continual.cli import main
 from continual.data import DataError, load_dataset, read_idx
 from continual.diagnostics import unit_activity
@@ -171,7 +171,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_resume_after_a_kill_reproduces_the_uninterrupted_rows(tmp_path, monkeypatch):
     run_experiment(tiny_config(tmp_path / "full"), progress=False)
     calls = {"n": 0}
-    real = runner_mod.make_task
+    real = learner_mod.make_task
 
     def dying(*args, **kwargs):
         calls["n"] += 1
@@ -179,10 +179,10 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_rows(tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner_mod, "make_task", dying)
+    monkeypatch.setattr(learner_mod, "make_task", dying)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(tiny_config(tmp_path / "resumed"), progress=False)
-    monkeypatch.setattr(runner_mod, "make_task", real)
+    monkeypatch.setattr(learner_mod, "make_task", real)
     assert len(read_csv(tmp_path / "resumed" / "results.csv")) == 4
     run_experiment(tiny_config(tmp_path / "resumed"), resume=True, progress=False)
     full, resumed = read_csv(tmp_path / "full" / "results.csv"), read_csv(tmp_path / "resumed" / "results.csv")
@@ -192,17 +192,17 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_rows(tmp_path, monkeyp
 def test_a_moved_run_folder_resumes_to_the_uninterrupted_rows(tmp_path, monkeypatch):
     settings = dict(mitigators=["spectral"], tasks=2)
     run_experiment(tiny_config(tmp_path / "full", **settings), progress=False)
-    real = runner_mod.make_task
+    real = learner_mod.make_task
 
     def dying(ds, nonstationarity, seed, t):
         if t == 1:  # killed before the second task
             raise KeyboardInterrupt
         return real(ds, nonstationarity, seed, t)
 
-    monkeypatch.setattr(runner_mod, "make_task", dying)
+    monkeypatch.setattr(learner_mod, "make_task", dying)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(tiny_config(tmp_path / "here", **settings), progress=False)
-    monkeypatch.setattr(runner_mod, "make_task", real)
+    monkeypatch.setattr(learner_mod, "make_task", real)
     (tmp_path / "here").rename(tmp_path / "there")  # e.g. copied to another machine: only out differs
     run_experiment(tiny_config(tmp_path / "there", **settings), resume=True, progress=False)
     assert read_csv(tmp_path / "there" / "results.csv") == read_csv(tmp_path / "full" / "results.csv")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from continual import runner as runner_mod
+from continual import learner as learner_mod  # the learners make their tasks (continual.learner.Run.train)
 from continual import sweep as sweep_mod
 from continual.cli import config_from, main, parser
 from continual.runner import run_experiment
@@ -98,17 +98,17 @@ def test_a_killed_run_is_resumed_not_restarted_and_changed_settings_are_refused(
     assert run.name == "spectral-s0.001-seed0"
 
     # Kill the run during its second task: a folder with task 1's row and checkpoint.
-    real = runner_mod.make_task
+    real = learner_mod.make_task
 
     def dying(ds, nonstationarity, seed, t):
         if t == 1:
             raise KeyboardInterrupt
         return real(ds, nonstationarity, seed, t)
 
-    monkeypatch.setattr(runner_mod, "make_task", dying)
+    monkeypatch.setattr(learner_mod, "make_task", dying)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(run.config, progress=False)
-    monkeypatch.setattr(runner_mod, "make_task", real)
+    monkeypatch.setattr(learner_mod, "make_task", real)
     folder = out / run.name
     assert len(read_csv(folder / "results.csv")) == 1
     # Mark the checkpointed row: a resumed run keeps it, a restarted one would recompute it.
@@ -165,13 +165,13 @@ def test_ray_backend_gives_the_rows_of_the_local_backend_and_resumes_across_fold
     # Half of one run already there (as if a machine died mid-run): the Ray worker gets its files and resumes it.
     runs = sweep_mod.plan(config_from(parser().parse_args(["sweep", *common, "--out", str(remote)])), None)
     (run,) = [r for r in runs if r.name == "spectral-s1-seed1"]  # spectral's default strength is 1
-    real = runner_mod.make_task
-    monkeypatch.setattr(runner_mod, "make_task",
+    real = learner_mod.make_task
+    monkeypatch.setattr(learner_mod, "make_task",
                         lambda ds, ns, seed, t: (_ for _ in ()).throw(KeyboardInterrupt) if t == 1 else
                         real(ds, ns, seed, t))
     with pytest.raises(KeyboardInterrupt):
         run_experiment(run.config, progress=False)
-    monkeypatch.setattr(runner_mod, "make_task", real)
+    monkeypatch.setattr(learner_mod, "make_task", real)
     ckpt = torch.load(Path(run.config.out) / "checkpoint.pt", weights_only=False)
     ckpt["rows"][0]["train_loss"] = 99.0  # the mark of a resumed (not restarted) run
     torch.save(ckpt, Path(run.config.out) / "checkpoint.pt")

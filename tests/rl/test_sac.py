@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from rl import streams
 from rl.buffer import Batch, ReplayBuffer
@@ -302,6 +303,26 @@ def test_l2_pulls_toward_zero_and_l2_init_toward_the_initial_parameters():
     d, n = dist_to_init(), norm()
     assert d[2] < d0[2] and d[2] < d[0]  # l2-init: toward θ0, faster than no regularization
     assert n[1] < n0[1] and n[1] < n[0]  # l2: toward 0
+
+
+@pytest.mark.parametrize("layers, layer_norm, critics, spectral_heads",
+                         [(2, True, 1, True), (2, True, 2, False), (1, False, 1, False), (3, False, 2, True)])
+def test_the_agents_roles_are_specopts_roles_of_one_agents_plain_networks(layers, layer_norm, critics,
+                                                                          spectral_heads):
+    import specopt
+    from rl.sac import mlp
+
+    a = agent(mitigators=("none", "spectral"), layers=layers, layer_norm=layer_norm, critics=critics,
+              spectral_heads=spectral_heads)
+    head = str(3 * layers)  # an MLP's output layer, at this index of its Sequential
+    # one agent alone: ordinary nn.Linear / nn.LayerNorm networks, roles named by specopt with no help
+    alone = {"actor": nn.ModuleDict({"net": mlp(OBS, 2 * ACT, 16, layers, layer_norm)}),
+             "critic": nn.ModuleDict({"qs": nn.ModuleList(mlp(OBS + ACT, 1, 16, layers, layer_norm)
+                                                          for _ in range(critics))})}
+    for net, opt, plain in ((a.actor, a.actor_opt, alone["actor"]), (a.critic, a.critic_opt, alone["critic"])):
+        expected = {name: "none" if not spectral_heads and name.split(".")[-2] == head else role
+                    for name, _, role in specopt.named_roles(plain)}
+        assert dict(zip([name for name, _ in net.named_parameters()], opt.roles)) == expected
 
 
 def test_spectral_heads_can_be_left_unregularized():

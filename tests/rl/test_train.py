@@ -163,9 +163,13 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint_and_recomputes_them
     assert all([int(r["step"]) for r in t] == [100, 200, 300] for t in rows(out).values())  # 300: past the checkpoint
     assert checkpoint(out)["step"] == 250
     (out / ".checkpoint.pt.tmp").write_bytes(b"half-written")  # a write interrupted by the crash is ignored
-    train(Config(out=str(out), **RUN), resume=True)
+    returned = train(Config(out=str(out), **RUN), resume=True)
     assert rows(out) == rows(full_run)
     assert_same_state(checkpoint(out), checkpoint(full_run))
+    # train returns the rows: every agent's, kept and recomputed, as its metrics.csv holds them
+    assert returned == [r for name in AGENTS for r in csv.DictReader(open(out / name / "metrics.csv", newline=""))]
+    assert [(r["mitigator"], r["seed"], r["step"]) for r in returned] == \
+        [(m, s, step) for m in ("spectral", "resets") for s in "01" for step in ("100", "200", "300")]
 
 
 def one_line_error(capsys) -> str:
