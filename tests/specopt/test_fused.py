@@ -41,15 +41,15 @@ def sigma_gaps(fused: bool, lr: float, strength: float, steps: int = 300) -> lis
     return gaps
 
 
-@pytest.mark.parametrize("lr, strength, mean_bound", [(1e-3, 1e-3, 1e-3), (1e-3, 1.0, 0.2)])
+@pytest.mark.parametrize("lr, strength, mean_bound", [(1e-3, 1e-3, 1e-3), (1e-3, 1.0, 0.1)])
 def test_fused_order_sigma_never_exceeds_the_true_sigma_and_tracks_it_over_training(lr, strength, mean_bound):
-    """Measured (docs/specopt.md): mean gap 1.7e-4 plain vs 3.8e-4 fused at the drop-in strength, 0.121 vs 0.142 at
-    λ = 1 (a spectrum flattened toward 1, where any power iteration converges slowly)."""
+    """Measured (docs/specopt.md): mean relative gap 6.4e-5 plain vs 1.7e-4 fused at the drop-in strength, 0.042 vs
+    0.050 at λ = 1 (a spectrum flattened toward 1, where any power iteration converges slowly)."""
     plain, fused = sigma_gaps(False, lr, strength), sigma_gaps(True, lr, strength)
     assert min(fused) > -1e-5 and min(plain) > -1e-5  # σ̂ = ‖W v‖ ≤ σ1 for a unit v, up to rounding
     late_plain, late_fused = plain[15:], fused[15:]  # after the first steps (σ̂ from init_iterations)
     mean_plain, mean_fused = sum(late_plain) / len(late_plain), sum(late_fused) / len(late_fused)
-    assert mean_fused <= mean_bound and mean_fused <= 1.5 * mean_plain + 1e-4, (mean_plain, mean_fused)
+    assert mean_fused <= mean_bound and mean_fused <= 2 * mean_plain + 1e-4, (mean_plain, mean_fused)
 
 
 @pytest.mark.parametrize("base", ["adam", "sgd"])
