@@ -95,9 +95,8 @@ class _Matrix:
             self.u = st["spectral_u"].to_local()
             self.v = st["spectral_v"].to_local().reshape(blocks, -1)
         else:
-            starts = [K.initial_vectors(size, cols, local.device) for size in sizes]
-            u_full = torch.cat([u for u, _ in starts])
-            v_full = torch.stack([v for _, v in starts]).reshape(blocks, *p.shape[1:])
+            us, vs = K.initial_blocks([(size, cols) for size in sizes], local.device)
+            u_full, v_full = torch.cat(us), torch.stack(vs).reshape(blocks, *p.shape[1:])
             self.u = distribute_tensor(u_full, p.device_mesh, u_place, src_data_rank=None).to_local()
             self.v = distribute_tensor(v_full, p.device_mesh, v_place, src_data_rank=None).to_local()
             self.v = self.v.reshape(blocks, -1)

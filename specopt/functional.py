@@ -133,9 +133,7 @@ def _warm_or_initial(state: dict, p: Tensor, shape: tuple[int, int], blocks: int
     st = state.get(p) or {}
     if "spectral_u" in st:
         return st["spectral_u"], st["spectral_v"], True
-    u, v = initial_vectors(shape[0], shape[1], p.device)
-    if blocks > 1:
-        u, v = u.expand(blocks, -1), v.expand(blocks, -1)
+    (u,), (v,) = K.initial_blocks([tuple(shape)], p.device, blocks)
     return u, v, False
 
 
@@ -235,8 +233,8 @@ def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int,
         vs = list(st["spectral_v"].split([b.shape[1] for b in ws]))
         n = iterations
     else:
-        starts = [initial_vectors(b.shape[0], b.shape[1], p.device) for b in ws]
-        us, vs, n = [s[0] for s in starts], [s[1] for s in starts], max(iterations, init_iterations)
+        us, vs = K.initial_blocks([tuple(b.shape) for b in ws], p.device)
+        n = max(iterations, init_iterations)
     us, vs, sigma, _ = power_iteration_foreach(ws, us, vs, n)
     return us, vs, sigma
 

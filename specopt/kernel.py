@@ -64,6 +64,16 @@ def initial_vectors(rows: int, cols: int, device: torch.device) -> tuple[Tensor,
     return (u / u.norm().clamp_min(_TINY)).to(device), (v / v.norm().clamp_min(_TINY)).to(device)
 
 
+def initial_blocks(shapes: list[tuple[int, int]], device: torch.device, blocks: int = 1
+                   ) -> tuple[list[Tensor], list[Tensor]]:
+    """The deterministic starts (:func:`initial_vectors`) of matrices of the given (rows, cols) ``shapes``, as the
+    lists of their u's and v's; with ``blocks`` > 1 (one shape: equal row blocks) each is expanded to (blocks, ·)."""
+    starts = [initial_vectors(m, n, device) for m, n in shapes]
+    if blocks > 1:
+        starts = [(u.expand(blocks, -1), v.expand(blocks, -1)) for u, v in starts]
+    return [u for u, _ in starts], [v for _, v in starts]
+
+
 def unit_or_previous(x: Tensor, norm: Tensor, previous: Tensor) -> tuple[Tensor, Tensor]:
     """(x/norm, ok): ``x`` scaled to unit length by its (broadcastable) ``norm``, or ``previous`` where that norm is
     zero or non-finite — the one rule every power iteration (local, batched, sharded) keeps its vectors by."""
@@ -178,13 +188,22 @@ def rank_one(u: Tensor, v: Tensor, alpha: Tensor) -> Tensor:
     return (u * -alpha.unsqueeze(-1)).unsqueeze(-1) * v.unsqueeze(-2)
 
 
+MATVEC_FORM = "mm"
+"""How :func:`matvecs` is written under ``torch.compile``: ``"mm"`` (matrix products, extern BLAS calls on the written
+W), ``"sum"`` (sums of products, which Inductor fuses into the loop that writes W) or ``"mv"``; docs/benchmarks.md
+has what each gave."""
+
+
 def matvecs(ws: list[Tensor], us: list[Tensor], vs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     r"""The fused order's two mat-vecs of each matrix, from the same (previous) vectors: ``(W v, Wᵀ u)`` per
     matrix. Neither depends on the other, so both can be taken in one pass over W. Eagerly two ``mv`` (MKL); under
     ``torch.compile`` written as sums of products, which Inductor fuses into the loop that writes W (``torch.mv``
     there became a full-size product buffer and a separate reduction: 4.1 ms instead of 0.42 ms for the MLP 4×256
     step, docs/benchmarks.md)."""
-    if torch.compiler.is_compiling():  # sums of products, which Inductor fuses into the loop that writes W
+    if torch.compiler.is_compiling() and MATVEC_FORM == "mm":  # extern matrix products of the written W
+        return ([(w @ v.unsqueeze(-1)).squeeze(-1) for w, v in zip(ws, vs)],
+                [(u.unsqueeze(-2) @ w).squeeze(-2) for w, u in zip(ws, us)])
+    if torch.compiler.is_compiling() and MATVEC_FORM == "sum":  # fused by Inductor into the loop that writes W
         return [(w * v).sum(-1) for w, v in zip(ws, vs)], [(w * u.unsqueeze(-1)).sum(-2) for w, u in zip(ws, us)]
     return [torch.mv(w, v) for w, v in zip(ws, vs)], [torch.mv(w.t(), u) for w, u in zip(ws, us)]
 

@@ -106,9 +106,7 @@ def _start(vectors, p: Tensor, rows: int, cols: int, blocks: int, iterations: in
     shape_u, shape_v = ((rows,), (cols,)) if blocks == 1 else ((blocks, rows), (blocks, cols))
     if cached is not None and cached[0].shape == shape_u and cached[1].shape == shape_v:
         return cached[0], cached[1], iterations
-    u, v = K.initial_vectors(rows, cols, p.device)
-    if blocks > 1:
-        u, v = u.expand(blocks, -1), v.expand(blocks, -1)
+    (u,), (v,) = K.initial_blocks([(rows, cols)], p.device, blocks)
     return u, v, max(iterations, init_iterations)
 
 
@@ -164,8 +162,8 @@ def _fused_term(p: Tensor, layout: L.Layout, k: float, iterations: int, init_ite
         if cached is not None and cached[0].shape == (sum(rows),) and cached[1].shape == (sum(cols),):
             us, vs, n = list(cached[0].split(rows)), list(cached[1].split(cols)), iterations
         else:
-            starts = [K.initial_vectors(r, c, p.device) for r, c in zip(rows, cols)]
-            us, vs, n = [u for u, _ in starts], [v for _, v in starts], max(iterations, init_iterations)
+            us, vs = K.initial_blocks(list(zip(rows, cols)), p.device)
+            n = max(iterations, init_iterations)
         us, vs, _, _ = K.power_iteration_foreach([b.detach() for b in blocks], us, vs, n)
         vectors[p] = (torch.cat(us), torch.cat(vs))
     sigma = torch.stack([torch.dot(u, torch.mv(b, v)) for b, u, v in zip(blocks, us, vs)])  # σ_j = u_jᵀ W_j v_j

@@ -129,9 +129,8 @@ class StackedSpectralAdam:
     def _start_vectors(self, j: int) -> tuple[Tensor, Tensor]:
         p, role = self.params[j], self.roles[j]
         if self._general(j):  # concatenated per-block starts, (S, Σ rows_j) and (S, Σ cols_j)
-            starts = [K.initial_vectors(m, n, p.device) for m, n in self._shapes(j)]
-            u, v = torch.cat([u for u, _ in starts]), torch.cat([v for _, v in starts])
-            return u.expand(self.slices, -1).clone(), v.expand(self.slices, -1).clone()
+            us, vs = K.initial_blocks(self._shapes(j), p.device)
+            return torch.cat(us).expand(self.slices, -1).clone(), torch.cat(vs).expand(self.slices, -1).clone()
         blocks = F.BLOCKS[role]
         rows, cols = p.shape[1] // blocks, p[0].numel() // p.shape[1]
         u, v = K.initial_vectors(rows, cols, p.device)
