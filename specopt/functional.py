@@ -42,7 +42,9 @@ converged (up to its error otherwise). A bias norm stays in [0, ‖b‖], a scal
 
 :math:`\hat\sigma = \lVert W v\rVert \le \sigma_1(W)` for any unit :math:`v`, so the estimate never exceeds the true
 spectral norm. Vectors are float32 whatever the parameter's dtype and are stored as ``spectral_u``,
-``spectral_v`` and ``spectral_sigma`` in the optimizer's per-parameter state.
+``spectral_v`` and ``spectral_sigma`` in the optimizer's per-parameter state (in the fused order of
+:mod:`specopt.kernel`, ``fused_spectral=True``, also the mat-vecs ``spectral_wv`` = W v and ``spectral_wtu`` = Wᵀ u
+taken after the step). The math itself is :mod:`specopt.kernel`'s; this module holds the optimizer state around it.
 
 Non-finite values never poison the state: when an iteration produces a non-finite or zero norm (NaN/Inf weights, a
 zero matrix) the previous vectors are kept and that tensor's spectral step is skipped for this step. Everything is

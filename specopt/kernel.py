@@ -22,9 +22,10 @@ and for a bias b and a scale γ the fractions :math:`\min(1, \eta\lambda\,2k\lVe
 **Fused order** (``fused_spectral=True``). The iteration above reads W twice in sequence (Wᵀu, then W v with the
 new v), before the base optimizer writes W, and the rank-one update reads and writes W once more. In the fused
 order both mat-vecs are taken from the vectors of the previous step, :math:`s = W v_{t-1}` and
-:math:`r = W^\top u_{t-1}`, on the weights the step has just written (:func:`matvecs`): one pass that a compiler
-can fuse into the base optimizer's write of W, and the rank-one update folds into the same write. The next step
-reads its estimate from them (:func:`from_matvecs`):
+:math:`r = W^\top u_{t-1}`, on the weights the step has just written (:func:`matvecs`): neither depends on the other, so a
+compiler may take both in the loop that writes W, the rank-one update folded into the same write (on a CPU,
+Inductor fused W·v into that loop but not Wᵀu, and added full-size temporaries: slower than the plain order,
+docs/benchmarks.md). The next step reads its estimate from them (:func:`from_matvecs`):
 
 .. math::
     \hat\sigma = \lVert s\rVert,\quad u_t = s/\hat\sigma,\quad v_t = r/\lVert r\rVert,\qquad
@@ -197,9 +198,7 @@ has what each gave."""
 def matvecs(ws: list[Tensor], us: list[Tensor], vs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     r"""The fused order's two mat-vecs of each matrix, from the same (previous) vectors: ``(W v, Wᵀ u)`` per
     matrix. Neither depends on the other, so both can be taken in one pass over W. Eagerly two ``mv`` (MKL); under
-    ``torch.compile`` written as sums of products, which Inductor fuses into the loop that writes W (``torch.mv``
-    there became a full-size product buffer and a separate reduction: 4.1 ms instead of 0.42 ms for the MLP 4×256
-    step, docs/benchmarks.md)."""
+    ``torch.compile`` as :data:`MATVEC_FORM` says."""
     if torch.compiler.is_compiling() and MATVEC_FORM == "mm":  # extern matrix products of the written W
         return ([(w @ v.unsqueeze(-1)).squeeze(-1) for w, v in zip(ws, vs)],
                 [(u.unsqueeze(-2) @ w).squeeze(-2) for w, u in zip(ws, us)])
