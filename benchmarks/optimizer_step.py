@@ -126,11 +126,18 @@ def race(name: str, size: str, runners: list[tuple[str, object]], steps: int, ro
         print(f"| {name} | {size} | {n} | {m * 1e3:.3f} | {f:.2f} | {vs_compiled} | {m / medians[0]:.2f}× |")
 
 
-def bench(name: str, build: Callable[[], nn.Module], steps: int, rounds: int, s: Settings) -> None:
-    runners = []
+def models(build: Callable[[], nn.Module], s: Settings) -> list[tuple[str, nn.Module, Callable]]:
+    """(name, its own copy of the model, build(model) -> its optimizer) of every contender, same initial weights."""
+    out = []
     for label, make in contenders(s):
         torch.manual_seed(0)
-        model = build().to(s.device, s.dtype)
+        out.append((label, build().to(s.device, s.dtype), make))
+    return out
+
+
+def bench(name: str, build: Callable[[], nn.Module], steps: int, rounds: int, s: Settings) -> None:
+    runners = []
+    for label, model, make in models(build, s):
         for p in model.parameters():
             p.grad = torch.randn_like(p) * 1e-3
         runners.append((label, make(model)))
@@ -153,11 +160,7 @@ def bench_train_step(name: str, build: Callable[[], nn.Module], inputs: int, ste
             nn.functional.cross_entropy(self.model(x), y).backward()
             self.opt.step()
 
-    runners = []
-    for label, make in contenders(s):
-        torch.manual_seed(0)
-        model = build().to(s.device, s.dtype)
-        runners.append((label, Step(model, make(model))))
+    runners = [(label, Step(model, make(model))) for label, model, make in models(build, s)]
     race(name, "batch 512", runners, steps, rounds, s)
 
 
