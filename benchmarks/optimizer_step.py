@@ -1,26 +1,30 @@
-"""Optimizer-step cost: SpectralAdam vs torch.optim.Adam(foreach=True), measured side by side in one run.
+"""Optimizer-step cost: SpectralAdam against torch.optim.Adam, eager and compiled, all measured side by side in one run.
 
 Only ``opt.step()`` is timed (gradients are filled once with random values), on the parameter sets of an MLP 4×256
-(Fashion-MNIST sized input) and a torchvision ResNet-18 (CIFAR stem, 10 classes). The two optimizers alternate in
-rounds so that machine noise hits both alike; the ratio of medians is printed. A second table times a whole training
-step (forward, backward, step) of the MLP on a batch of 512, for the cost a user sees.
+(Fashion-MNIST sized input) and a torchvision ResNet-18 (CIFAR stem, 10 classes); a last table times a whole
+training step (forward, backward, step) of the MLP on a batch of 512, for the cost a user sees. Every contender gets
+its own copy of the model and all contenders alternate in rounds, so machine noise hits them alike; each row prints
+its median step time, the wall time of its first three steps (state creation, compilation: what a user waits for
+before training runs at full speed) and its ratios to eager Adam and, with ``--compile``, to Adam compiled the same way.
 
-``--impl`` picks Adam's kernel for both (``foreach``, or ``fused``); ``--dtype bfloat16`` casts the parameters;
-``--compile [MODE]`` times ``specopt.compile_step(SpectralAdam, mode=MODE)`` (the documented fast path) against the
-same eager Adam; ``--compiled-adam`` compiles Adam's step the same way too (the spectral step's own cost under
-compilation); ``--plain-compile`` with it times ``torch.compile(SpectralAdam.step, fullgraph=True, mode=MODE)``
-instead, without the Inductor options ``compile_step`` adds.
+Contenders: ``Adam`` (``--baseline-impl``'s kernel, ``--impl``'s unless given: ``fused`` is the fused-Adam
+baseline) and ``SpectralAdam`` (``--impl``'s kernel); ``--fused-spectral`` adds ``SpectralAdam(fused_spectral=True)``;
+``--compile [MODE]`` adds each of them compiled by ``specopt.compile_step(opt, mode=MODE)`` (``--plain-compile``:
+``torch.compile(opt.step, fullgraph=...)`` instead, without compile_step's options and eager first step).
+``--tiny`` shrinks the models (for the tests, which rehearse every option on the CPU); ``--sets`` picks tables.
 
-    python benchmarks/optimizer_step.py [--threads 2] [--rounds 15] [--device cpu] [--impl foreach|fused]
-        [--dtype float32|bfloat16] [--compile [default|reduce-overhead|max-autotune-no-cudagraphs]] [--plain-compile] [--compiled-adam]
+    python benchmarks/optimizer_step.py [--threads 1] [--rounds 15] [--device cpu|cuda] [--impl foreach|fused]
+        [--baseline-impl foreach|fused] [--dtype fp32|bf16] [--compile [MODE]] [--plain-compile] [--fused-spectral]
+        [--clock wall|cpu] [--sets mlp,resnet18,train] [--tiny]
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 import statistics
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torchvision
@@ -29,13 +33,13 @@ from torch import nn
 import specopt
 
 
-def mlp() -> nn.Module:
+def mlp(width: int = 256, inputs: int = 784) -> nn.Module:
     layers: list[nn.Module] = []
-    fan_in = 784
+    fan_in = inputs
     for _ in range(4):
-        layers += [nn.Linear(fan_in, 256), nn.ReLU()]
-        fan_in = 256
-    return nn.Sequential(*layers, nn.Linear(256, 10))
+        layers += [nn.Linear(fan_in, width), nn.ReLU()]
+        fan_in = width
+    return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
 def resnet18() -> nn.Module:
@@ -45,99 +49,122 @@ def resnet18() -> nn.Module:
     return model
 
 
-CLOCK = time.perf_counter
+def tiny_convnet() -> nn.Module:
+    """ResNet-18's kinds of parameters (conv kernels, BatchNorm scales and shifts, a linear head) at a tiny size."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False),
+                         nn.BatchNorm2d(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
 
 
-def time_steps(opt: torch.optim.Optimizer, steps: int, device: torch.device) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = CLOCK()
-    for _ in range(steps):
-        opt.step()
-    sync()
-    return (CLOCK() - t0) / steps
+@dataclass
+class Settings:
+    """Everything the command line decides, built once in :func:`main`."""
 
-
-IMPL: dict[str, bool] = {"foreach": True}
-DTYPE = torch.float32
-COMPILE: str | None = None  # a torch.compile mode
-
-
-PLAIN_COMPILE = False  # --plain-compile: torch.compile without specopt.compile_step's options
-COMPILED_ADAM = False  # --compiled-adam: Adam compiled the same way, for the spectral step's own cost
+    device: torch.device
+    dtype: torch.dtype
+    impl: str  # SpectralAdam's Adam kernel: foreach or fused
+    baseline_impl: str  # torch.optim.Adam's
+    compile_mode: str | None  # a torch.compile mode, or None: eager contenders only
+    plain_compile: bool
+    fused_spectral: bool
+    clock: Callable[[], float]
+    tiny: bool
 
 
 class Compiled:
     """``.step()`` of a compiled optimizer step: ``specopt.compile_step`` (or plain ``torch.compile``)."""
 
-    def __init__(self, opt: torch.optim.Optimizer, mode: str) -> None:
-        if PLAIN_COMPILE:
+    def __init__(self, opt: torch.optim.Optimizer, mode: str, plain: bool) -> None:
+        if plain:
             self.step = torch.compile(opt.step, fullgraph=isinstance(opt, specopt.SpectralAdam),
                                       mode=None if mode == "default" else mode)
         else:
             self.step = specopt.compile_step(opt, mode=mode)
 
 
-def optimizers(m_adam: nn.Module, m_spec: nn.Module):
-    adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3, **IMPL)
-    spec = specopt.SpectralAdam(specopt.param_groups(m_spec), lr=1e-3, **IMPL)
-    if COMPILED_ADAM:
-        return Compiled(adam, COMPILE), Compiled(spec, COMPILE)
-    return adam, (Compiled(spec, COMPILE) if COMPILE else spec)
+def contenders(s: Settings) -> list[tuple[str, Callable[[nn.Module], object]]]:
+    """(name, build(model) -> object with .step()) of every contender; the first is the eager Adam baseline."""
+    def adam(m: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(m.parameters(), lr=1e-3, **{s.baseline_impl: True})
+
+    def spectral(fused_spectral: bool) -> Callable[[nn.Module], torch.optim.Optimizer]:
+        return lambda m: specopt.SpectralAdam(specopt.param_groups(m), lr=1e-3, fused_spectral=fused_spectral,
+                                              **{s.impl: True})
+
+    eager = [(f"Adam({s.baseline_impl})", adam), (f"SpectralAdam({s.impl})", spectral(False))]
+    if s.fused_spectral:
+        eager.append((f"SpectralAdam({s.impl}, fused_spectral)", spectral(True)))
+    if s.compile_mode is None:
+        return eager
+    how = "torch.compile" if s.plain_compile else "compile_step"
+    mode = s.compile_mode
+    return eager + [(f"{how}({mode}) {name}", lambda m, b=build: Compiled(b(m), mode, s.plain_compile))
+                    for name, build in eager]
 
 
-def bench(name: str, build, steps: int, rounds: int, device: torch.device) -> tuple[float, float]:
-    torch.manual_seed(0)
-    m_adam, m_spec = build().to(device, DTYPE), build().to(device, DTYPE)
-    for m in (m_adam, m_spec):
-        for p in m.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
-    adam, spec = optimizers(m_adam, m_spec)
-    time_steps(adam, 3, device), time_steps(spec, 3, device)  # warm-up (state init, compilation, first iterations)
-    ta, ts = [], []
+def time_steps(opt, steps: int, s: Settings) -> float:
+    sync = torch.cuda.synchronize if s.device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = s.clock()
+    for _ in range(steps):
+        opt.step()
+    sync()
+    return (s.clock() - t0) / steps
+
+
+def race(name: str, size: str, runners: list[tuple[str, object]], steps: int, rounds: int, s: Settings) -> None:
+    """Time ``runners`` in alternating rounds; print one row each (median ms, first 3 steps s, ratios)."""
+    first = [3 * time_steps(r, 3, s) for _, r in runners]  # state init, compilation, the first iterations
+    times: list[list[float]] = [[] for _ in runners]
     for _ in range(rounds):
-        ta.append(time_steps(adam, steps, device))
-        ts.append(time_steps(spec, steps, device))
-    a, s = statistics.median(ta), statistics.median(ts)
-    n = sum(p.numel() for p in m_spec.parameters())
-    print(f"| {name} | {n / 1e6:.2f}M | {a * 1e3:.3f} | {s * 1e3:.3f} | {s / a:.2f}× |")
-    return a, s
+        for t, (_, r) in zip(times, runners):
+            t.append(time_steps(r, steps, s))
+    medians = [statistics.median(t) for t in times]
+    names = [n for n, _ in runners]
+    compiled_adam = next((m for n, m in zip(names, medians) if n.endswith(") " + names[0])), None)  # compiled Adam
+    for n, m, f in zip(names, medians, first):
+        vs_compiled = f"{m / compiled_adam:.2f}×" if compiled_adam else "–"
+        print(f"| {name} | {size} | {n} | {m * 1e3:.3f} | {f:.2f} | {vs_compiled} | {m / medians[0]:.2f}× |")
 
 
-def bench_train_step(steps: int, rounds: int, device: torch.device) -> None:
+def models(build: Callable[[], nn.Module], s: Settings) -> list[tuple[str, nn.Module, Callable]]:
+    """(name, its own copy of the model, build(model) -> its optimizer) of every contender, same initial weights."""
+    out = []
+    for label, make in contenders(s):
+        torch.manual_seed(0)
+        out.append((label, build().to(s.device, s.dtype), make))
+    return out
+
+
+def bench(name: str, build: Callable[[], nn.Module], steps: int, rounds: int, s: Settings) -> None:
+    runners = []
+    for label, model, make in models(build, s):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        runners.append((label, make(model)))
+    size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+    race(name, size, runners, steps, rounds, s)
+
+
+def bench_train_step(name: str, build: Callable[[], nn.Module], inputs: int, steps: int, rounds: int,
+                     s: Settings) -> None:
     torch.manual_seed(0)
-    x = torch.randn(512, 784, device=device)
-    y = torch.randint(0, 10, (512,), device=device)
-    m_adam, m_spec = mlp().to(device, DTYPE), mlp().to(device, DTYPE)
-    x = x.to(DTYPE)
-    adam, spec = optimizers(m_adam, m_spec)
+    x = torch.randn(512, inputs, device=s.device).to(s.dtype)
+    y = torch.randint(0, 10, (512,), device=s.device)
 
-    def closure_of(model: nn.Module) -> Callable[[], torch.Tensor]:
-        def closure() -> torch.Tensor:
-            model.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            return loss
-        return closure
-
-    ca, cs = closure_of(m_adam), closure_of(m_spec)
-
-    class Step:  # time_steps calls .step(); a training step is closure + optimizer step
-        def __init__(self, opt: torch.optim.Optimizer, closure) -> None:
-            self.opt, self.closure = opt, closure
+    class Step:  # time_steps calls .step(); a training step is forward, backward and the optimizer step
+        def __init__(self, model: nn.Module, opt) -> None:
+            self.model, self.opt = model, opt
 
         def step(self) -> None:
-            self.closure()
+            self.model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(self.model(x), y).backward()
             self.opt.step()
 
-    sa, ss = Step(adam, ca), Step(spec, cs)
-    time_steps(sa, 3, device), time_steps(ss, 3, device)
-    ta, ts = [], []
-    for _ in range(rounds):
-        ta.append(time_steps(sa, steps, device))
-        ts.append(time_steps(ss, steps, device))
-    a, s = statistics.median(ta), statistics.median(ts)
-    print(f"| MLP 4×256, batch 512 | {a * 1e3:.3f} | {s * 1e3:.3f} | {s / a:.2f}× |")
+    runners = [(label, Step(model, make(model))) for label, model, make in models(build, s)]
+    race(name, "batch 512", runners, steps, rounds, s)
+
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
 def main() -> None:
@@ -147,41 +174,45 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: process CPU time (steadier on a loaded machine; use with --threads 1)")
-    p.add_argument("--impl", choices=["foreach", "fused"], default="foreach", help="Adam's kernel, for both")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="parameter dtype")
+    p.add_argument("--impl", choices=["foreach", "fused"], default="foreach", help="SpectralAdam's Adam kernel")
+    p.add_argument("--baseline-impl", choices=["foreach", "fused"], default=None,
+                   help="torch.optim.Adam's kernel (default: --impl's); fused is the fused-Adam baseline")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="parameter dtype")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
-                   help="SpectralAdam's step compiled by specopt.compile_step(mode=MODE), against eager Adam")
+                   help="add every contender compiled by specopt.compile_step(mode=MODE)")
     p.add_argument("--plain-compile", action="store_true",
-                   help="with --compile: plain torch.compile(step, fullgraph=True), without compile_step's options")
-    p.add_argument("--compiled-adam", action="store_true",
-                   help="with --compile: compile Adam's step the same way (the spectral step's own cost)")
+                   help="with --compile: plain torch.compile(step, fullgraph=...), without compile_step's options")
+    p.add_argument("--fused-spectral", action="store_true", help="add SpectralAdam(fused_spectral=True)")
+    p.add_argument("--sets", default="mlp,resnet18,train", help="tables to run, comma-separated")
+    p.add_argument("--tiny", action="store_true", help="tiny models (the tests' rehearsal of every option)")
     args = p.parse_args()
-    if (args.plain_compile or args.compiled_adam) and not args.compile:
-        p.error("--plain-compile and --compiled-adam need --compile")
-    global CLOCK, IMPL, DTYPE, COMPILE, PLAIN_COMPILE, COMPILED_ADAM
-    PLAIN_COMPILE, COMPILED_ADAM = args.plain_compile, args.compiled_adam
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    IMPL, DTYPE, COMPILE = {args.impl: True}, getattr(torch, args.dtype), args.compile
+    if args.plain_compile and not args.compile:
+        p.error("--plain-compile needs --compile")
+    sets = args.sets.split(",")
+    if not set(sets) <= {"mlp", "resnet18", "train"}:
+        p.error(f"--sets takes mlp, resnet18 and train, got {args.sets!r}")
+    s = Settings(device=torch.device(args.device), dtype=DTYPES[args.dtype], impl=args.impl,
+                 baseline_impl=args.baseline_impl or args.impl, compile_mode=args.compile,
+                 plain_compile=args.plain_compile, fused_spectral=args.fused_spectral,
+                 clock=time.process_time if args.clock == "cpu" else time.perf_counter, tiny=args.tiny)
     torch.set_num_threads(args.threads)
     # every torch.optim step shares one code object (Optimizer's step wrapper), and Dynamo keeps at most
-    # recompile_limit (8) graphs per code object; this script compiles up to six optimizers, two graphs each
-    torch._dynamo.config.recompile_limit = 32
-    device = torch.device(args.device)
-    name = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
-    how = "torch.compile" if PLAIN_COMPILE else "specopt.compile_step"
-    spec = f"{how} ({COMPILE}) SpectralAdam" if COMPILE else "SpectralAdam"
-    print(f"torch {torch.__version__}, {name}, {args.threads} threads, {args.clock} clock, {args.impl}, "
-          f"{args.dtype}, median of {args.rounds} rounds")
-    adam = f"{how} ({COMPILE}) Adam({args.impl})" if COMPILED_ADAM else f"Adam({args.impl})"
-    print(f"| parameters of | size | {adam} step ms | {spec} step ms | ratio |")
-    print("|---|---|---|---|---|")
-    bench("MLP 4×256", mlp, 50, args.rounds, device)
-    bench("ResNet-18", resnet18, 5, args.rounds, device)
-    print()
-    print(f"| training step of | {adam} ms | {spec} ms | ratio |")
-    print("|---|---|---|---|")
-    bench_train_step(20, args.rounds, device)
+    # recompile_limit (8) graphs per code object; this script compiles up to nine optimizers, one or two graphs each
+    torch._dynamo.config.recompile_limit = 64
+    name = s.device.type if s.device.type != "cuda" else torch.cuda.get_device_name(s.device)
+    print(f"torch {torch.__version__}, {name}, {args.threads} threads, {args.clock} clock, {args.dtype}, "
+          f"median of {args.rounds} rounds{', tiny models' if s.tiny else ''}")
+    print("| parameters of | size | optimizer step | ms | first 3 steps s | ÷ compiled Adam | ÷ eager Adam |")
+    print("|---|---|---|---|---|---|---|")
+    width, inputs = (16, 32) if s.tiny else (256, 784)
+    if "mlp" in sets:
+        bench("MLP 4×256" if not s.tiny else "MLP 4×16", lambda: mlp(width, inputs), 50, args.rounds, s)
+    if "resnet18" in sets:
+        bench("ResNet-18" if not s.tiny else "conv net", tiny_convnet if s.tiny else resnet18, 5, args.rounds, s)
+    if "train" in sets:
+        bench_train_step("MLP training step" + (" (tiny)" if s.tiny else ""), lambda: mlp(width, inputs), inputs,
+                         20, args.rounds, s)
 
 
 if __name__ == "__main__":

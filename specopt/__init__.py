@@ -12,7 +12,7 @@ optimizer step, in the style of AdamW's weight decay::
     step = specopt.compile_step(opt)                                       # the fast path: a compiled step
 """
 
-from .functional import power_iteration
+from .kernel import power_iteration
 from .optim import (
     COMPILE_OPTIONS,
     CONTINUAL_STRENGTH,

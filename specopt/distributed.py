@@ -11,7 +11,9 @@ of a conv kernel is a subset of the reshaped columns). One power iteration is
     s_r = \sum_c W_{rc} v_c \;\text{(over column shards)},\quad
     \hat\sigma^2 = \sum_r \lVert s_r\rVert^2 \;\text{(over row shards)},\quad u_r = s_r/\hat\sigma
 
-so every rank ends with the σ̂ of the full matrix and its own slices of u and v. A ``qkv`` weight is row blocks
+so every rank ends with the σ̂ of the full matrix and its own slices of u and v: :mod:`specopt.kernel`'s power
+iteration with its mat-vecs split into partial sums (vectors are normalised or kept by the same
+:func:`~specopt.kernel.unit_or_previous`), and the same step size :func:`~specopt.kernel.matrix_step`. A ``qkv`` weight is row blocks
 (three equal ones, or the sizes of its group's ``blocks`` entry, e.g. grouped-query attention's h·d, h_kv·d,
 h_kv·d); a row-sharded one may split a block between ranks, so the sums above run per block (each local row knows
 its block from its global row index). Column blocks (``axis`` 1, GPT-2's ``Conv1D``) are the row blocks of Wᵀ:
@@ -34,8 +36,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from . import functional as F
-
-_TINY = 1e-30
+from . import kernel as K
 
 
 def _groups(p: DTensor, rows: bool) -> list[Any]:
@@ -94,9 +95,8 @@ class _Matrix:
             self.u = st["spectral_u"].to_local()
             self.v = st["spectral_v"].to_local().reshape(blocks, -1)
         else:
-            starts = [F.initial_vectors(size, cols, local.device) for size in sizes]
-            u_full = torch.cat([u for u, _ in starts])
-            v_full = torch.stack([v for _, v in starts]).reshape(blocks, *p.shape[1:])
+            us, vs = K.initial_blocks([(size, cols) for size in sizes], local.device)
+            u_full, v_full = torch.cat(us), torch.stack(vs).reshape(blocks, *p.shape[1:])
             self.u = distribute_tensor(u_full, p.device_mesh, u_place, src_data_rank=None).to_local()
             self.v = distribute_tensor(v_full, p.device_mesh, v_place, src_data_rank=None).to_local()
             self.v = self.v.reshape(blocks, -1)
@@ -128,15 +128,12 @@ def _iterate(mats: list[_Matrix], iterations: int) -> list[Tensor]:
     for _ in range(iterations):
         ts = _sum([m.left() for m in mats], rows)
         nvs = [n.sqrt() for n in _sum([t.pow(2).sum(-1) for t in ts], cols)]
-        v_news = []
-        for m, t, nv in zip(mats, ts, nvs):
-            ok = (torch.isfinite(nv) & (nv > _TINY)).unsqueeze(-1)
-            v_news.append(torch.where(ok, t / nv.clamp_min(_TINY).unsqueeze(-1), m.v))
+        v_news = [K.unit_or_previous(t, nv.unsqueeze(-1), m.v)[0] for m, t, nv in zip(mats, ts, nvs)]
         ss = _sum([m.right(v) for m, v in zip(mats, v_news)], cols)
         norms = [n.sqrt() for n in _sum([m.segment_sum(s.pow(2)) for m, s in zip(mats, ss)], rows)]
         for i, (m, s, sigma, v_new) in enumerate(zip(mats, ss, norms, v_news)):
-            ok = torch.isfinite(sigma) & (sigma > _TINY)
-            m.u = torch.where(ok[m.block_ids], s / sigma.clamp_min(_TINY)[m.block_ids], m.u)
+            m.u, _ = K.unit_or_previous(s, sigma[m.block_ids], m.u)  # each row by its block's σ̂
+            ok = torch.isfinite(sigma) & (sigma > K._TINY)
             m.v = torch.where(ok.unsqueeze(-1), v_new, m.v)
             sigmas[i] = torch.where(ok, sigma, torch.zeros_like(sigma))
     return sigmas

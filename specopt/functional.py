@@ -42,7 +42,9 @@ converged (up to its error otherwise). A bias norm stays in [0, ‖b‖], a scal
 
 :math:`\hat\sigma = \lVert W v\rVert \le \sigma_1(W)` for any unit :math:`v`, so the estimate never exceeds the true
 spectral norm. Vectors are float32 whatever the parameter's dtype and are stored as ``spectral_u``,
-``spectral_v`` and ``spectral_sigma`` in the optimizer's per-parameter state.
+``spectral_v`` and ``spectral_sigma`` in the optimizer's per-parameter state (in the fused order of
+:mod:`specopt.kernel`, ``fused_spectral=True``, also the mat-vecs ``spectral_wv`` = W v and ``spectral_wtu`` = Wᵀ u
+taken after the step). The math itself is :mod:`specopt.kernel`'s; this module holds the optimizer state around it.
 
 Non-finite values never poison the state: when an iteration produces a non-finite or zero norm (NaN/Inf weights, a
 zero matrix) the previous vectors are kept and that tensor's spectral step is skipped for this step. Everything is
@@ -60,13 +62,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
+from . import kernel as K
 from . import layouts as L
+from .kernel import (  # re-exported: the math lives in specopt.kernel
+    initial_vectors, matrix_coefficient, matrix_step, power_iteration, power_iteration_foreach, vector_fraction,
+)
 from .roles import roles_and_layouts
 
-_TINY = 1e-30
 SPECTRAL_KEYS = ("spectral_strength", "k", "power_iterations", "init_iterations")
-SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma", "spectral_residual")
+SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma", "spectral_residual", "spectral_wv", "spectral_wtu")
 BLOCKS = {"matrix": 1, "qkv": 3}
 """Row blocks of each matrix-like role by default: ``qkv`` is three stacked projections, each its own matrix (a
 group's ``blocks`` entry may state other sizes or column blocks)."""
@@ -76,9 +82,10 @@ group's ``blocks`` entry may state other sizes or column blocks)."""
 class Pending:
     """What :func:`prepare` computed before the base step, for :func:`apply` after it."""
 
-    matrices: list[tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, float, float, dict]] = field(
-        default_factory=list
-    )  # plain local matrices, batched: (params, us, vs, σ̂ (n,), strength, k, group)
+    matrices: list[tuple[list[Tensor], list[Tensor], list[Tensor], Tensor, float, float, dict, list[Tensor] | None]] = (
+        field(default_factory=list)
+    )  # plain local matrices, batched: (params, us, vs, σ̂ (n,), strength, k, group, next vs or None); in the fused
+    # order (kernel.from_matvecs) vs are the previous vectors the step pairs with u, next vs those stored
     blocked: list[tuple[Tensor, Tensor, Tensor, Tensor, float, float, dict]] = field(default_factory=list)
     # one qkv or sharded matrix each: (param, u (b, m), v (b, n), σ̂ (b,), strength, k, group)
     fused: list[tuple[Tensor, tuple[int, ...], int, list[Tensor], list[Tensor], Tensor, float, float, dict]] = field(
@@ -86,6 +93,7 @@ class Pending:
     )  # one qkv tensor of another layout each: (param, sizes, axis, u_j's, v_j's, σ̂ (b,), strength, k, group)
     vectors: list[tuple[list[Tensor], list[Tensor], Tensor, str, float, dict]] = field(default_factory=list)
     # (params, x_t (b_t, or γ_t − 1), coefficients (n,) of d = c·x_t, role, strength, group)
+    param_groups: list[dict] = field(default_factory=list)
     recheck_grads: bool = False
     """Whether :func:`apply` must drop tensors left without a gradient (a closure ran between the two halves).
     Without a closure every prepared tensor had one, and ``apply`` reads no ``.grad`` (under ``torch.compile`` a
@@ -115,117 +123,6 @@ def as_blocks(param: Tensor, blocks: int) -> Tensor:
     return w if w.dtype == torch.float32 else w.float()
 
 
-def _hash_uniform(n: int, salt: int) -> Tensor:
-    """n deterministic values in [-0.5, 0.5): an integer hash of 0..n−1 (on the CPU, in int64; no generator)."""
-    h = torch.arange(n, dtype=torch.int64) + salt
-    for _ in range(3):  # h < 2³²+n and the multiplier < 2²⁷: every product fits in int64
-        h = ((h ^ (h >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
-    return (h ^ (h >> 16)).to(torch.float32) / 2.0**32 - 0.5
-
-
-def initial_vectors(rows: int, cols: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Deterministic unit starting vectors of a rows × cols matrix.
-
-    They depend on the shape only — not on the global RNG (seeding stays the user's), not on the device — and are
-    made with tensor ops, so a compiled step can create them.
-    """
-    u, v = _hash_uniform(rows, 0), _hash_uniform(cols, 0x9E3779B9)  # on the CPU: GPU kernels index in int32
-    return (u / u.norm().clamp_min(_TINY)).to(device), (v / v.norm().clamp_min(_TINY)).to(device)
-
-
-def _normalize(x: Tensor, previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(x/‖x‖, ‖x‖, ok) over the last dim; where a norm is zero or non-finite, ``previous`` is kept."""
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    ok = torch.isfinite(norm) & (norm > _TINY)
-    return torch.where(ok, x / norm.clamp_min(_TINY), previous), norm.squeeze(-1), ok.squeeze(-1)
-
-
-def power_iteration(w: Tensor, u: Tensor, v: Tensor, iterations: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    r"""``iterations`` warm-started power iterations on ``w`` (float32), batched over leading dimensions.
-
-    Shapes: ``w`` (..., m, n), ``u`` (..., m), ``v`` (..., n) — a plain matrix, or a stack of matrices such as the
-    q/k/v blocks of a fused projection or one layer of several seeds. Returns ``(u, v, σ̂, ok)``: unit vectors with
-    :math:`W v = \hat\sigma u`, the estimate :math:`\hat\sigma = \lVert W v\rVert \le \sigma_1(W)` (shape ``...``),
-    and whether every iteration was finite and non-zero (where not, the previous vectors are returned unchanged and
-    ``σ̂`` is 0).
-    """
-    ok_all = torch.ones(w.shape[:-2], dtype=torch.bool, device=w.device)
-    sigma = torch.zeros(w.shape[:-2], dtype=torch.float32, device=w.device)
-    for _ in range(iterations):
-        v_new, _, ok_v = _normalize((u.unsqueeze(-2) @ w).squeeze(-2), v)
-        u_new, sigma, ok_u = _normalize((w @ v_new.unsqueeze(-1)).squeeze(-1), u)
-        ok = (ok_v & ok_u).unsqueeze(-1)
-        u, v = torch.where(ok, u_new, u), torch.where(ok, v_new, v)
-        ok_all = ok_all & ok.squeeze(-1)
-    return u, v, torch.where(ok_all, sigma, torch.zeros_like(sigma)), ok_all
-
-
-def power_iteration_foreach(
-    ws: list[Tensor], us: list[Tensor], vs: list[Tensor], iterations: int
-) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor]:
-    """:func:`power_iteration` on a list of matrices of any shapes at once (foreach ops; two ``mv`` per matrix and
-    iteration). Returns ``(us, vs, σ̂ (n,), ok (n,))``.
-
-    A non-finite or zero norm in any iteration propagates to the last one, so checking the final norms is enough to
-    decide which tensors keep their previous vectors.
-    """
-    us_new, vs_new = us, vs
-    for _ in range(iterations):
-        ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
-        nvs = _norms(ts)
-        vs_new = torch._foreach_div(ts, nvs)  # a zero norm gives inf/NaN here, caught by ``ok`` below
-        ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
-        sigmas = _norms(ss)
-        us_new = torch._foreach_div(ss, sigmas)
-    sigma, nv = torch.stack(sigmas), torch.stack(nvs)
-    prod = sigma * nv  # zero, NaN or inf in either norm shows in the product
-    ok = (prod > _TINY) & (prod < float("inf"))
-    if _eager_cpu(ws[0]) and bool(ok.all()):  # the common case; on CPU the check costs no device sync
-        return list(us_new), list(vs_new), sigma, ok
-    oks = ok.unbind()
-    us_out = [torch.where(o, a, b) for o, a, b in zip(oks, us_new, us)]
-    vs_out = [torch.where(o, a, b) for o, a, b in zip(oks, vs_new, vs)]
-    return us_out, vs_out, torch.where(ok, sigma, 0.0), ok
-
-
-def _norms(xs: list[Tensor]) -> list[Tensor]:
-    """Euclidean norms of a list of tensors: one ``_foreach_norm`` eagerly; under ``torch.compile`` plain sums of
-    squares, which Inductor fuses into its own loops (an extern ``_foreach_norm`` call per list costs more than the
-    arithmetic on these small vectors)."""
-    if torch.compiler.is_compiling():
-        return [x.square().sum().sqrt() for x in xs]
-    return list(torch._foreach_norm(xs))
-
-
-def _eager_cpu(t: Tensor) -> bool:
-    """Whether reading ``t`` on the host is free: a CPU tensor outside a compiled region."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-def matrix_coefficient(sigma: Tensor, k: float) -> Tensor:
-    r""":math:`c(\sigma) = \partial R/\partial\sigma = 2k\,\sigma^{k-1}(\sigma^k - 1)` for :math:`R = (\sigma^k - 1)^2`."""
-    if k == 1:
-        return 2.0 * (sigma - 1.0)
-    pk1 = sigma.pow(k - 1)
-    return (2.0 * k) * pk1 * (pk1 * sigma - 1.0)
-
-
-def matrix_step(sigma: Tensor, k: float, lr_strength: Any) -> Tensor:
-    r"""How far σ1 moves toward 1: :math:`\alpha = \operatorname{clamp}(\eta\lambda c(\hat\sigma))` between 0 and
-    :math:`\hat\sigma - 1` (so :math:`W \leftarrow W - \alpha u v^\top` never crosses 1). ``lr_strength`` is ηλ, a
-    number or a tensor; σ̂ = 0 (a failed power iteration) gives 0."""
-    gradient_step = torch.nan_to_num(lr_strength * matrix_coefficient(sigma, k), nan=0.0)  # ±inf: clamped next
-    gap = sigma - 1.0
-    alpha = torch.minimum(torch.maximum(gradient_step, gap.clamp(max=0.0)), gap.clamp(min=0.0))
-    return torch.where(sigma > 0, alpha, torch.zeros_like(alpha))
-
-
-def vector_fraction(coefficient: Tensor, lr_strength: Any) -> Tensor:
-    r"""The fraction of the way to the target a bias (toward 0) or scale (toward 1) moves:
-    :math:`\min(1, \eta\lambda c)` with :math:`d = c\,x` (:math:`c = 2k\lVert b\rVert^{2k-2}`, or 2 for a scale)."""
-    return torch.nan_to_num(lr_strength * coefficient, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
-
-
 def group_settings(group: dict, defaults: dict) -> tuple[float, float, int, int]:
     """(strength, k, power_iterations, init_iterations) of a group, validated."""
     strength, k, iterations, init = (group.get(key, defaults[key]) for key in SPECTRAL_KEYS)
@@ -238,9 +135,7 @@ def _warm_or_initial(state: dict, p: Tensor, shape: tuple[int, int], blocks: int
     st = state.get(p) or {}
     if "spectral_u" in st:
         return st["spectral_u"], st["spectral_v"], True
-    u, v = initial_vectors(shape[0], shape[1], p.device)
-    if blocks > 1:
-        u, v = u.expand(blocks, -1), v.expand(blocks, -1)
+    (u,), (v,) = K.initial_blocks([tuple(shape)], p.device, blocks)
     return u, v, False
 
 
@@ -262,6 +157,57 @@ def _matrix_batch(ps: list[Tensor], state: dict, iterations: int, init_iteration
         for j, i in enumerate(idx):
             us[i], vs[i], sig[i] = u1[j], v1[j], s1[j]
     return us, vs, torch.stack(sig)
+
+
+_WRITTEN: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+"""``p._version`` of each fused-order matrix right after the step took its mat-vecs (``spectral_wv``, ``spectral_wtu``).
+A different version at the next step means W was changed in place outside the step (a reset, ``load_state_dict``
+of the model, a hand edit): the stored mat-vecs are then stale and are dropped (:func:`forget_stale_matvecs`)."""
+
+
+def forget_stale_matvecs(param_groups: list[dict], state: dict) -> None:
+    """Drop the fused order's stored mat-vecs of every matrix changed in place since the step that took them, so its
+    next step takes the plain order (warm-started from its stored u, v) and σ̂ is that of the current W. Host-side:
+    called by :func:`prepare` in eager mode and by :func:`specopt.compile_step` around the compiled step."""
+    for group in param_groups:
+        for p in group["params"]:
+            st = state.get(p)
+            if st and "spectral_wv" in st and _WRITTEN.get(p) != p._version:
+                del st["spectral_wv"], st["spectral_wtu"]
+
+
+def record_matvecs(param_groups: list[dict], state: dict) -> None:
+    """Remember ``p._version`` of every matrix whose state holds fresh mat-vecs (see :data:`_WRITTEN`)."""
+    for group in param_groups:
+        for p in group["params"]:
+            st = state.get(p)
+            if st and "spectral_wv" in st:
+                _WRITTEN[p] = p._version
+
+
+def _matrix_batch_fused(ps: list[Tensor], state: dict, iterations: int, init_iterations: int):
+    """(us, vs, σ̂ (n,), next vs) of plain matrices in the fused order (:func:`specopt.kernel.from_matvecs`):
+    matrices whose state holds the mat-vecs of the last step (``spectral_wv``, ``spectral_wtu``) read their estimate
+    from them without touching W; the others (a first step, a state saved without them) iterate as
+    :func:`_matrix_batch` does, and their next vectors are the ones found."""
+    states = [state.get(p) or {} for p in ps]
+    ready = [i for i, st in enumerate(states) if "spectral_wv" in st]
+    rest = [i for i, st in enumerate(states) if "spectral_wv" not in st]
+    us: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
+    vs: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
+    nexts: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
+    sig: list[Tensor] = [None] * len(ps)  # type: ignore[list-item]
+    if ready:
+        prev_u, prev_v = [states[i]["spectral_u"] for i in ready], [states[i]["spectral_v"] for i in ready]
+        u1, n1, s1, _ = K.from_matvecs([states[i]["spectral_wv"] for i in ready],
+                                       [states[i]["spectral_wtu"] for i in ready], prev_u, prev_v)
+        for j, i in enumerate(ready):
+            us[i], vs[i], nexts[i], sig[i] = u1[j], prev_v[j], n1[j], s1[j]
+    if rest:
+        u2, v2, s2 = _matrix_batch([ps[i] for i in rest], state, iterations, init_iterations)
+        for j, i in enumerate(rest):
+            us[i], vs[i], nexts[i], sig[i] = u2[j], v2[j], v2[j], s2[j]
+    return us, vs, torch.stack(sig), nexts
 
 
 def _blocked(p: Tensor, blocks: int, state: dict, iterations: int, init_iterations: int):
@@ -289,8 +235,8 @@ def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int,
         vs = list(st["spectral_v"].split([b.shape[1] for b in ws]))
         n = iterations
     else:
-        starts = [initial_vectors(b.shape[0], b.shape[1], p.device) for b in ws]
-        us, vs, n = [s[0] for s in starts], [s[1] for s in starts], max(iterations, init_iterations)
+        us, vs = K.initial_blocks([tuple(b.shape) for b in ws], p.device)
+        n = max(iterations, init_iterations)
     us, vs, sigma, _ = power_iteration_foreach(ws, us, vs, n)
     return us, vs, sigma
 
@@ -305,9 +251,7 @@ def vector_terms(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], T
         xs = ps if ps[0].dtype == torch.float32 else [p.float() for p in ps]
         return list(torch._foreach_sub(xs, 1.0)), torch.full((len(ps),), 2.0, device=ps[0].device)
     xs = [p.float() if p.dtype != torch.float32 else p.clone() for p in ps]  # copies: the base step changes p
-    if k == 1:
-        return xs, torch.full((len(ps),), 2.0, device=ps[0].device)
-    return xs, torch.stack(_norms(xs)).pow(2 * k - 2).mul_(2.0 * k)
+    return xs, K.bias_coefficient(xs, k)
 
 
 def _by_device_and_dtype(ps: list[Tensor]) -> list[list[Tensor]]:
@@ -326,10 +270,15 @@ def _is_dtensor(p: Tensor) -> bool:
 def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_grad: bool = True) -> Pending:
     """Compute ∇R at the current (pre-step) weights of every regularized tensor; see the module docstring.
 
+    With ``defaults["fused_spectral"]`` the plain matrices of groups with ``power_iterations=1`` take the fused
+    order (:mod:`specopt.kernel`): their estimate comes from the mat-vecs :func:`apply` took after the last step.
     ``only_with_grad`` skips tensors without a gradient (known before the step when there is no closure); with a
     closure every tensor is prepared and :func:`apply` drops those that end up without one.
     """
-    pending = Pending(recheck_grads=not only_with_grad)
+    pending = Pending(recheck_grads=not only_with_grad, param_groups=param_groups)
+    fused_order = bool(defaults.get("fused_spectral", False))
+    if fused_order and not torch.compiler.is_compiling():
+        forget_stale_matvecs(param_groups, state)
     sharded: list[tuple[Tensor, str, float, float, int, int, dict, L.Layout | None]] = []
     for group in param_groups:
         strength, k, iterations, init_iterations = group_settings(group, defaults)
@@ -359,8 +308,12 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
             else:
                 by_role[role].append(p)
         for batch in _by_device_and_dtype(by_role["matrix"]):
-            us, vs, sig = _matrix_batch(batch, state, iterations, init_iterations)
-            pending.matrices.append((batch, us, vs, sig, strength, k, group))
+            if fused_order and iterations == 1:
+                us, vs, sig, nexts = _matrix_batch_fused(batch, state, iterations, init_iterations)
+                pending.matrices.append((batch, us, vs, sig, strength, k, group, nexts))
+            else:
+                us, vs, sig = _matrix_batch(batch, state, iterations, init_iterations)
+                pending.matrices.append((batch, us, vs, sig, strength, k, group, None))
         for p in by_role["qkv"]:
             u, v, sig = _blocked(p, 3, state, iterations, init_iterations)
             pending.blocked.append((p, u, v, sig, strength, k, group))
@@ -436,17 +389,19 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
     def has_grad(p: Tensor) -> bool:
         return p.grad is not None if pending.recheck_grads else True
 
-    for ps, us, vs, sig, strength, k, group in pending.matrices:
+    for ps, us, vs, sig, strength, k, group, nexts in pending.matrices:
         alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
-        if _eager_cpu(alpha):  # read the step sizes once and fold them into addr_'s alpha
+        if K.eager_cpu(alpha):  # read the step sizes once and fold them into addr_'s alpha
             scaled_vs, alphas = vs, [-a for a in alpha.tolist()]
         else:
             scaled_vs, alphas = torch._foreach_mul(vs, list((-alpha).unbind())), [1.0] * len(ps)
         stored: list[Tensor] = []
         fresh: list[Tensor] = []
-        for p, u, v, sv, a, s in zip(ps, us, vs, scaled_vs, alphas, sig.unbind()):
+        done: list[int] = []
+        for i, (p, u, v, sv, a, s) in enumerate(zip(ps, us, nexts or vs, scaled_vs, alphas, sig.unbind())):
             if not has_grad(p):
                 continue
+            done.append(i)
             st = state[p]
             if "spectral_u" in st:  # in place: the state keeps its tensors (a compiled step then never recompiles)
                 stored += (st["spectral_u"], st["spectral_v"], st["spectral_sigma"])
@@ -457,8 +412,19 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
                 p.view(p.shape[0], -1).addr_(u, sv, alpha=a)
             else:
                 _add(p, torch.outer(u, sv * a).reshape(p.shape), st)
+        if nexts is not None and done:  # the fused order: both mat-vecs of the weights just written, for next step
+            wvs, wtus = K.matvecs([as_matrix(ps[i]) for i in done], [us[i] for i in done], [nexts[i] for i in done])
+            for i, wv, wtu in zip(done, wvs, wtus):
+                st = state[ps[i]]
+                if "spectral_wv" in st:
+                    stored += (st["spectral_wv"], st["spectral_wtu"])
+                    fresh += (wv, wtu)
+                else:
+                    st["spectral_wv"], st["spectral_wtu"] = wv, wtu
         if stored:
             torch._foreach_copy_(stored, _keep_on_skip(stored, fresh, found_inf))
+    if any(entry[-1] is not None for entry in pending.matrices) and not torch.compiler.is_compiling():
+        record_matvecs(pending.param_groups, state)
     for p, u, v, sig, strength, k, group in pending.blocked:
         if not has_grad(p):
             continue
@@ -474,8 +440,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
             torch._foreach_copy_(stored, _keep_on_skip(stored, [u.reshape(-1), v, sig], found_inf))
         else:
             st.update(spectral_u=u.reshape(-1).clone(), spectral_v=v.clone(), spectral_sigma=sig.clone())
-        update = (u * -alpha.unsqueeze(-1)).unsqueeze(-1) * v.unsqueeze(-2)  # (b, m, n)
-        _add(p, update.reshape(p.shape), st)
+        _add(p, K.rank_one(u, v, alpha).reshape(p.shape), st)  # (b, m, n): W_j ← W_j − α_j u_j v_jᵀ
     for p, sizes, axis, us, vs, sig, strength, k, group in pending.fused:  # W_j ← W_j − α_j u_j v_jᵀ, block by block
         if not has_grad(p):
             continue
@@ -492,7 +457,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         _add(p, update.t() if axis else update, st)
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
         fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
-        steps = [-f for f in fraction.tolist()] if _eager_cpu(fraction) else list((-fraction).unbind())
+        steps = [-f for f in fraction.tolist()] if K.eager_cpu(fraction) else list((-fraction).unbind())
         keep = [i for i, p in enumerate(ps) if has_grad(p)]
         if not keep:
             continue

@@ -59,10 +59,13 @@ def resolve_strength(owner: str, strength: Any, spectral_strength: Any) -> Any:
     return spectral_strength
 
 
-def _spectral_defaults(strength: float, k: float, power_iterations: int, init_iterations: int) -> dict[str, Any]:
+def _spectral_defaults(strength: float, k: float, power_iterations: int, init_iterations: int,
+                       fused_spectral: bool = False) -> dict[str, Any]:
     F.check_hyperparameters(strength, k, power_iterations, init_iterations)
+    if not isinstance(fused_spectral, bool):
+        raise ValueError(f"fused_spectral must be True or False, got {fused_spectral!r}")
     return {"role": "auto", "spectral_strength": strength, "k": k, "power_iterations": power_iterations,
-            "init_iterations": init_iterations}
+            "init_iterations": init_iterations, "fused_spectral": fused_spectral}
 
 
 class _SpectralStep:
@@ -142,6 +145,10 @@ class SpectralAdam(Adam):
         k: exponent of the regularizer (the paper uses 2).
         power_iterations: power iterations per step, warm-started from the previous step's vectors.
         init_iterations: iterations on a tensor's first step.
+        fused_spectral: take the matrices' mat-vecs in the fused order (:mod:`specopt.kernel`): both from the
+            previous step's vectors, on the weights just written, so that a compiled step
+            (:func:`compile_step`) reads W once for the update and both mat-vecs; applies to plain matrices of
+            groups with ``power_iterations=1`` (qkv blocks and DTensors keep the plain order). Default False.
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     Other keyword arguments are ``torch.optim.Adam``'s (``foreach``, ``maximize``, ``capturable``,
@@ -168,10 +175,11 @@ class SpectralAdam(Adam):
         k: float = 2,
         power_iterations: int = 1,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
+        fused_spectral: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         strength = resolve_strength(type(self).__name__, strength, spectral_strength)
-        spectral = _spectral_defaults(strength, k, power_iterations, init_iterations)
+        spectral = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
@@ -254,12 +262,14 @@ class SpectralAdamW(SpectralAdam):
         k: float = 2,
         power_iterations: int = 1,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
+        fused_spectral: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True, strength=strength, k=k,
-            power_iterations=power_iterations, init_iterations=init_iterations, spectral_strength=spectral_strength,
+            power_iterations=power_iterations, init_iterations=init_iterations, fused_spectral=fused_spectral,
+            spectral_strength=spectral_strength,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -289,6 +299,7 @@ class Spectral(Optimizer):
         k: as in :class:`SpectralAdam`.
         power_iterations: as in :class:`SpectralAdam`.
         init_iterations: as in :class:`SpectralAdam`.
+        fused_spectral: as in :class:`SpectralAdam` (the mat-vecs then run after the wrapped optimizer's step).
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
     """
 
@@ -302,6 +313,7 @@ class Spectral(Optimizer):
         power_iterations: int = 1,
         *,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
+        fused_spectral: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         strength = resolve_strength("Spectral", strength, spectral_strength)
@@ -315,7 +327,7 @@ class Spectral(Optimizer):
                 "strength * specopt.spectral_penalty(model) to the loss instead"
             )
         self.optimizer = optimizer
-        self._spectral_defaults = _spectral_defaults(strength, k, power_iterations, init_iterations)
+        self._spectral_defaults = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral)
         for group in optimizer.param_groups:
             F.fill_group_defaults(group, self._spectral_defaults)
         _SpectralStep(optimizer, self._spectral_defaults)
@@ -399,7 +411,8 @@ vector of 16 floats. With ``realize_opcount_threshold=4`` such values are comput
 (measured on a CPU in docs/benchmarks.md: the MLP 4×256 step at 0.59× an eager Adam step, 1.36× without)."""
 
 
-def compile_step(optimizer: Optimizer, *, mode: str | None = None, **compile_kwargs: Any) -> Callable[..., Any]:
+def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_step: bool = True,
+                 **compile_kwargs: Any) -> Callable[..., Any]:
     """``torch.compile`` of the optimizer's step with the options that make the spectral step fast: the documented
     fast path. Use the returned function in place of ``optimizer.step``::
 
@@ -418,8 +431,11 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, **compile_kwa
     wrapper does (``optimizer._opt_called``), so the scheduler's "``lr_scheduler.step()`` before
     ``optimizer.step()``" check stays quiet. A learning rate changed by a scheduler does not recompile.
 
-    Compiling takes seconds to minutes once; a compiled ``SpectralAdam`` step is two graphs (the first step's fresh
-    state, then the warm one), ``Spectral(optimizer)`` two per graph-break segment. All ``torch.optim`` steps share
+    Compiling takes seconds to minutes once. With ``eager_first_step`` (the default) the first call runs the step
+    eagerly — it creates the state (Adam's moments, the first power iteration's ``init_iterations``) — and only the
+    warm step is compiled: one graph for ``SpectralAdam`` instead of two (fresh state, then warm), one per
+    graph-break segment for ``Spectral(optimizer)``, which halves the time before training runs at full speed
+    (docs/benchmarks.md). ``eager_first_step=False`` compiles the first step too. All ``torch.optim`` steps share
     one code object, on which Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` (8) graphs: compiling
     more than four optimizers' steps in one process needs a larger limit.
     """
@@ -438,11 +454,19 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, **compile_kwa
         compile_kwargs["options"] = options
     compiled = torch.compile(type(optimizer).step, **compile_kwargs)
     called = [optimizer] + ([optimizer.optimizer] if isinstance(optimizer, Spectral) else [])
+    eager_calls = [type(optimizer).step] if eager_first_step else []
+    fused = bool(optimizer.defaults.get("fused_spectral", False))
 
     @functools.wraps(type(optimizer).step)
     def step(closure: Callable[[], float] | None = None) -> float | None:
         for opt in called:  # what an LR scheduler's wrapper of opt.step records (torch/optim/lr_scheduler.py)
             opt._opt_called = True  # type: ignore[attr-defined]
-        return compiled(optimizer) if closure is None else compiled(optimizer, closure)
+        run = eager_calls.pop() if eager_calls else compiled
+        if fused:  # host-side, outside the graph: the fused order's check for weights changed in place
+            F.forget_stale_matvecs(optimizer.param_groups, optimizer.state)
+        loss = run(optimizer) if closure is None else run(optimizer, closure)
+        if fused:
+            F.record_matvecs(optimizer.param_groups, optimizer.state)
+        return loss
 
     return step

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakTensorKeyDictionary
 
 from . import functional as F
+from . import kernel as K
 from . import layouts as L
 from .roles import ROLES, group_roles, param_groups, roles_and_layouts
 
@@ -105,9 +106,7 @@ def _start(vectors, p: Tensor, rows: int, cols: int, blocks: int, iterations: in
     shape_u, shape_v = ((rows,), (cols,)) if blocks == 1 else ((blocks, rows), (blocks, cols))
     if cached is not None and cached[0].shape == shape_u and cached[1].shape == shape_v:
         return cached[0], cached[1], iterations
-    u, v = F.initial_vectors(rows, cols, p.device)
-    if blocks > 1:
-        u, v = u.expand(blocks, -1), v.expand(blocks, -1)
+    (u,), (v,) = K.initial_blocks([(rows, cols)], p.device, blocks)
     return u, v, max(iterations, init_iterations)
 
 
@@ -126,7 +125,7 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
                 w = p.reshape(p.shape[0], -1).float()
                 with torch.no_grad():
                     u, v, n = _start(vectors, p, w.shape[0], w.shape[1], 1, iterations, init_iterations)
-                    u, v, _, _ = F.power_iteration(w.detach(), u, v, n)
+                    u, v, _, _ = K.power_iteration(w.detach(), u, v, n)
                     vectors[p] = (u, v)
                 sigma = torch.dot(u, torch.mv(w, v))  # differentiable in W, u and v fixed
                 terms.append((sigma.pow(gk) - 1.0).pow(2))
@@ -137,7 +136,7 @@ def _penalty(groups: list[Mapping[str, Any]], k: float, iterations: int, init_it
                 w = F.as_blocks(p, blocks)  # (3, out/3, in), differentiable
                 with torch.no_grad():
                     u, v, n = _start(vectors, p, w.shape[1], w.shape[2], blocks, iterations, init_iterations)
-                    u, v, _, _ = F.power_iteration(w.detach(), u, v, n)
+                    u, v, _, _ = K.power_iteration(w.detach(), u, v, n)
                     vectors[p] = (u, v)
                 sigma = (u.unsqueeze(-2) @ w @ v.unsqueeze(-1)).reshape(blocks)  # σ_j = u_jᵀ W_j v_j
                 terms.append((sigma.pow(gk) - 1.0).pow(2).sum())
@@ -163,9 +162,9 @@ def _fused_term(p: Tensor, layout: L.Layout, k: float, iterations: int, init_ite
         if cached is not None and cached[0].shape == (sum(rows),) and cached[1].shape == (sum(cols),):
             us, vs, n = list(cached[0].split(rows)), list(cached[1].split(cols)), iterations
         else:
-            starts = [F.initial_vectors(r, c, p.device) for r, c in zip(rows, cols)]
-            us, vs, n = [u for u, _ in starts], [v for _, v in starts], max(iterations, init_iterations)
-        us, vs, _, _ = F.power_iteration_foreach([b.detach() for b in blocks], us, vs, n)
+            us, vs = K.initial_blocks(list(zip(rows, cols)), p.device)
+            n = max(iterations, init_iterations)
+        us, vs, _, _ = K.power_iteration_foreach([b.detach() for b in blocks], us, vs, n)
         vectors[p] = (torch.cat(us), torch.cat(vs))
     sigma = torch.stack([torch.dot(u, torch.mv(b, v)) for b, u, v in zip(blocks, us, vs)])  # σ_j = u_jᵀ W_j v_j
     return (sigma.pow(k) - 1.0).pow(2).sum()

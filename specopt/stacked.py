@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from . import kernel as K
 from . import layouts as L
 from .optim import DEFAULT_INIT_ITERATIONS, DEFAULT_STRENGTH, resolve_strength
 from .roles import ROLES
@@ -128,12 +129,11 @@ class StackedSpectralAdam:
     def _start_vectors(self, j: int) -> tuple[Tensor, Tensor]:
         p, role = self.params[j], self.roles[j]
         if self._general(j):  # concatenated per-block starts, (S, Σ rows_j) and (S, Σ cols_j)
-            starts = [F.initial_vectors(m, n, p.device) for m, n in self._shapes(j)]
-            u, v = torch.cat([u for u, _ in starts]), torch.cat([v for _, v in starts])
-            return u.expand(self.slices, -1).clone(), v.expand(self.slices, -1).clone()
+            us, vs = K.initial_blocks(self._shapes(j), p.device)
+            return torch.cat(us).expand(self.slices, -1).clone(), torch.cat(vs).expand(self.slices, -1).clone()
         blocks = F.BLOCKS[role]
         rows, cols = p.shape[1] // blocks, p[0].numel() // p.shape[1]
-        u, v = F.initial_vectors(rows, cols, p.device)
+        u, v = K.initial_vectors(rows, cols, p.device)
         lead = (self.slices, blocks) if blocks > 1 else (self.slices,)
         return u.expand(*lead, rows).clone(), v.expand(*lead, cols).clone()
 
@@ -178,9 +178,9 @@ class StackedSpectralAdam:
 
     # --- the step ----------------------------------------------------------------------------------------------
     def _iterate(self, w: Tensor, u0: Tensor, v0: Tensor, st: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        u, v, sigma, _ = F.power_iteration(w, u0, v0, self.power_iterations)
+        u, v, sigma, _ = K.power_iteration(w, u0, v0, self.power_iterations)
         if self._maybe_fresh and self.init_iterations > self.power_iterations:
-            first = F.power_iteration(w, u0, v0, self.init_iterations)[:3]
+            first = K.power_iteration(w, u0, v0, self.init_iterations)[:3]
             fresh = st["spectral_fresh"]
             u, v, sigma = (torch.where(_column(fresh, x.dim()), y, x) for x, y in zip((u, v, sigma), first))
         return u, v, sigma
@@ -201,7 +201,11 @@ class StackedSpectralAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        """One Adam step on every slice, then each slice's decoupled spectral step (∇R at the pre-step weights)."""
+        """One Adam step on every slice, then each slice's decoupled spectral step (∇R at the pre-step weights).
+
+        The math is :mod:`specopt.kernel`'s, batched over the slice dimension: :func:`~specopt.kernel.power_iteration`,
+        :func:`~specopt.kernel.matrix_step` and :func:`~specopt.kernel.rank_one` for matrices (per q/k/v block),
+        :func:`~specopt.kernel.bias_coefficient` and :func:`~specopt.kernel.vector_fraction` for biases and scales."""
         live = [(j, p, r, st) for j, (p, r, st) in enumerate(zip(self.params, self.roles, self.state))
                 if p.grad is not None]
         if not live:
@@ -212,54 +216,61 @@ class StackedSpectralAdam:
                 pending.append(self._matrix_terms(j, st))
             elif role == "bias":
                 x = p.detach().float().clone()
-                norm2 = x.flatten(1).pow(2).sum(1)
-                pending.append((x, (2.0 * self.k) * norm2.pow(self.k - 1)))
+                pending.append((x, K.bias_coefficient(list(x.flatten(1).unbind()), self.k)))
             elif role == "scale":
                 pending.append((p.detach().float() - 1.0, torch.full_like(self.strength, 2.0)))
             else:
                 pending.append(None)
-
-        params = [p for _, p, _, _ in live]
-        grads = [p.grad for p in params]
-        steps = [st["step"] for *_, st in live]
-        ms, vs = [st["exp_avg"] for *_, st in live], [st["exp_avg_sq"] for *_, st in live]
-        beta1, beta2 = self.betas
-        torch._foreach_add_(steps, 1.0)
-        torch._foreach_lerp_(ms, grads, 1 - beta1)
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
-        bc1 = torch._foreach_sub(torch._foreach_pow(beta1, steps), 1.0)  # −(1 − β1^t)
-        bc2 = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(torch._foreach_pow(beta2, steps), 1.0)))
-        denom = torch._foreach_sqrt(vs)
-        torch._foreach_div_(denom, [_column(b, d.dim()) for b, d in zip(bc2, denom)])
-        torch._foreach_add_(denom, self.eps)
-        updates = torch._foreach_div(ms, [_column(b, m.dim()) for b, m in zip(bc1, ms)])  # −m̂
-        torch._foreach_addcdiv_(params, updates, denom, value=self.lr)  # θ − η m̂ / (√v̂ + ε)
+        adam_per_slice_([p for _, p, _, _ in live], [st for *_, st in live], self.lr, self.betas, self.eps)
 
         lr_strength = self.lr * self.strength
         for (j, p, role, st), terms in zip(live, pending):
             if terms is None:
                 continue
-            if self._general(j):  # block by block: W_j ← W_j − α_j u_j v_jᵀ per slice
-                us, vs_, sigma = terms
-                alpha = F.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))  # (S, b)
-                for b, (block, u, v) in enumerate(zip(self._blocks(j, p), us, vs_)):
-                    block.sub_((alpha[:, b, None, None] * u[:, :, None] * v[:, None, :]).to(p.dtype))
-                st["spectral_u"].copy_(torch.cat(us, dim=-1))
-                st["spectral_v"].copy_(torch.cat(vs_, dim=-1))
-                st["spectral_fresh"].zero_()
-            elif role in F.BLOCKS:
+            if role in F.BLOCKS:
                 u, v, sigma = terms
-                alpha = F.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))
-                p.sub_((alpha[..., None, None] * u[..., :, None] * v[..., None, :]).reshape(p.shape).to(p.dtype))
+                alpha = K.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))  # (S,), (S, b)
+                if self._general(j):  # block by block: W_j ← W_j − α_j u_j v_jᵀ per slice
+                    for b, (block, u_b, v_b) in enumerate(zip(self._blocks(j, p), u, v)):
+                        block.add_(K.rank_one(u_b, v_b, alpha[:, b]).to(p.dtype))
+                    u, v = torch.cat(u, dim=-1), torch.cat(v, dim=-1)
+                else:
+                    p.add_(K.rank_one(u, v, alpha).reshape(p.shape).to(p.dtype))
                 st["spectral_u"].copy_(u)
                 st["spectral_v"].copy_(v)
                 st["spectral_fresh"].zero_()
             else:
                 x, coefficient = terms
-                fraction = F.vector_fraction(coefficient, lr_strength)
+                fraction = K.vector_fraction(coefficient, lr_strength)
                 p.sub_((_column(fraction, x.dim()) * x).to(p.dtype))
         self._maybe_fresh = False
 
 
-__all__ = ["StackedSpectralAdam"]
+def adam_per_slice_(params: list[Tensor], states: list[dict[str, Tensor]], lr: float, betas: tuple[float, float],
+                    eps: float) -> None:
+    r"""Adam on stacked parameters, in place, with one step count per slice (``state["step"]``, shape (S,)):
+
+    .. math::
+        m \leftarrow \beta_1 m + (1-\beta_1) g,\quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,\quad
+        \theta_s \leftarrow \theta_s - \eta\,\frac{m_s/(1-\beta_1^{t_s})}{\sqrt{v_s/(1-\beta_2^{t_s})} + \epsilon}
+
+    ``torch.optim.adam`` keeps one scalar step per tensor; a slice restarted by :meth:`StackedSpectralAdam.reset`
+    needs its own bias corrections, hence this foreach form (the same ops as ``torch.optim.Adam(foreach=True)``)."""
+    grads = [p.grad for p in params]
+    steps = [st["step"] for st in states]
+    ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+    beta1, beta2 = betas
+    torch._foreach_add_(steps, 1.0)
+    torch._foreach_lerp_(ms, grads, 1 - beta1)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, grads, grads, 1 - beta2)
+    bc1 = torch._foreach_sub(torch._foreach_pow(beta1, steps), 1.0)  # −(1 − β1^t)
+    bc2 = torch._foreach_sqrt(torch._foreach_neg(torch._foreach_sub(torch._foreach_pow(beta2, steps), 1.0)))
+    denom = torch._foreach_sqrt(vs)
+    torch._foreach_div_(denom, [_column(b, d.dim()) for b, d in zip(bc2, denom)])
+    torch._foreach_add_(denom, eps)
+    updates = torch._foreach_div(ms, [_column(b, m.dim()) for b, m in zip(bc1, ms)])  # −m̂
+    torch._foreach_addcdiv_(params, updates, denom, value=lr)  # θ − η m̂ / (√v̂ + ε)
+
+
+__all__ = ["StackedSpectralAdam", "adam_per_slice_"]

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at tiny sizes and print their ratios (the timings themselves are not tested:
 they live in docs/, measured side by side on a quiet machine)."""
 
+import os
 import re
 import subprocess
 import sys
@@ -9,11 +10,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+"""A script's own folder comes first on its sys.path, so without this it would import whatever specopt is
+installed (another checkout's, in an editable install) instead of this tree's."""
 
 
 def run(script: str, *args: str) -> str:
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--threads", "1", *args],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=ENV)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -35,16 +39,53 @@ def test_continual_throughput_benchmark_prints_the_ratio_to_the_bare_loop():
     assert re.search(r"runner none \| [0-9.]+ \| [0-9.]+", out), out
 
 
+ROW = r"\| {set} \| [^|]+ \| {name} \| [0-9.]+ \| [0-9.]+ \| {compiled} \| {eager} \|"
+NUMBER = r"[0-9]+\.[0-9]+×"
+
+
+def test_the_benchmarks_import_this_trees_specopt():
+    done = subprocess.run([sys.executable, "-c", "import specopt; print(specopt.__file__)"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT / "benchmarks", env=ENV)
+    assert Path(done.stdout.strip()).resolve() == (ROOT / "specopt" / "__init__.py").resolve(), done.stdout
+
+
 def test_optimizer_step_benchmark_prints_the_ratio_to_adam():
-    out = run("optimizer_step.py", "--rounds", "1")
-    for size in ("MLP 4×256", "ResNet-18", "MLP 4×256, batch 512"):
-        assert re.search(rf"\| {re.escape(size)} \|.* \| [0-9.]+× \|", out), out
+    out = run("optimizer_step.py", "--rounds", "1", "--tiny")
+    for size in ("MLP 4×16", "conv net", "MLP training step (tiny)"):
+        assert re.search(ROW.format(set=re.escape(size), name=re.escape("Adam(foreach)"), compiled="–",
+                                    eager=re.escape("1.00×")), out), out
+        assert re.search(ROW.format(set=re.escape(size), name=re.escape("SpectralAdam(foreach)"), compiled="–",
+                                    eager=NUMBER), out), out
 
 
-def test_optimizer_step_benchmark_refuses_compile_variants_without_compile():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "optimizer_step.py"), "--compiled-adam"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == 2 and "need --compile" in done.stderr.strip().splitlines()[-1], done.stderr
+def test_optimizer_step_benchmark_rehearses_the_gpu_call_on_the_cpu():
+    """The GPU call's options (bf16 parameters, the fused-Adam baseline, the fused spectral order) on the CPU."""
+    out = run("optimizer_step.py", "--rounds", "1", "--tiny", "--device", "cpu", "--dtype", "bf16",
+              "--baseline-impl", "fused", "--fused-spectral")
+    assert "bf16" in out.splitlines()[0], out
+    for name in ("Adam(fused)", "SpectralAdam(foreach)", "SpectralAdam(foreach, fused_spectral)"):
+        assert re.search(ROW.format(set=re.escape("MLP 4×16"), name=re.escape(name), compiled="–", eager=NUMBER),
+                         out), out
+
+
+def test_optimizer_step_benchmark_compiles_every_contender_beside_the_eager_ones():
+    out = run("optimizer_step.py", "--rounds", "1", "--tiny", "--compile", "--fused-spectral", "--sets", "mlp")
+    mlp = re.escape("MLP 4×16")
+    assert re.search(ROW.format(set=mlp, name=re.escape("compile_step(default) Adam(foreach)"),
+                                compiled=re.escape("1.00×"), eager=NUMBER), out), out
+    for name in ("SpectralAdam(foreach)", "SpectralAdam(foreach, fused_spectral)"):
+        for prefix in ("", "compile_step(default) "):
+            assert re.search(ROW.format(set=mlp, name=re.escape(prefix + name), compiled=NUMBER, eager=NUMBER),
+                             out), out
+    assert "conv net" not in out and "training step" not in out  # --sets mlp
+
+
+@pytest.mark.parametrize("args, message", [(["--plain-compile"], "needs --compile"),
+                                           (["--sets", "mlp,gpt"], "--sets takes")])
+def test_optimizer_step_benchmark_refuses_bad_options(args, message):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "optimizer_step.py"), *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, env=ENV)
+    assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
 
 
 def test_rl_update_speed_benchmark_prints_the_vectorized_ratio_last():
