@@ -87,9 +87,9 @@ def test_stacked_optimizer_equals_spectral_adam_on_each_slice_with_a_layout(layo
     slices = [fused_and_separate(layout, seed=s)[0] for s in range(3)]
     strengths = (0.0, 0.5, 3.0)
     refs = [specopt.SpectralAdam([{"params": [p], "roles": ["qkv"], "blocks": [spec(layout)]}], lr=1e-2,
-                                 spectral_strength=lam, foreach=True) for p, lam in zip(slices, strengths)]
+                                 strength=lam, foreach=True) for p, lam in zip(slices, strengths)]
     stacked = nn.Parameter(torch.stack([p.detach() for p in slices]))
-    opt = StackedSpectralAdam([stacked], ["qkv"], lr=1e-2, spectral_strength=strengths, blocks=[spec(layout)])
+    opt = StackedSpectralAdam([stacked], ["qkv"], lr=1e-2, strength=strengths, blocks=[spec(layout)])
     for step in range(6):
         grad = torch.randn(stacked.shape, generator=torch.Generator().manual_seed(step))
         for s, (p, ref) in enumerate(zip(slices, refs)):
