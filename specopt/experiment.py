@@ -265,15 +265,15 @@ def claim_folder(path: str | os.PathLike, kind: str) -> Iterator[Path]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create --out {folder}: {err.strerror or err}") from None
-    try:
-        with FolderLock(folder):
+    with FolderLock(folder):  # a folder another process holds is refused here, and left to that process
+        try:
             yield folder
-    finally:
-        if created:
-            try:
-                folder.rmdir()  # only if still empty
-            except OSError:
-                pass
+        finally:
+            if created:  # removed while still locked, and only if still empty: no other run can be using it
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
 
 
 # --- checkpoints: tensors and plain containers only --------------------------------------------------------------
