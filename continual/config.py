@@ -11,8 +11,6 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-import torch
-
 from specopt import experiment
 
 from .mitigators import MitigatorOptions
@@ -61,13 +59,7 @@ class RunConfig:
             raise ValueError(f"--train-size must be >= 1, got {self.train_size}")
         if not self.mitigators or not self.seeds:
             raise ValueError("give at least one --mitigator and one --seed")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ..."
-                             ) from None
-        if str(self.out).strip() == "":
-            raise ValueError("--out is empty: give the run's folder (else it would write into the current directory)")
+        experiment.check_device(self.device)  # an empty --out: experiment.claim_folder, before anything is written
 
 
 # Where a run's files are, not what it computes: a run folder (or the data) may move between start and --resume.

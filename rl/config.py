@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import specopt
+from specopt.experiment import check_device
 
 MITIGATORS = ("none", "resets", "spectral", "l2", "l2-init")
 WITH_STRENGTH = {"spectral": "spectral_strength", "l2": "l2_strength", "l2-init": "l2_strength"}  # the field each uses
@@ -122,13 +123,7 @@ class Config:
             raise ValueError(f"--target-entropy-scale must be >= 0, got {self.target_entropy_scale}")
         if not self.spectral_k > 0:
             raise ValueError(f"--spectral-k must be > 0, got {self.spectral_k}")
-        try:
-            import torch
-
-            torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"--device {self.device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ..."
-                             ) from None
+        check_device(self.device)
         for m in self.mitigators:
             if m not in MITIGATORS:
                 raise ValueError(f"unknown mitigator {m!r}; choose from {', '.join(MITIGATORS)}")

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "add_version", "append_csv", "atomic_write",
-           "changed_settings", "CheckpointError", "claim_folder", "code_version", "convert_checkpoint", "field_docs",
-           "folder_kind", "FolderLock", "given_fields", "load_checkpoint", "log_scalars", "max_row_difference",
-           "mean_se", "os_error_line", "progress_bar", "read_csv", "save_checkpoint", "save_figure",
-           "saved_provenance", "tensorboard_writer", "write_csv", "write_json", "write_text"]
+           "changed_settings", "check_device", "CheckpointError", "claim_folder", "code_version",
+           "convert_checkpoint", "field_docs", "folder_kind", "FolderLock", "given_fields", "load_checkpoint",
+           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "progress_bar", "read_csv",
+           "save_checkpoint", "save_figure", "saved_provenance", "tensorboard_writer", "write_csv", "write_json",
+           "write_text"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -177,6 +178,17 @@ def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     entries = saved.get(PROVENANCE, []) if isinstance(saved, dict) else []
     return entries if isinstance(entries, list) else []
+
+
+def check_device(device: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``device`` is a device string torch parses (the ``--device`` flag of
+    both command lines)."""
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
 
 
 def os_error_line(err: OSError) -> str:
