@@ -46,7 +46,8 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raise a one-line ``ValueError`` for a setting no run can have (before anything is read or written):
-        every number finite and in range, a device torch knows (an empty ``out``: :func:`specopt.experiment.claim_folder`)."""
+        every number finite and in range, a device torch knows (an empty ``out``: refused by
+        :func:`specopt.experiment.claim_folder`)."""
         finite = isinstance(self.strength, (int, float)) and 0 <= self.strength < math.inf
         if self.strength is not None and not finite:
             raise ValueError(f"--strength must be a finite number >= 0, got {self.strength}")
