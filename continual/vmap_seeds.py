@@ -84,11 +84,15 @@ class StackedSeeds:
         self.base = copy.deepcopy(self.runs[0].model).to("meta")
         # Adam per seed, and for spectral SpectralAdam's decoupled step per seed (specopt.StackedSpectralAdam)
         spectral = self.mitigator == "spectral"
-        roles = {name: role for name, _, role in specopt.named_roles(self.runs[0].model)}
+        model, form = self.runs[0].model, cfg.options.spectral
+        roles = {name: role for name, _, role in specopt.named_roles(model)}
+        if not form.heads:  # the output layer left alone, as SpectralAdam over param_groups(model, head=0)
+            head = specopt.output_layer(model)
+            roles.update({name: "none" for name in roles if name.rpartition(".")[0] == head})
         strength = self.runs[0].strength if spectral else 0.0  # every Run's: cfg.strength or spectral's default
         self.optimizer = specopt.StackedSpectralAdam(
             list(self.params.values()), [roles[name] if spectral else "none" for name in self.params], lr=cfg.lr,
-            strength=strength, k=cfg.options.spectral.k)
+            strength=strength, k=form.k, pull=form.pull, precondition=form.precondition)
         # l2, l2-init, wasserstein: each seed's own mitigator (anchors from its own θ0) acts on its slice
         self.regularizers = [r.mit for r in self.runs if isinstance(r.mit, ParameterRegularizer)]
         self.step, self.next_task = 0, 0

@@ -97,6 +97,8 @@ class Config:
     spectral_strength: float = specopt.DEFAULT_STRENGTH  # decoupled λ of SpectralAdam (docs/rl.md: vs paper 1e-4)
     spectral_k: float = 2  # paper
     spectral_heads: bool = True  # paper: every layer; False leaves the output layers (Q value, mean/log-std) alone
+    spectral_pull: str = "two-sided"  # two-sided (the paper's R) or one-sided (only σ1 > 1 and scales > 1 pulled)
+    spectral_precondition: bool = False  # the step divided by Adam's sqrt(v̂)+eps (λ on the coupled scale, 1e-4)
     l2_strength: float = 1e-4  # coupled L2 (toward 0 or toward the initialization); paper's baselines, not tuned
 
     # --- measurement -----------------------------------------------------------------------------------------
@@ -121,6 +123,8 @@ class Config:
             raise ValueError(f"--log-std-min ({self.log_std_min}) must be below --log-std-max ({self.log_std_max})")
         if not self.target_entropy_scale >= 0:
             raise ValueError(f"--target-entropy-scale must be >= 0, got {self.target_entropy_scale}")
+        if self.spectral_pull not in ("two-sided", "one-sided"):
+            raise ValueError(f"--spectral-pull must be two-sided or one-sided, got {self.spectral_pull}")
         if not self.spectral_k > 0:
             raise ValueError(f"--spectral-k must be > 0, got {self.spectral_k}")
         check_device(self.device)

@@ -186,7 +186,8 @@ class SAC:
         self.updates = 0  # gradient updates so far (drives the resets schedule)
         self._initialize([True] * n)
         regularized = bool(self.strength.any())
-        opt = dict(strength=self.strength, k=cfg.spectral_k)
+        opt = dict(strength=self.strength, k=cfg.spectral_k, pull=cfg.spectral_pull,
+                   precondition=cfg.spectral_precondition)
         with torch.device("meta"):  # one agent's networks, shapes only (no memory, no draw from torch's generator)
             actor, critic = Actor(None, *actor_args), Critic(None, *critic_args)
         heads = cfg.spectral_heads

@@ -8,6 +8,13 @@ relative training error (MSE / Var y), the largest σ1 and the product of the la
 Lipschitz constant), side by side in one run. Rows go to ``--out`` (CSV, written atomically); a table is printed.
 
     python scripts/strength_mechanism.py --out results/strength-mechanism/rows.csv
+
+``--variants`` compares the pull's named forms instead (docs/strength.md, "Forms of the pull"): ``FORM:λ`` with FORM
+``spectral`` (the paper's R, two-sided), ``no-heads`` (the output layer left alone), ``one-sided``, ``precondition``
+(the step divided by Adam's √v̂ + ε), or several joined by ``+``; ``adam`` alone is plain Adam:
+
+    python scripts/strength_mechanism.py --variants adam spectral:1 no-heads:1 one-sided:1 precondition:1e-4 \
+        --out results/strength-mechanism/forms.csv
 """
 
 from __future__ import annotations
@@ -31,13 +38,38 @@ def target_function(dim: int, seed: int) -> nn.Module:
     return f
 
 
-def fit(x: torch.Tensor, y: torch.Tensor, strength: float | None, steps: int, lr: float, seed: int) -> dict:
+FORMS = ("spectral", "no-heads", "one-sided", "precondition")
+
+
+def parse_variant(text: str) -> tuple[str, float | None]:
+    """``adam`` → ("adam", None); ``FORM[+FORM...]:λ`` → (forms, λ); one-line ``SystemExit`` otherwise."""
+    if text == "adam":
+        return text, None
+    form, _, strength = text.partition(":")
+    try:
+        value = float(strength)
+    except ValueError:
+        raise SystemExit(f"--variants: {text!r} is not adam or FORM:λ (a number)") from None
+    if not form or any(f not in FORMS for f in form.split("+")):
+        raise SystemExit(f"--variants: {text!r} has an unknown form; forms: {', '.join(FORMS)} (joined by +)")
+    return form, value
+
+
+def optimizer(model: nn.Module, form: str, strength: float | None, lr: float) -> torch.optim.Optimizer:
+    """Plain Adam (``strength`` None) or SpectralAdam in the named ``form``."""
+    if strength is None:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    forms = set(form.split("+"))
+    groups = specopt.param_groups(model, head=0.0 if "no-heads" in forms else None)
+    return specopt.SpectralAdam(groups, lr=lr, strength=strength, pull="one-sided" if "one-sided" in forms else
+                                "two-sided", precondition="precondition" in forms)
+
+
+def fit(x: torch.Tensor, y: torch.Tensor, strength: float | None, steps: int, lr: float, seed: int,
+        form: str = "spectral") -> dict:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
-    if strength is None:
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    else:
-        opt = specopt.SpectralAdam(specopt.param_groups(model), lr=lr, strength=strength)
+    opt = optimizer(model, form, strength, lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(0, x.shape[0], (256,), generator=g)
@@ -62,7 +94,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate (SAC's default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variants", nargs="+", metavar="FORM:λ",
+                   help="named forms to compare (adam, FORM:λ; see the docstring); rows get a form column")
     args = p.parse_args()
+    if args.variants:
+        return compare_forms(args, [parse_variant(v) for v in args.variants])
     torch.set_num_threads(args.threads)
     f = target_function(32, 1234)
     x = torch.randn(4096, 32, generator=torch.Generator().manual_seed(0))
@@ -90,6 +126,41 @@ def main() -> None:
             name = "Adam" if strength is None else f"SpectralAdam λ={strength:g}"
             print(f"| {c:g} | {name} | {mean['relative_error']:.4f} | {mean['sigma_max']:.2f} | "
                   f"{mean['sigma_product']:.1f} | {mean['output_std']:.2f} |")
+
+
+def data(seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs and the unit-variance target f(x) every fit uses."""
+    f = target_function(32, seed)
+    x = torch.randn(4096, 32, generator=torch.Generator().manual_seed(0))
+    base = f(x).squeeze(-1)
+    return x, (base - base.mean()) / base.std()
+
+
+def compare_forms(args: argparse.Namespace, variants: list[tuple[str, float | None]]) -> None:
+    """Every variant at every scale and seed, side by side in this process; rows to ``--out``; a table printed."""
+    torch.set_num_threads(args.threads)
+    x, base = data()
+    rows = []
+    for c in args.scales:
+        for form, strength in variants:
+            for seed in args.seeds:
+                r = fit(x, c * base, strength, args.steps, args.lr, seed, form)
+                rows.append({"scale": c, "form": form, "strength": "" if strength is None else strength, "seed": seed,
+                             "steps": args.steps, "lr": args.lr, **{k: round(v, 6) for k, v in r.items()}})
+                print(rows[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(args.out, rows)
+    print("\n| target scale c | form | λ | relative error (mean over seeds) | σ1 max | Π σ1 | output std |")
+    print("|---|---|---|---|---|---|---|")
+    for c in args.scales:
+        for form, strength in variants:
+            sel = [r for r in rows if r["scale"] == c and r["form"] == form
+                   and r["strength"] == ("" if strength is None else strength)]
+            mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("relative_error", "sigma_max", "sigma_product",
+                                                                     "output_std")}
+            print(f"| {c:g} | {form} | {'' if strength is None else f'{strength:g}'} | "
+                  f"{mean['relative_error']:.4f} | {mean['sigma_max']:.2f} | {mean['sigma_product']:.1f} | "
+                  f"{mean['output_std']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from .optim import (
 )
 from .penalty import SpectralPenalty, spectral_norms, spectral_penalty
 from .report import describe
-from .roles import ROLES, infer_role, named_roles, param_groups
+from .roles import ROLES, infer_role, named_roles, output_layer, param_groups
 from .stacked import StackedSpectralAdam
 
 __version__ = "0.1.0"
@@ -45,6 +45,7 @@ __all__ = [
     "describe",
     "infer_role",
     "named_roles",
+    "output_layer",
     "param_groups",
     "power_iteration",
     "spectral_norms",

@@ -71,7 +71,12 @@ from .kernel import (  # re-exported: the math lives in specopt.kernel
 )
 from .roles import roles_and_layouts
 
-SPECTRAL_KEYS = ("spectral_strength", "k", "power_iterations", "init_iterations")
+SPECTRAL_KEYS = ("spectral_strength", "k", "power_iterations", "init_iterations", "spectral_pull",
+                 "spectral_precondition")
+PULLS = ("two-sided", "one-sided")
+r"""The two shapes of the pull (``pull=``): ``two-sided`` is the paper's R, σ1 pulled toward 1 from either side;
+``one-sided`` is :math:`R^+ = \sum_W \max(\sigma_1^k - 1, 0)^2 + \sum_b\lVert b\rVert^{2k} + \sum_\gamma\sum_i
+\max(\gamma_i - 1, 0)^2`, which only pulls down what has grown above its target."""
 SPECTRAL_STATE_KEYS = ("spectral_u", "spectral_v", "spectral_sigma", "spectral_residual", "spectral_wv", "spectral_wtu")
 BLOCKS = {"matrix": 1, "qkv": 3}
 """Row blocks of each matrix-like role by default: ``qkv`` is three stacked projections, each its own matrix (a
@@ -123,11 +128,32 @@ def as_blocks(param: Tensor, blocks: int) -> Tensor:
     return w if w.dtype == torch.float32 else w.float()
 
 
+def check_form(pull: Any, precondition: Any) -> None:
+    """One-line ``ValueError`` for an unknown ``pull`` or a non-boolean ``precondition``."""
+    if pull not in PULLS:
+        raise ValueError(f"pull must be one of {', '.join(PULLS)}, got {pull!r}")
+    if not isinstance(precondition, bool):
+        raise ValueError(f"precondition must be True or False, got {precondition!r}")
+
+
 def group_settings(group: dict, defaults: dict) -> tuple[float, float, int, int]:
-    """(strength, k, power_iterations, init_iterations) of a group, validated."""
-    strength, k, iterations, init = (group.get(key, defaults[key]) for key in SPECTRAL_KEYS)
+    """(strength, k, power_iterations, init_iterations) of a group, validated (its pull and precondition too)."""
+    strength, k, iterations, init, pull, precondition = (
+        group.get(key, defaults.get(key, FORM_DEFAULTS.get(key))) for key in SPECTRAL_KEYS)
     check_hyperparameters(strength, k, iterations, init)
+    check_form(pull, precondition)
     return strength, k, iterations, init
+
+
+FORM_DEFAULTS = {"spectral_pull": "two-sided", "spectral_precondition": False}
+"""The paper's form: a two-sided pull, the step ηλ∇R (no preconditioner). Groups and states saved before these
+options existed read as this."""
+
+
+def group_form(group: dict) -> tuple[bool, bool]:
+    """(one_sided, precondition) of a group (:data:`FORM_DEFAULTS` where it has neither key)."""
+    return (group.get("spectral_pull", FORM_DEFAULTS["spectral_pull"]) == "one-sided",
+            bool(group.get("spectral_precondition", False)))
 
 
 def _warm_or_initial(state: dict, p: Tensor, shape: tuple[int, int], blocks: int = 1):
@@ -241,15 +267,20 @@ def _fused(p: Tensor, layout: L.Layout, state: dict, iterations: int,
     return us, vs, sigma
 
 
-def vector_terms(ps: list[Tensor], role: str, k: float) -> tuple[list[Tensor], Tensor]:
+def vector_terms(ps: list[Tensor], role: str, k: float, one_sided: bool = False) -> tuple[list[Tensor], Tensor]:
     r"""∇R = c·x for a list of biases or scales, as (x's, c (n,)), float32 copies of the pre-step values.
 
     Bias: :math:`x = b,\ c = 2k\lVert b\rVert^{2k-2}` (:math:`\nabla_b\lVert b\rVert^{2k}`); scale:
-    :math:`x = \gamma - 1,\ c = 2` (:math:`\nabla_\gamma\sum_i(\gamma_i - 1)^2`). All tensors on one device, one dtype.
+    :math:`x = \gamma - 1,\ c = 2` (:math:`\nabla_\gamma\sum_i(\gamma_i - 1)^2`); ``one_sided``:
+    :math:`x = \max(\gamma - 1, 0)` (the gradient of :math:`\sum_i\max(\gamma_i - 1, 0)^2`; a bias's pull toward 0 is
+    one-sided already). All tensors on one device, one dtype.
     """
     if role == "scale":
         xs = ps if ps[0].dtype == torch.float32 else [p.float() for p in ps]
-        return list(torch._foreach_sub(xs, 1.0)), torch.full((len(ps),), 2.0, device=ps[0].device)
+        xs = list(torch._foreach_sub(xs, 1.0))
+        if one_sided:
+            xs = list(torch._foreach_clamp_min(xs, 0.0))
+        return xs, torch.full((len(ps),), 2.0, device=ps[0].device)
     xs = [p.float() if p.dtype != torch.float32 else p.clone() for p in ps]  # copies: the base step changes p
     return xs, K.bias_coefficient(xs, k)
 
@@ -284,6 +315,9 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
         strength, k, iterations, init_iterations = group_settings(group, defaults)
         if strength == 0.0:
             continue
+        one_sided, precondition = group_form(group)
+        if precondition and "betas" not in group:  # before the base step moves anything
+            raise ValueError(NOT_ADAM)
         by_role: dict[str, list[Tensor]] = {"matrix": [], "qkv": [], "bias": [], "scale": []}
         fused: list[tuple[Tensor, L.Layout]] = []
         concrete, layouts = roles_and_layouts(group, defaults.get("role", "auto"))
@@ -301,6 +335,8 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
                     "spectral regularization does not support sparse gradients; give this parameter role 'none' "
                     "(specopt.param_groups(model, roles={'<name>': 'none'})) or use dense gradients"
                 )
+            if precondition and (_is_dtensor(p) or (role == "qkv" and not L.is_default(layout))):
+                raise ValueError(unsupported_precondition(group, p))
             if _is_dtensor(p):
                 sharded.append((p, role, strength, k, iterations, init_iterations, group, layout))
             elif role == "qkv" and not L.is_default(layout):
@@ -322,13 +358,39 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
             pending.fused.append((p, sizes, axis, us, vs, sig, strength, k, group))
         for role in ("bias", "scale"):
             for batch in _by_device_and_dtype(by_role[role]):
-                xs, coef = vector_terms(batch, role, k)
+                xs, coef = vector_terms(batch, role, k, one_sided)
                 pending.vectors.append((batch, xs, coef, role, strength, group))
     if sharded:
         from .distributed import prepare_sharded
 
         prepare_sharded(sharded, state, pending)
     return pending
+
+
+NOT_ADAM = ("precondition=True divides the spectral step by Adam's sqrt(v̂) + eps: it needs an Adam-family base "
+            "optimizer (SpectralAdam, SpectralAdamW, Spectral(Adam or AdamW)), whose state has exp_avg_sq")
+
+
+def unsupported_precondition(group: dict, p: Tensor) -> str:
+    """The one-line refusal of ``precondition=True`` on a sharded tensor or a fused tensor of another layout."""
+    j = next(i for i, q in enumerate(group["params"]) if q is p)
+    names = group.get("param_names")
+    name = repr(names[j]) if names else f"parameter {j} of its group"
+    return (f"precondition=True supports plain matrices, equal q/k/v blocks, biases and scales, not {name} (a DTensor "
+            "shard or a fused projection of unequal or column blocks); use precondition=False for it (its own "
+            "param group)")
+
+
+def adam_denominators(ps: list[Tensor], state: dict, group: dict) -> list[Tensor]:
+    r"""Adam's :math:`\sqrt{\hat v_t} + \epsilon` of each of ``ps`` after the base step (:func:`specopt.kernel.adam_denominator`),
+    from the state an Adam-family optimizer keeps (``exp_avg_sq``, ``step``) and the group's ``betas`` and ``eps``."""
+    out = []
+    for p in ps:
+        st = state.get(p) or {}
+        if "exp_avg_sq" not in st or "betas" not in group:
+            raise ValueError(NOT_ADAM)
+        out.append(K.adam_denominator(st["exp_avg_sq"], st["step"], group["betas"][1], group["eps"]))
+    return out
 
 
 def _lr_strength(lr: Any, strength: float, found_inf: Tensor | None) -> Any:
@@ -390,7 +452,13 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         return p.grad is not None if pending.recheck_grads else True
 
     for ps, us, vs, sig, strength, k, group, nexts in pending.matrices:
-        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
+        one_sided, precondition = group_form(group)
+        lr_strength = _lr_strength(group["lr"], strength, found_inf)
+        if precondition:  # ηλρ per matrix: Adam's step on the penalty, projected on u vᵀ
+            ds = adam_denominators(ps, state, group)
+            lr_strength = lr_strength * torch.stack([K.adam_weight(u, v, d.reshape(d.shape[0], -1))
+                                                     for u, v, d in zip(us, vs, ds)])
+        alpha = matrix_step(sig, k, lr_strength, one_sided)
         if K.eager_cpu(alpha):  # read the step sizes once and fold them into addr_'s alpha
             scaled_vs, alphas = vs, [-a for a in alpha.tolist()]
         else:
@@ -428,7 +496,12 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
     for p, u, v, sig, strength, k, group in pending.blocked:
         if not has_grad(p):
             continue
-        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
+        one_sided, precondition = group_form(group)
+        lr_strength = _lr_strength(group["lr"], strength, found_inf)
+        if precondition:
+            (d,) = adam_denominators([p], state, group)
+            lr_strength = lr_strength * K.adam_weight(u, v, d.reshape(u.shape[0], u.shape[1], -1))
+        alpha = matrix_step(sig, k, lr_strength, one_sided)
         if _is_dtensor(p):
             from .distributed import apply_sharded
 
@@ -444,7 +517,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
     for p, sizes, axis, us, vs, sig, strength, k, group in pending.fused:  # W_j ← W_j − α_j u_j v_jᵀ, block by block
         if not has_grad(p):
             continue
-        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf))
+        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf), group_form(group)[0])
         st = state[p]
         u_all, v_all = torch.cat(us), torch.cat(vs)
         if "spectral_u" in st:
@@ -456,11 +529,18 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         update = torch.cat([torch.outer(u * a, v) for u, v, a in zip(us, vs, (-alpha).unbind())])
         _add(p, update.t() if axis else update, st)
     for ps, xs, coef, role, strength, group in pending.vectors:  # p ← p − f·x_t: toward the target, never past
-        fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, found_inf))
-        steps = [-f for f in fraction.tolist()] if K.eager_cpu(fraction) else list((-fraction).unbind())
         keep = [i for i, p in enumerate(ps) if has_grad(p)]
         if not keep:
             continue
+        lr_strength = _lr_strength(group["lr"], strength, found_inf)
+        if group_form(group)[1]:  # preconditioned: f = min(1, ηλc/D) element by element
+            ds = adam_denominators([ps[i] for i in keep], state, group)
+            for i, d in zip(keep, ds):
+                fraction = vector_fraction(coef[i] / d, lr_strength)
+                _add(ps[i], -(fraction * xs[i]), state.setdefault(ps[i], {}))
+            continue
+        fraction = vector_fraction(coef, lr_strength)
+        steps = [-f for f in fraction.tolist()] if K.eager_cpu(fraction) else list((-fraction).unbind())
         targets = [ps[i].to_local() if _is_dtensor(ps[i]) else ps[i] for i in keep]
         updates = torch._foreach_mul([xs[i] for i in keep], [steps[i] for i in keep])
         if targets[0].dtype in LOW_PRECISION and not _is_dtensor(ps[keep[0]]):

@@ -159,14 +159,34 @@ def matrix_coefficient(sigma: Tensor, k: float) -> Tensor:
     return (2.0 * k) * pk1 * (pk1 * sigma - 1.0)
 
 
-def matrix_step(sigma: Tensor, k: float, lr_strength: Any) -> Tensor:
+def matrix_step(sigma: Tensor, k: float, lr_strength: Any, one_sided: bool = False) -> Tensor:
     r"""How far σ1 moves toward 1: :math:`\alpha = \operatorname{clamp}(\eta\lambda c(\hat\sigma))` between 0 and
     :math:`\hat\sigma - 1` (so :math:`W \leftarrow W - \alpha u v^\top` never crosses 1). ``lr_strength`` is ηλ, a
-    number or a tensor; σ̂ = 0 (a failed power iteration) gives 0."""
+    number or a tensor (the preconditioned form passes :math:`\eta\lambda\rho`, :func:`adam_weight`); σ̂ = 0 (a
+    failed power iteration) gives 0. ``one_sided``: the step of :math:`R^+ = \max(\sigma^k - 1, 0)^2`, which pulls
+    σ1 down while it is above 1 and leaves it alone below (α ≥ 0)."""
     gradient_step = torch.nan_to_num(lr_strength * matrix_coefficient(sigma, k), nan=0.0)  # ±inf: clamped next
     gap = sigma - 1.0
-    alpha = torch.minimum(torch.maximum(gradient_step, gap.clamp(max=0.0)), gap.clamp(min=0.0))
+    low = torch.zeros_like(gap) if one_sided else gap.clamp(max=0.0)
+    alpha = torch.minimum(torch.maximum(gradient_step, low), gap.clamp(min=0.0))
     return torch.where(sigma > 0, alpha, torch.zeros_like(alpha))
+
+
+def adam_denominator(exp_avg_sq: Tensor, step: Any, beta2: float, eps: float) -> Tensor:
+    r"""Adam's preconditioner :math:`D = \sqrt{v_t/(1-\beta_2^t)} + \epsilon` (float32, ``exp_avg_sq``'s shape);
+    ``step`` t is a number or a tensor that broadcasts against ``exp_avg_sq`` (one count per stacked slice)."""
+    correction = 1.0 - torch.as_tensor(beta2, dtype=torch.float32).pow(torch.as_tensor(step, dtype=torch.float32))
+    return (exp_avg_sq.float() / correction.to(exp_avg_sq.device)).sqrt().add_(eps)
+
+
+def adam_weight(u: Tensor, v: Tensor, denominator: Tensor) -> Tensor:
+    r"""The preconditioned form's factor :math:`\rho = \langle u v^\top, (u v^\top) \oslash D\rangle
+    = \sum_{ij} u_i^2 v_j^2 / D_{ij}`, batched: ``u`` (..., m), ``v`` (..., n), ``denominator`` D (..., m, n) give
+    (...). Adam applied to the coupled penalty's gradient :math:`c\,u v^\top` steps by
+    :math:`\eta\lambda c\,(u v^\top) \oslash D`; ρ is the length of that step along the unit direction
+    :math:`u v^\top` per unit :math:`\eta\lambda c`, so :math:`W \leftarrow W - \eta\lambda c\rho\,u v^\top` is its
+    projection on the rank-one direction (exact for the moved σ1 to first order, never a full-size step)."""
+    return ((u * u).unsqueeze(-2) @ denominator.reciprocal() @ (v * v).unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
 def vector_fraction(coefficient: Tensor, lr_strength: Any) -> Tensor:

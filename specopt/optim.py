@@ -60,12 +60,15 @@ def resolve_strength(owner: str, strength: Any, spectral_strength: Any) -> Any:
 
 
 def _spectral_defaults(strength: float, k: float, power_iterations: int, init_iterations: int,
-                       fused_spectral: bool = False) -> dict[str, Any]:
+                       fused_spectral: bool = False, pull: str = "two-sided",
+                       precondition: bool = False) -> dict[str, Any]:
     F.check_hyperparameters(strength, k, power_iterations, init_iterations)
+    F.check_form(pull, precondition)
     if not isinstance(fused_spectral, bool):
         raise ValueError(f"fused_spectral must be True or False, got {fused_spectral!r}")
     return {"role": "auto", "spectral_strength": strength, "k": k, "power_iterations": power_iterations,
-            "init_iterations": init_iterations, "fused_spectral": fused_spectral}
+            "init_iterations": init_iterations, "fused_spectral": fused_spectral, "spectral_pull": pull,
+            "spectral_precondition": precondition}
 
 
 class _SpectralStep:
@@ -149,11 +152,21 @@ class SpectralAdam(Adam):
             previous step's vectors, on the weights just written, so that a compiled step
             (:func:`compile_step`) reads W once for the update and both mat-vecs; applies to plain matrices of
             groups with ``power_iterations=1`` (qkv blocks and DTensors keep the plain order). Default False.
+        pull: ``"two-sided"`` (default, the paper's R: σ1 toward 1 from either side) or ``"one-sided"``
+            (:math:`R^+`: only σ1 > 1 and scales > 1 are pulled down; biases as before). Per group:
+            ``spectral_pull``.
+        precondition: divide the step by Adam's :math:`\sqrt{\hat v_t}+\epsilon`, as the paper's coupled form is
+            under Adam, without entering Adam's moments: matrices step by
+            :math:`\eta\lambda c(\hat\sigma)\rho` along :math:`u v^\top`, :math:`\rho = \sum_{ij}u_i^2v_j^2/D_{ij}`
+            (:func:`specopt.kernel.adam_weight`), biases and scales element by element; λ then reads on the coupled
+            scale (the paper's 1e-4). Default False; per group: ``spectral_precondition``.
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     Other keyword arguments are ``torch.optim.Adam``'s (``foreach``, ``maximize``, ``capturable``,
     ``differentiable``, ``fused``, ``decoupled_weight_decay``). Per-group keys ``role``, ``spectral_strength``,
-    ``k``, ``power_iterations`` and ``init_iterations`` override the defaults.
+    ``k``, ``power_iterations``, ``init_iterations``, ``spectral_pull`` and ``spectral_precondition`` override the
+    defaults (so strengths and forms can differ per role or layer: :func:`specopt.param_groups` with
+    ``split_roles=True`` or ``head=``).
     """
 
     def __init__(
@@ -176,10 +189,13 @@ class SpectralAdam(Adam):
         power_iterations: int = 1,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
         fused_spectral: bool = False,
+        pull: str = "two-sided",
+        precondition: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         strength = resolve_strength(type(self).__name__, strength, spectral_strength)
-        spectral = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral)
+        spectral = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral, pull,
+                                      precondition)
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
@@ -263,13 +279,15 @@ class SpectralAdamW(SpectralAdam):
         power_iterations: int = 1,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
         fused_spectral: bool = False,
+        pull: str = "two-sided",
+        precondition: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True, strength=strength, k=k,
             power_iterations=power_iterations, init_iterations=init_iterations, fused_spectral=fused_spectral,
-            spectral_strength=spectral_strength,
+            pull=pull, precondition=precondition, spectral_strength=spectral_strength,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -300,6 +318,8 @@ class Spectral(Optimizer):
         power_iterations: as in :class:`SpectralAdam`.
         init_iterations: as in :class:`SpectralAdam`.
         fused_spectral: as in :class:`SpectralAdam` (the mat-vecs then run after the wrapped optimizer's step).
+        pull: as in :class:`SpectralAdam`.
+        precondition: as in :class:`SpectralAdam`; needs an Adam-family wrapped optimizer (its ``exp_avg_sq``).
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
     """
 
@@ -314,6 +334,8 @@ class Spectral(Optimizer):
         *,
         init_iterations: int = DEFAULT_INIT_ITERATIONS,
         fused_spectral: bool = False,
+        pull: str = "two-sided",
+        precondition: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         strength = resolve_strength("Spectral", strength, spectral_strength)
@@ -326,8 +348,11 @@ class Spectral(Optimizer):
                 "LBFGS cannot take a decoupled step (it invalidates its curvature pairs); add "
                 "strength * specopt.spectral_penalty(model) to the loss instead"
             )
+        if precondition and "betas" not in optimizer.defaults:
+            raise ValueError(F.NOT_ADAM + f", not {type(optimizer).__name__}")
         self.optimizer = optimizer
-        self._spectral_defaults = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral)
+        self._spectral_defaults = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral,
+                                                     pull, precondition)
         for group in optimizer.param_groups:
             F.fill_group_defaults(group, self._spectral_defaults)
         _SpectralStep(optimizer, self._spectral_defaults)

@@ -370,6 +370,7 @@ def param_groups(
     k: float | None = None,
     roles: Mapping[str, RoleSpec] | None = None,
     split_roles: bool = False,
+    head: float | None = None,
     **group_options: Any,
 ) -> list[dict[str, Any]]:
     """Parameter groups of ``model`` tagged with their spectral-regularization roles.
@@ -380,7 +381,12 @@ def param_groups(
     ``split_roles=True`` returns one group per non-empty role (order matrix, qkv, bias, scale, none), each with a
     ``role`` key, so that strength, k, lr, ... can differ per role. ``strength`` and ``k`` (when given) become the
     groups' ``spectral_strength`` and ``k``; any other keyword (``lr``, ``weight_decay``, ...) is copied into every
-    group. ``roles``: see :func:`named_roles`. Pass the result to any optimizer::
+    group. ``roles``: see :func:`named_roles`.
+
+    ``head``: a strength of its own for the output layer (:func:`output_layer`: the last module, in registration
+    order, that holds a matrix — a classifier's logits, a critic's value head), its weight and bias put in a last
+    group with ``spectral_strength=head``; ``head=0`` exempts it from the pull, so the network's other layers keep
+    σ1 near 1 while the output layer grows to the scale the loss needs. Pass the result to any optimizer::
 
         opt = specopt.SpectralAdam(specopt.param_groups(model), lr=1e-3)
         opt = specopt.Spectral(torch.optim.SGD(specopt.param_groups(model), lr=0.1))
@@ -400,9 +406,30 @@ def param_groups(
             out["blocks"] = [t.blocks for t in members]
         return {**out, **extra}
 
+    last: list[Tagged] = []
+    if head is not None:
+        prefix = output_layer(model, tagged)
+        last = [t for t in tagged if t.name.rpartition(".")[0] == prefix]
+        tagged = [t for t in tagged if t.name.rpartition(".")[0] != prefix]
+        if not tagged:
+            raise ValueError(f"head= needs a model with layers besides its output layer {prefix!r}")
     if not split_roles:
-        return [group(tagged, roles=[t.role for t in tagged])]
-    return [group(members, role=role) for role in ROLES if (members := [t for t in tagged if t.role == role])]
+        out = [group(tagged, roles=[t.role for t in tagged])]
+    else:
+        out = [group(members, role=role) for role in ROLES if (members := [t for t in tagged if t.role == role])]
+    if last:
+        out.append({**group(last, roles=[t.role for t in last]), "spectral_strength": head})
+    return out
+
+
+def output_layer(model: nn.Module, tagged: list[Tagged] | None = None) -> str:
+    """The qualified name of ``model``'s output layer as :func:`param_groups`' ``head=`` takes it: the module that owns
+    the last parameter (in registration order) whose role is ``matrix``. One-line ``ValueError`` when there is none."""
+    tagged = tagged if tagged is not None else tag(model)
+    matrices = [t for t in tagged if t.role == "matrix"]
+    if not matrices:
+        raise ValueError("head= needs a model with a matrix (a Linear or conv weight); this one has none")
+    return matrices[-1].name.rpartition(".")[0]
 
 
 def group_roles(group: Mapping[str, Any], default: str = AUTO) -> list[str]:

@@ -44,7 +44,7 @@ def _column(x: Tensor, dims: int) -> Tensor:
 
 
 class StackedSpectralAdam:
-    """Adam + decoupled spectral step for ``params`` stacked along dim 0 (see the module docstring).
+    r"""Adam + decoupled spectral step for ``params`` stacked along dim 0 (see the module docstring).
 
     Args:
         params: stacked parameters, each of shape ``(S, ...)`` with the same S; their ``.grad`` is used.
@@ -58,6 +58,9 @@ class StackedSpectralAdam:
         init_iterations: as in :class:`specopt.SpectralAdam`.
         blocks: optional, one entry per parameter: the layout of a ``qkv`` parameter's slices (``None``: three
             equal row blocks), as in the ``blocks`` of :func:`specopt.param_groups`.
+        pull: as in :class:`specopt.SpectralAdam` (``"two-sided"`` or ``"one-sided"``), shared by all slices.
+        precondition: as in :class:`specopt.SpectralAdam` (the step divided by each slice's Adam
+            :math:`\sqrt{\hat v}+\epsilon`), shared by all slices.
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     ``step()`` makes no host-device synchronisation. After construction, :meth:`reset` or :meth:`load_state_dict`
@@ -69,7 +72,7 @@ class StackedSpectralAdam:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  strength: float | Sequence[float] | Tensor = DEFAULT_STRENGTH, k: float = 2,
                  power_iterations: int = 1, init_iterations: int = DEFAULT_INIT_ITERATIONS,
-                 blocks: Sequence[Any] | None = None,
+                 blocks: Sequence[Any] | None = None, pull: str = "two-sided", precondition: bool = False,
                  spectral_strength: float | Sequence[float] | Tensor | None = None) -> None:
         strength = resolve_strength("StackedSpectralAdam", strength, spectral_strength)
         self.params = list(params)
@@ -93,6 +96,8 @@ class StackedSpectralAdam:
         if strength.numel() != self.slices or not bool(torch.isfinite(strength).all() and (strength >= 0).all()):
             raise ValueError(f"strength must be one number or {self.slices} numbers, each finite and >= 0")
         F.check_hyperparameters(1.0, k, power_iterations, init_iterations)
+        F.check_form(pull, precondition)
+        self.one_sided, self.precondition = pull == "one-sided", precondition
         self.roles = list(roles)
         if blocks is not None and len(blocks) != len(self.params):
             raise ValueError(f"got {len(blocks)} blocks entries for {len(self.params)} parameters")
@@ -218,7 +223,8 @@ class StackedSpectralAdam:
                 x = p.detach().float().clone()
                 pending.append((x, K.bias_coefficient(list(x.flatten(1).unbind()), self.k)))
             elif role == "scale":
-                pending.append((p.detach().float() - 1.0, torch.full_like(self.strength, 2.0)))
+                x = p.detach().float() - 1.0
+                pending.append((x.clamp_min(0.0) if self.one_sided else x, torch.full_like(self.strength, 2.0)))
             else:
                 pending.append(None)
         adam_per_slice_([p for _, p, _, _ in live], [st for *_, st in live], self.lr, self.betas, self.eps)
@@ -227,9 +233,19 @@ class StackedSpectralAdam:
         for (j, p, role, st), terms in zip(live, pending):
             if terms is None:
                 continue
+            d = (K.adam_denominator(st["exp_avg_sq"], _column(st["step"], p.dim()), self.betas[1], self.eps)
+                 if self.precondition else None)
             if role in F.BLOCKS:
                 u, v, sigma = terms
-                alpha = K.matrix_step(sigma, self.k, _column(lr_strength, sigma.dim()))  # (S,), (S, b)
+                ls = _column(lr_strength, sigma.dim())
+                if d is not None:  # ηλρ: Adam's step on the penalty projected on u vᵀ, per slice and block
+                    if self._general(j):
+                        ls = ls * torch.stack([K.adam_weight(u_b, v_b, d_b) for u_b, v_b, d_b
+                                               in zip(u, v, self._blocks(j, d.reshape(self.slices, p.shape[1], -1)))],
+                                              dim=-1)
+                    else:
+                        ls = ls * K.adam_weight(u, v, d.reshape(*u.shape, -1))
+                alpha = K.matrix_step(sigma, self.k, ls, self.one_sided)  # (S,), (S, b)
                 if self._general(j):  # block by block: W_j ← W_j − α_j u_j v_jᵀ per slice
                     for b, (block, u_b, v_b) in enumerate(zip(self._blocks(j, p), u, v)):
                         block.add_(K.rank_one(u_b, v_b, alpha[:, b]).to(p.dtype))
@@ -241,8 +257,11 @@ class StackedSpectralAdam:
                 st["spectral_fresh"].zero_()
             else:
                 x, coefficient = terms
-                fraction = K.vector_fraction(coefficient, lr_strength)
-                p.sub_((_column(fraction, x.dim()) * x).to(p.dtype))
+                if d is not None:  # element by element: f = min(1, ηλc/D)
+                    fraction = K.vector_fraction(_column(coefficient, x.dim()) / d, _column(lr_strength, x.dim()))
+                else:
+                    fraction = _column(K.vector_fraction(coefficient, lr_strength), x.dim())
+                p.sub_((fraction * x).to(p.dtype))
         self._maybe_fresh = False
 
 

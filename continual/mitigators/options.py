@@ -57,6 +57,18 @@ class SpectralOptions:
 
 
 @dataclass(frozen=True)
+class SpectralStepOptions:
+    k: float = 2  # exponent of σ1 in R = Σ(σ1^k − 1)² (paper: 2)
+    pull: str = "two-sided"  # two-sided (the paper's R) or one-sided (only σ1 > 1 and scales > 1 are pulled)
+    precondition: bool = False  # the step divided by Adam's sqrt(v̂)+eps, as the coupled form; λ on its scale
+    heads: bool = True  # the output layer is pulled too (--spectral.no-heads leaves the logits layer alone)
+
+    def __post_init__(self) -> None:
+        _check(0 < self.k < math.inf, "spectral: k must be a finite number > 0", self.k)
+        _check(self.pull in ("two-sided", "one-sided"), "spectral: pull must be two-sided or one-sided", self.pull)
+
+
+@dataclass(frozen=True)
 class CBPOptions:
     decay: float = 0.99  # EMA rate of each unit's utility
     maturity: int = 100  # steps a unit must age before it may be replaced
@@ -79,7 +91,7 @@ class MitigatorOptions:
     redo: ReDoOptions = field(default_factory=ReDoOptions)  # redo's options
     wasserstein: Decoupled = field(default_factory=Decoupled)  # wasserstein's options
     ewc: EWCOptions = field(default_factory=EWCOptions)  # ewc's options
-    spectral: SpectralOptions = field(default_factory=SpectralOptions)  # spectral's options
+    spectral: SpectralStepOptions = field(default_factory=SpectralStepOptions)  # spectral's options
     spectral_coupled: SpectralOptions = field(default_factory=SpectralOptions)  # spectral-coupled's options
     cbp: CBPOptions = field(default_factory=CBPOptions)  # cbp's options
 
@@ -134,4 +146,4 @@ def option_names(name: str) -> list[str]:
 
 
 __all__ = ["CBPOptions", "Decoupled", "EWCOptions", "MitigatorOptions", "ReDoOptions", "ShrinkPerturbOptions",
-           "SpectralOptions", "option_names"]
+           "SpectralOptions", "SpectralStepOptions", "option_names"]

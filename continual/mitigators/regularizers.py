@@ -15,7 +15,7 @@ from torch import Tensor, nn
 import specopt
 
 from .base import Mitigator, ParameterRegularizer, clone_tensors, load_tensors
-from .options import EWCOptions, SpectralOptions
+from .options import EWCOptions, SpectralOptions, SpectralStepOptions
 
 
 class NoMitigation(Mitigator):
@@ -175,17 +175,22 @@ class SpectralDecoupled(Mitigator):
     :math:`\theta \leftarrow \theta - \eta\lambda\nabla R(\theta)` with
     :math:`R = \sum_W(\sigma_1(W)^k-1)^2 + \sum_b\lVert b\rVert^{2k} + \sum_\gamma\sum_i(\gamma_i-1)^2`, k = 2.
     Default λ = ``specopt.CONTINUAL_STRENGTH`` (decoupled, per unit learning rate). Its power-iteration vectors live
-    in the optimizer's state."""
+    in the optimizer's state. Options (:class:`~continual.mitigators.options.SpectralStepOptions`): ``pull``
+    (``one-sided``: :math:`R^+`), ``precondition`` (the step divided by Adam's √v̂ + ε) and ``heads`` (False: the
+    output layer is left alone): the forms compared in docs/strength.md."""
 
     name = "spectral"
 
-    def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = SpectralOptions.k,
-                 seed: int | None = None) -> None:
-        self.k = k
+    def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = SpectralStepOptions.k,
+                 pull: str = SpectralStepOptions.pull, precondition: bool = SpectralStepOptions.precondition,
+                 heads: bool = SpectralStepOptions.heads, seed: int | None = None) -> None:
+        self.k, self.pull, self.precondition, self.heads = k, pull, precondition, heads
         super().__init__(model, lr, strength, seed=seed)
 
     def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        return specopt.SpectralAdam(specopt.param_groups(model), lr=lr, strength=self.strength, k=self.k)
+        groups = specopt.param_groups(model, head=None if self.heads else 0.0)
+        return specopt.SpectralAdam(groups, lr=lr, strength=self.strength, k=self.k, pull=self.pull,
+                                    precondition=self.precondition)
 
 
 class SpectralCoupled(Mitigator):
