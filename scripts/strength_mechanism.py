@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import specopt
-from specopt.experiment import write_csv
+from specopt.experiment import read_csv, write_csv
 
 
 def target_function(dim: int, seed: int) -> nn.Module:
@@ -87,7 +87,9 @@ def fit(x: torch.Tensor, y: torch.Tensor, strength: float | None, steps: int, lr
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
+    p.add_argument("--report", type=Path, nargs="+", metavar="CSV",
+                   help="print the table of committed --variants rows (no fitting)")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 10.0, 100.0])
     p.add_argument("--strengths", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     p.add_argument("--steps", type=int, default=3000)
@@ -97,6 +99,11 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", metavar="FORM:λ",
                    help="named forms to compare (adam, FORM:λ; see the docstring); rows get a form column")
     args = p.parse_args()
+    if not args.report and args.out is None:
+        p.error("--out is required (or --report CSV ... to print a table of committed rows)")
+    if args.report:
+        print(forms_table([r for path in args.report for r in read_csv(path)]))
+        return
     if args.variants:
         return compare_forms(args, [parse_variant(v) for v in args.variants])
     torch.set_num_threads(args.threads)
@@ -150,17 +157,23 @@ def compare_forms(args: argparse.Namespace, variants: list[tuple[str, float | No
                 print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(args.out, rows)
-    print("\n| target scale c | form | λ | relative error (mean over seeds) | σ1 max | Π σ1 | output std |")
-    print("|---|---|---|---|---|---|---|")
-    for c in args.scales:
-        for form, strength in variants:
-            sel = [r for r in rows if r["scale"] == c and r["form"] == form
-                   and r["strength"] == ("" if strength is None else strength)]
-            mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("relative_error", "sigma_max", "sigma_product",
-                                                                     "output_std")}
-            print(f"| {c:g} | {form} | {'' if strength is None else f'{strength:g}'} | "
-                  f"{mean['relative_error']:.4f} | {mean['sigma_max']:.2f} | {mean['sigma_product']:.1f} | "
-                  f"{mean['output_std']:.2f} |")
+    print("\n" + forms_table(rows))
+
+
+def forms_table(rows: list[dict]) -> str:
+    """The markdown table of ``--variants`` rows: per target scale and variant (in the rows' order), the means over
+    seeds of the relative error, the largest σ1, Π σ1 and the output's standard deviation."""
+    lines = ["| target scale c | form | λ | seeds | relative error (mean over seeds) | σ1 max | Π σ1 | output std |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((float(r["scale"]), r["form"], str(r["strength"])) for r in rows))
+    for c, form, strength in sorted(keys, key=lambda key: key[0]):  # stable: the variants keep their order
+        sel = [r for r in rows if (float(r["scale"]), r["form"], str(r["strength"])) == (c, form, strength)]
+        mean = {k: sum(float(r[k]) for r in sel) / len(sel) for k in ("relative_error", "sigma_max",
+                                                                       "sigma_product", "output_std")}
+        lam = f"{float(strength):g}" if strength else ""
+        lines.append(f"| {c:g} | {form} | {lam} | {len(sel)} | {mean['relative_error']:.4f} | {mean['sigma_max']:.2f} "
+                     f"| {mean['sigma_product']:.1f} | {mean['output_std']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

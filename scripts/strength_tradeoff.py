@@ -30,10 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_STRENGTH: " (`CONTINUAL_STRENGTH`, old default)"}
 
 
-def sac(results: Path) -> dict[str, dict[float, tuple[float, float, int]]]:
-    """{env: {strength (0 = Adam): (mean, s.e., seeds)}} of the last-10% evaluation return."""
+def sac(results: Path, runs: list[Path] | None = None) -> dict[str, dict[float, tuple[float, float, int]]]:
+    """{env: {strength (0 = Adam): (mean, s.e., seeds)}} of the last-10% evaluation return (of the run folders
+    ``runs`` only, when given)."""
     per: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for agent in sorted(results.glob("*/*/metrics.csv")):  # <run folder>/<agent>/: several runs per env add seeds
+    agents = [a for run in runs for a in sorted(run.glob("*/metrics.csv"))] if runs is not None else \
+        sorted(results.glob("*/*/metrics.csv"))
+    for agent in agents:  # <run folder>/<agent>/: several runs per env add seeds
         cfg = json.loads((agent.parent / "config.json").read_text())
         rows = read_csv(agent)
         if not rows or int(rows[-1]["step"]) < cfg["steps"]:
@@ -93,36 +96,131 @@ def acceptance(results: Path) -> dict[str, dict[str, list[tuple[float, float]]]]
 
 
 def fmt(x: tuple[float, float, int] | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x[0]:.{digits}f} ± {x[1]:.{digits}f} ({x[2]})"
+    """``mean ± s.e. (seeds)``; with fewer than 3 seeds no standard error is given: ``mean (seeds)``."""
+    if x is None:
+        return "–"
+    return f"{x[0]:.{digits}f} ± {x[1]:.{digits}f} ({x[2]})" if x[2] >= 3 else f"{x[0]:.{digits}f} ({x[2]})"
+
+
+def ratio(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None) -> str:
+    r"""``a / b`` with its standard error :math:`r\sqrt{(s_a/a)^2 + (s_b/b)^2}` (independent seeds, first order) when
+    both have ≥ 3 seeds; the bare ratio otherwise; "–" when either is missing."""
+    if a is None or b is None or b[0] == 0:
+        return "–"
+    r = a[0] / b[0]
+    if min(a[2], b[2]) < 3 or a[0] == 0:
+        return f"{r:.2f}×"
+    return f"{r:.2f} ± {r * ((a[1] / a[0]) ** 2 + (b[1] / b[0]) ** 2) ** 0.5:.2f}×"
+
+
+FORMS = ROOT / "results/strength-forms"
+
+
+def form_of(cfg: dict) -> str:
+    """A run's form of the pull, from its config.json (continual: ``options.spectral``; rl: ``spectral_*``)."""
+    if "options" in cfg:
+        o = cfg["options"].get("spectral", {})
+        pull, precondition, heads = o.get("pull", "two-sided"), o.get("precondition", False), o.get("heads", True)
+    else:
+        pull, precondition = cfg.get("spectral_pull", "two-sided"), cfg.get("spectral_precondition", False)
+        heads = cfg.get("spectral_heads", True)
+    parts = [name for name, on in (("precondition", precondition), ("one-sided", pull == "one-sided"),
+                                   ("no-heads", not heads)) if on]
+    return "+".join(parts) or "spectral"
+
+
+def forms() -> tuple[dict, dict, dict]:
+    """The forms study's rows (results/strength-forms): ({(form, λ): {env: (mean, s.e., seeds)}} of SAC with Adam
+    under ("adam", 0.0), {(form, λ): {variant: (mean, s.e., seeds)}} of the last-5-task train accuracy,
+    {(form, λ): {variant: [last / first task per seed]}}) — every run of one code version (config.json's provenance)."""
+    rl_rows: dict = defaultdict(dict)
+    for run in sorted((FORMS / "sac").glob("*/config.json")) if (FORMS / "sac").is_dir() else []:
+        for env, by in sac(run.parent.parent, [run.parent]).items():
+            form = form_of(json.loads(run.read_text()))
+            for strength, value in by.items():
+                rl_rows[("adam", 0.0) if strength == 0 else (form, strength)][env] = value
+    plastic: dict = defaultdict(dict)
+    kept: dict = defaultdict(dict)
+    for variant in ("noln", "ln"):
+        for path in sorted((FORMS / "plasticity" / variant).glob("*/results.csv")):
+            cfg = json.loads((path.parent / "config.json").read_text())
+            rows = read_csv(path)
+            if not rows or int(rows[-1]["task"]) < cfg["tasks"]:
+                continue  # unfinished
+            key = ("adam", 0.0) if cfg["mitigators"] == ["none"] else (form_of(cfg), float(rows[0]["strength"]))
+            by_seed: dict[str, list[float]] = defaultdict(list)
+            for r in rows:
+                by_seed[r["seed"]].append(float(r["train_accuracy"]))
+            plastic[key][variant] = (*mean_se([sum(a[-5:]) / 5 for a in by_seed.values()]), len(by_seed))
+            kept[key][variant] = [a[-1] / a[0] for a in by_seed.values()]
+    return rl_rows, plastic, kept
+
+
+def forms_table() -> str:
+    """The forms study's table: every form at every λ measured, SAC as people run it (return and ratio to Adam's,
+    with standard errors) and plasticity (last-5-task mean, last / first task per seed), no LN and with LN."""
+    rl_rows, plastic, kept = forms()
+    if not rl_rows and not plastic:
+        return "No run of this study has finished yet."
+    keys = sorted(set(rl_rows) | set(plastic), key=lambda k: (k != ("adam", 0.0), k[0], k[1]))
+    envs = sorted({e for by in rl_rows.values() for e in by})
+    head = ["form", "λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
+    head += ["continual, last-5-task train accuracy: no LN", "with LN", "last / first task per seed: no LN", "with LN"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    adam = rl_rows.get(("adam", 0.0), {})
+    for key in keys:
+        form, lam = key
+        cells = ["Adam (none)" if key == ("adam", 0.0) else form, "" if key == ("adam", 0.0) else f"{lam:g}"]
+        cells += [fmt(rl_rows.get(key, {}).get(e)) for e in envs]
+        cells += [("1×" if key == ("adam", 0.0) and e in adam else ratio(rl_rows.get(key, {}).get(e), adam.get(e)))
+                  for e in envs]
+        cells += [fmt(plastic.get(key, {}).get(v), 3) for v in ("noln", "ln")]
+        cells += [" / ".join(f"{r:.2f}" for r in kept.get(key, {}).get(v, [])) or "–" for v in ("noln", "ln")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report() -> str:
+    """The strength table, the acceptance runs' last / first ratios, and the forms study's table (markdown): what
+    docs/strength.md shows, regenerated from the committed rows (a test compares them)."""
+    rl = sac(ROOT / "results/strength-sac")
+    sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
+    tuned, kept = continual_tuned(ROOT / "results/studies/tuned")
+    accept = acceptance(ROOT / "results/acceptance")
+    strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
+    envs = sorted(rl)
+    head = ["strength λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
+    head += ["supervised test accuracy (seeds)", "continual, last-5-task train accuracy: no LN", "with LN",
+             "continual, last / first task per seed: no LN"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in strengths:
+        name = "Adam (none)" if s == 0 else f"{s:g}" + NAMED.get(s, "")
+        cells = [name] + [fmt(rl[e].get(s)) for e in envs]
+        cells += [("1×" if s == 0 and s in rl[e] else ratio(rl[e].get(s), rl[e].get(0.0))) for e in envs]
+        cells += [fmt(sup.get(s), 4)] + [fmt(tuned.get(v, {}).get(s), 3) for v in ("noln", "ln")]
+        cells += [" / ".join(f"{r:.2f}" for r in kept.get("noln", {}).get(s, [])) or "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for variant, by in accept.items():
+        for mitigator, pairs in by.items():
+            ratios = " / ".join(f"{last / first:.2f}" for first, last in pairs)
+            lines.append(f"- acceptance ({variant}, 30 tasks), {mitigator}: last / first task train accuracy per seed "
+                         f"{ratios}")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--figure", type=Path, default=ROOT / "docs/figures/strength_tradeoff.png")
     args = p.parse_args()
+    print(report())
+    print("\nForms of the pull (results/strength-forms):\n")
+    print(forms_table())
     rl = sac(ROOT / "results/strength-sac")
     sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
-    tuned, kept = continual_tuned(ROOT / "results/studies/tuned")
-    accept = acceptance(ROOT / "results/acceptance")
-
+    tuned, _ = continual_tuned(ROOT / "results/studies/tuned")
     strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
     envs = sorted(rl)
-    head = ["strength λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
-    head += ["supervised test accuracy (seeds)", "continual, last-5-task train accuracy: no LN", "with LN",
-             "continual, last / first task per seed: no LN"]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for s in strengths:
-        name = "Adam (none)" if s == 0 else f"{s:g}" + NAMED.get(s, "")
-        cells = [name] + [fmt(rl[e].get(s)) for e in envs]
-        cells += [("–" if s not in rl[e] or 0.0 not in rl[e] else f"{rl[e][s][0] / rl[e][0.0][0]:.2f}×") for e in envs]
-        cells += [fmt(sup.get(s), 4)] + [fmt(tuned.get(v, {}).get(s), 3) for v in ("noln", "ln")]
-        cells += [" / ".join(f"{r:.2f}" for r in kept.get("noln", {}).get(s, [])) or "–"]
-        print("| " + " | ".join(cells) + " |")
-    for variant, by in accept.items():
-        for mitigator, pairs in by.items():
-            ratios = " / ".join(f"{last / first:.2f}" for first, last in pairs)
-            print(f"\nacceptance ({variant}, 30 tasks), {mitigator}: last / first task train accuracy per seed {ratios}")
 
     import matplotlib
 

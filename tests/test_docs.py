@@ -27,3 +27,28 @@ def test_readme_demo_table_is_the_table_of_its_committed_rows():
     readme = (ROOT / "README.md").read_text()
     generated = table(read_rows([ROOT / "results" / "readme-demo"]))
     assert generated.strip() in readme
+
+
+def test_generated_tables_are_the_tables_of_their_committed_rows():
+    """Every table between `<!-- generated: ... -->` markers under docs/ is what its script makes of the committed
+    rows now (scripts/docs_tables.py; `python scripts/docs_tables.py` rewrites them)."""
+    done = subprocess.run([sys.executable, "scripts/docs_tables.py", "--check"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "generated: python scripts/strength_tradeoff.py" in (ROOT / "docs" / "strength.md").read_text()
+
+
+def test_a_stale_generated_table_is_found(tmp_path):
+    """The check can fail: a hand edit inside a generated block is reported."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "scripts" / "docs_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = (ROOT / "docs" / "strength.md").read_text()
+    fresh, changed = module.regenerate(page, "strength.md")
+    assert changed == [] and fresh == page
+    edited = page.replace("| Adam (none) | 91.6 ± 9.8 (5)", "| Adam (none) | 95.0 ± 9.8 (5)", 1)
+    assert edited != page
+    assert module.regenerate(edited, "strength.md")[1] == [
+        "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)"]

@@ -61,7 +61,7 @@ class SpectralStepOptions:
     k: float = 2  # exponent of σ1 in R = Σ(σ1^k − 1)² (paper: 2)
     pull: str = "two-sided"  # two-sided (the paper's R) or one-sided (only σ1 > 1 and scales > 1 are pulled)
     precondition: bool = False  # the step divided by Adam's sqrt(v̂)+eps, as the coupled form; λ on its scale
-    heads: bool = True  # the output layer is pulled too (--spectral.no-heads leaves the logits layer alone)
+    heads: bool = True  # the output layer is pulled too (--no-spectral.heads leaves the logits layer alone)
 
     def __post_init__(self) -> None:
         _check(0 < self.k < math.inf, "spectral: k must be a finite number > 0", self.k)

@@ -1,0 +1,82 @@
+"""Regenerate the documentation's generated tables from the committed rows, or check that they are current.
+
+A generated table sits between ``<!-- generated: COMMAND ... -->`` and ``<!-- end generated -->`` in a page under
+docs/; COMMAND names what produces it (one of :data:`GENERATORS`). Nothing between the markers is written by hand.
+
+    python scripts/docs_tables.py            # rewrite every generated block from the rows
+    python scripts/docs_tables.py --check    # exit 1, naming the block, if a page differs from its rows (the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- generated: (?P<command>[^\n]*?) -->\n)(?P<body>.*?)(\n<!-- end generated -->)", re.S)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_docs_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def _mechanism_forms() -> str:
+    m = _script("strength_mechanism")
+    return m.forms_table(m.read_csv(ROOT / "results/strength-mechanism/forms.csv"))
+
+
+GENERATORS: dict[str, Callable[[], str]] = {
+    "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
+        lambda: _script("strength_tradeoff").report(),
+    "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),
+    "python scripts/strength_mechanism.py --report results/strength-mechanism/forms.csv": _mechanism_forms,
+}
+"""Each generated block's command (as written in its opening marker) and the function that produces its body."""
+
+
+def regenerate(text: str, page: str) -> tuple[str, list[str]]:
+    """``text`` with every generated block rewritten, and the commands of the blocks that changed. An unknown
+    command raises ``ValueError`` naming the page."""
+    changed: list[str] = []
+
+    def body(match: re.Match) -> str:
+        command = match.group("command")
+        if command not in GENERATORS:
+            raise ValueError(f"{page}: unknown generated block {command!r}; known: {', '.join(GENERATORS)}")
+        new = "\n" + GENERATORS[command]().strip("\n") + "\n"  # blank lines: a table after the marker renders
+        if new != match.group("body"):
+            changed.append(command)
+        return match.group(1) + new + match.group(4)
+
+    return BLOCK.sub(body, text), changed
+
+
+def pages() -> list[Path]:
+    return sorted((ROOT / "docs").glob("*.md"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a generated block is stale")
+    args = p.parse_args()
+    stale = []
+    for page in pages():
+        text = page.read_text()
+        new, changed = regenerate(text, page.name)
+        stale += [f"{page.relative_to(ROOT)}: {c}" for c in changed]
+        if changed and not args.check:
+            page.write_text(new)
+    for line in stale:
+        print(("stale: " if args.check else "rewritten: ") + line)
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
