@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from specopt.experiment import atomic_write, claim_folder, mean_se, save_figure, write_text
+from specopt.experiment import atomic_write, claim_folder, mean_pm, mean_se, save_figure, write_text
 
 from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import DataError
@@ -349,15 +349,16 @@ def summary_markdown(entries: list[dict[str, Any]], base: RunConfig | None = Non
         ln = " + LayerNorm" if base.layernorm else ""
         lines += [f"{base.dataset}, {base.nonstationarity}, {base.model}{ln}; {base.tasks} tasks × {base.epochs} "
                   f"epochs, batch size {base.batch_size}, lr {base.lr:g}.", ""]
-    lines += ["Train accuracy at task end: mean ± standard error over seeds of each run's mean over its last 5 "
-              "tasks, and of its last task. Strength – : the mitigator has none.", "",
+    lines += ["Train accuracy at task end: mean (± standard error over seeds, from 3 seeds on) of each run's mean "
+              "over its last 5 tasks, and of its last task. Strength – : the mitigator has none.", "",
               "| mitigator | strength | seeds | tasks | last-5-task mean | last task | best |",
               "|---|---|---|---|---|---|---|"]
     for e in entries:
         strength = "–" if e["strength"] is None else f"{e['strength']:g}"
         mark = "best" if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"] else ""
-        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | {e['last5']:.4f} ± "
-                     f"{e['last5_se']:.4f} | {e['last']:.4f} ± {e['last_se']:.4f} | {mark} |")
+        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | "
+                     f"{mean_pm(e['last5'], e['last5_se'], e['seeds'], 4)} | "
+                     f"{mean_pm(e['last'], e['last_se'], e['seeds'], 4)} | {mark} |")
     lines += ["", f"Best strength per mitigator: {BEST_RULE}.", ""]
     lines += [f"* {m}: {s:g}" for m, s in best.items()] or ["* (no mitigator with a strength in this sweep)"]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import mean_se, read_csv, save_figure
+from specopt.experiment import mean_pm, mean_se, read_csv, save_figure
 
 
 def find_runs(paths: list[str]) -> list[Path]:
@@ -81,7 +81,7 @@ def plot(paths: list[str], output: str) -> str:
             steps, mean, se, n = over_seeds(groups[env][name])
             ax.plot(steps, mean, label=f"{name} (seeds={len(groups[env][name])})")
             ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
-            table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {mean[-1]:.1f} ± {se[-1]:.1f} |")
+            table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {mean_pm(mean[-1], se[-1], int(n[-1]), 1)} |")
         ax.set_title(env)
         ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")
         ax.set_xlabel("env steps")

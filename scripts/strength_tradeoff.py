@@ -24,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import specopt
-from specopt.experiment import mean_se, read_csv, save_figure
+from specopt.experiment import MIN_SEEDS_FOR_SE, mean_pm, mean_se, read_csv, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_STRENGTH: " (`CONTINUAL_STRENGTH`, old default)"}
@@ -97,9 +97,7 @@ def acceptance(results: Path) -> dict[str, dict[str, list[tuple[float, float]]]]
 
 def fmt(x: tuple[float, float, int] | None, digits: int = 1) -> str:
     """``mean ± s.e. (seeds)``; with fewer than 3 seeds no standard error is given: ``mean (seeds)``."""
-    if x is None:
-        return "–"
-    return f"{x[0]:.{digits}f} ± {x[1]:.{digits}f} ({x[2]})" if x[2] >= 3 else f"{x[0]:.{digits}f} ({x[2]})"
+    return "–" if x is None else f"{mean_pm(*x, digits)} ({x[2]})"
 
 
 def ratio(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None) -> str:
@@ -108,7 +106,7 @@ def ratio(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None
     if a is None or b is None or b[0] == 0:
         return "–"
     r = a[0] / b[0]
-    if min(a[2], b[2]) < 3 or a[0] == 0:
+    if min(a[2], b[2]) < MIN_SEEDS_FOR_SE or a[0] == 0:
         return f"{r:.2f}×"
     return f"{r:.2f} ± {r * ((a[1] / a[0]) ** 2 + (b[1] / b[0]) ** 2) ** 0.5:.2f}×"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from continual.plot import label
 from continual.runner import RunConfig
 from continual.sweep import BEST_RULE, SweepRun, aggregate, best_strengths, run_scores, sensitivity_plot
-from specopt.experiment import mean_se, read_csv
+from specopt.experiment import mean_pm, mean_se, read_csv
 
 ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink-perturb", "redo", "wasserstein", "ewc",
          "cbp", "crelu"]
@@ -63,8 +63,9 @@ def train_test_table(runs: list[SweepRun], root: Path, rank: dict[str, int]) -> 
     for (mitigator, strength), c in sorted(cells.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0][1] or 0)):
         name = label(groups[(mitigator, strength)][0][0])  # as `python -m continual plot` names it
         test5 = f"**{c[7]:.3f}**" if c[7] == best_test else f"{c[7]:.3f}"
-        lines.append(f"| {name} | {len(groups[(mitigator, strength)])} | {c[0]:.3f} | {c[1]:.3f} ± {c[2]:.3f} | "
-                     f"{c[3]:.3f} | {c[4]:.3f} | {c[5]:.3f} ± {c[6]:.3f} | {test5} |")
+        n = len(groups[(mitigator, strength)])
+        lines.append(f"| {name} | {n} | {c[0]:.3f} | {mean_pm(c[1], c[2], n)} | "
+                     f"{c[3]:.3f} | {c[4]:.3f} | {mean_pm(c[5], c[6], n)} | {test5} |")
     return lines
 
 
@@ -91,11 +92,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for e in entries:
         strength = "–" if e["strength"] is None else f"{e['strength']:g}"
-        cell = f"{e['last5']:.3f} ± {e['last5_se']:.3f}"
+        cell = mean_pm(e["last5"], e["last5_se"], e["seeds"])
         if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"]:
             cell = f"**{cell}**"
         print(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | {cell} | "
-              f"{e['last']:.3f} ± {e['last_se']:.3f} |")
+              f"{mean_pm(e['last'], e['last_se'], e['seeds'])} |")
     print(f"\nBold: each mitigator's best strength ({BEST_RULE}). Unfinished runs left out: {unfinished}.")
     sensitivity_plot(entries, args.output, args.title)
     print(f"figure: {args.output}")

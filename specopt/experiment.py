@@ -422,6 +422,17 @@ def convert_checkpoint(path: str | os.PathLike, trust: bool, convert_command: st
     return f"converted {path} (the original is kept as {backup})"
 
 
+MIN_SEEDS_FOR_SE = 3
+"""A standard error is reported only from this many seeds or more: from two, ``s/√2`` is itself too uncertain to
+argue from (tables then give the mean alone, with the seed count beside it)."""
+
+
+def mean_pm(mean: float, se: float, seeds: int, digits: int = 3) -> str:
+    """``"m ± se"`` with ``digits`` decimals from :data:`MIN_SEEDS_FOR_SE` seeds on, the mean alone below — the one
+    rule every table of the project writes a mean by."""
+    return f"{mean:.{digits}f} ± {se:.{digits}f}" if seeds >= MIN_SEEDS_FOR_SE else f"{mean:.{digits}f}"
+
+
 def mean_se(values: Iterable[float]) -> tuple[float, float]:
     r"""(mean, standard error of the mean) over seeds: :math:`\bar x` and :math:`s/\sqrt n` with the sample standard
     deviation :math:`s` (ddof 1); the standard error of a single value is 0."""

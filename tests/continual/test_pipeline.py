@@ -261,8 +261,10 @@ def test_plot_table_says_how_many_seeds_reached_the_last_task():
                 "train_accuracy": str(acc)}
 
     rows = [row(0, 1, 0.4), row(0, 2, 0.2), row(1, 1, 0.6)]  # seed 1 stopped after task 1
-    assert "| none | 1 of 2 | 2 | 0.500 | 0.200 ± 0.000 | 0.350 |" in table(rows)
-    assert "| none | 2 | 2 | 0.500 | 0.300 ± 0.100 |" in table(rows + [row(1, 2, 0.4)])
+    assert "| none | 1 of 2 | 2 | 0.500 | 0.200 | 0.350 |" in table(rows)  # no standard error from < 3 seeds
+    assert "| none | 2 | 2 | 0.500 | 0.300 |" in table(rows + [row(1, 2, 0.4)])
+    three = rows + [row(1, 2, 0.4), row(2, 1, 0.5), row(2, 2, 0.6)]  # last task 0.2, 0.4, 0.6: s.e. 0.2/√3
+    assert f"| none | 3 | 2 | 0.500 | 0.400 ± {0.2 / 3 ** 0.5:.3f} |" in table(three)
 
 
 def test_plot_legend_counts_seeds_like_the_table(tmp_path, monkeypatch):

@@ -107,3 +107,11 @@ def test_config_flags_nest_one_group_per_inner_dataclass_and_report_only_what_wa
     assert experiment.given_fields(_Config, parser.parse_args([])) == {}
     help_text = parser.format_help()
     assert "the exponent (default 2)" in help_text and "a decoupled step (default False)" in help_text
+
+
+def test_mean_pm_gives_a_standard_error_only_from_three_seeds():
+    from specopt.experiment import mean_pm
+
+    assert mean_pm(0.5, 0.01, 2) == "0.500"
+    assert mean_pm(0.5, 0.01, 3) == "0.500 ± 0.010"
+    assert mean_pm(91.64, 9.81, 5, 1) == "91.6 ± 9.8"
