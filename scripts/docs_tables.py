@@ -1,7 +1,9 @@
 """Regenerate the documentation's generated tables from the committed rows, or check that they are current.
 
-A generated table sits between ``<!-- generated: COMMAND ... -->`` and ``<!-- end generated -->`` in a page under
-docs/; COMMAND names what produces it (one of :data:`GENERATORS`). Nothing between the markers is written by hand.
+A generated table sits between ``<!-- generated: COMMAND -->`` and ``<!-- end generated -->`` in a page under docs/;
+COMMAND is what a reader runs to print it — ``python scripts/study_report.py ROOT [--train-test]``, ``python -m
+continual plot PATHS [--metric M]`` (paths relative to the repository, globs expanded) — or one of :data:`FIXED`.
+Nothing between the markers is written by hand.
 
     python scripts/docs_tables.py            # rewrite every generated block from the rows
     python scripts/docs_tables.py --check    # exit 1, naming the block, if a page differs from its rows (the tests)
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,13 +35,64 @@ def _mechanism_forms() -> str:
     return m.forms_table(m.read_csv(ROOT / "results/strength-mechanism/forms.csv"))
 
 
-GENERATORS: dict[str, Callable[[], str]] = {
+FIXED: dict[str, Callable[[], str]] = {
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
         lambda: _script("strength_tradeoff").report(),
     "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),
     "python scripts/strength_mechanism.py --report results/strength-mechanism/forms.csv": _mechanism_forms,
 }
-"""Each generated block's command (as written in its opening marker) and the function that produces its body."""
+"""Blocks whose command is one of these strings, and the function that produces each."""
+
+
+def _paths(patterns: list[str]) -> list[Path]:
+    """Shell-style patterns (relative to the repository) expanded as the shell would, sorted."""
+    out: list[Path] = []
+    for pattern in patterns:
+        hits = sorted(ROOT.glob(pattern)) if any(c in pattern for c in "*?[") else [ROOT / pattern]
+        if not hits:
+            raise ValueError(f"{pattern!r} matches nothing")
+        out += hits
+    return out
+
+
+def _study_report(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("root")
+    parser.add_argument("--train-test", action="store_true")
+    parser.add_argument("-o", "--output")  # figure options: the table does not depend on them
+    parser.add_argument("--title")
+    args = parser.parse_args(argv)
+    return _script("study_report").table(ROOT / args.root, args.train_test)[0]
+
+
+def _continual_plot(argv: list[str]) -> str:
+    from continual.plot import METRICS, read_rows, table
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--metric", default="train_accuracy", choices=METRICS)
+    parser.add_argument("-o", "--output")  # the figure's file: the table does not depend on it
+    args = parser.parse_args(argv)
+    return table(read_rows(_paths(args.runs)), args.metric)
+
+
+COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
+    ("python", "scripts/study_report.py"): _study_report,
+    ("python", "-m", "continual", "plot"): _continual_plot,
+}
+"""Blocks whose command starts with one of these: the command's own table, from its arguments (as a user runs it)."""
+
+
+def generate(command: str, page: str = "") -> str:
+    """The table a generated block's ``command`` stands for. One-line ``ValueError`` for an unknown command."""
+    if command in FIXED:
+        return FIXED[command]()
+    words = shlex.split(command)
+    for prefix, make in COMMANDS.items():
+        if tuple(words[:len(prefix)]) == prefix:
+            return make(words[len(prefix):])
+    known = [*FIXED, *(" ".join(k) + " ..." for k in COMMANDS)]
+    raise ValueError(f"{page}: unknown generated block {command!r}; known: {'; '.join(known)}")
 
 
 def regenerate(text: str, page: str) -> tuple[str, list[str]]:
@@ -48,9 +102,7 @@ def regenerate(text: str, page: str) -> tuple[str, list[str]]:
 
     def body(match: re.Match) -> str:
         command = match.group("command")
-        if command not in GENERATORS:
-            raise ValueError(f"{page}: unknown generated block {command!r}; known: {', '.join(GENERATORS)}")
-        new = "\n" + GENERATORS[command]().strip("\n") + "\n"  # blank lines: a table after the marker renders
+        new = "\n" + generate(command, page).strip("\n") + "\n"  # blank lines: a table after the marker renders
         if new != match.group("body"):
             changed.append(command)
         return match.group(1) + new + match.group(4)

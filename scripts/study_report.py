@@ -69,6 +69,28 @@ def train_test_table(runs: list[SweepRun], root: Path, rank: dict[str, int]) -> 
     return lines
 
 
+def table(root: Path, train_test: bool = False) -> tuple[str, list[dict]]:
+    """(the markdown table of every finished run under ``root``, the aggregated entries); ``train_test``: the train and
+    test accuracy table instead (entries then empty). ``SystemExit`` when no run under ``root`` has finished."""
+    runs, unfinished = finished_runs(root)
+    if not runs:
+        raise SystemExit(f"study_report: no finished run under {root}")
+    rank = {m: i for i, m in enumerate(ORDER)}
+    if train_test:
+        return "\n".join(train_test_table(runs, root, rank)), []
+    entries = sorted(aggregate(runs, root), key=lambda e: (rank.get(e["mitigator"], 99), e["strength"] or 0))
+    best = best_strengths(entries)
+    lines = ["| mitigator | strength | seeds | tasks | last-5-task mean | last task |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        strength = "–" if e["strength"] is None else f"{e['strength']:g}"
+        cell = mean_pm(e["last5"], e["last5_se"], e["seeds"])
+        if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"]:
+            cell = f"**{cell}**"
+        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | {cell} | "
+                     f"{mean_pm(e['last'], e['last_se'], e['seeds'])} |")
+    return "\n".join(lines), entries
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("root", type=Path, help="folder holding the sweeps' run folders (searched recursively)")
@@ -78,25 +100,12 @@ def main() -> None:
     args = p.parse_args()
     if args.output is None and not args.train_test:
         p.error("-o/--output is required (the sensitivity figure), unless --train-test")
-    runs, unfinished = finished_runs(args.root)
-    if not runs:
-        raise SystemExit(f"study_report: no finished run under {args.root}")
-    rank = {m: i for i, m in enumerate(ORDER)}
+    text, entries = table(args.root, args.train_test)
+    unfinished = finished_runs(args.root)[1]
+    print(text)
     if args.train_test:
-        print("\n".join(train_test_table(runs, args.root, rank)))
         print(f"\nBold: the best test accuracy over the last 5 tasks. Unfinished runs left out: {unfinished}.")
         return
-    entries = sorted(aggregate(runs, args.root), key=lambda e: (rank.get(e["mitigator"], 99), e["strength"] or 0))
-    best = best_strengths(entries)
-    print("| mitigator | strength | seeds | tasks | last-5-task mean | last task |")
-    print("|---|---|---|---|---|---|")
-    for e in entries:
-        strength = "–" if e["strength"] is None else f"{e['strength']:g}"
-        cell = mean_pm(e["last5"], e["last5_se"], e["seeds"])
-        if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"]:
-            cell = f"**{cell}**"
-        print(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | {cell} | "
-              f"{mean_pm(e['last'], e['last_se'], e['seeds'])} |")
     print(f"\nBold: each mitigator's best strength ({BEST_RULE}). Unfinished runs left out: {unfinished}.")
     sensitivity_plot(entries, args.output, args.title)
     print(f"figure: {args.output}")
