@@ -102,6 +102,34 @@ def add_run_flags(r: argparse.ArgumentParser, sweep: bool = False) -> None:
     r.add_argument("--threads", type=_positive(int), help="CPU threads for torch (default: torch's choice)")
 
 
+def add_study_flags(st: argparse.ArgumentParser) -> None:
+    """The flags of ``study``: its name, which variants and mitigators, where, how (the sweep's workers, backend,
+    threads), and any run setting as an override of the study's (``--dataset digits --tasks 2``: a tiny version)."""
+    from .studies import ORDER, STUDIES, VARIANTS
+
+    st.add_argument("name", choices=sorted(STUDIES), help="the study (docs/results.md; continual/studies.py)")
+    st.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                    help="without (noln) and/or with (ln) LayerNorm (tuned, confirm, heldout; default both)")
+    st.add_argument("--only", nargs="+", choices=ORDER, default=list(ORDER), metavar="MITIGATOR",
+                    help="these mitigators only (tuned, confirm, heldout; default all)")
+    st.add_argument("--out", type=Path, default=Path("results/studies"),
+                    help="the studies' folder (default results/studies: the committed rows, so finished runs are "
+                         "skipped)")
+    st.add_argument("--report", action="store_true", help="run nothing: write the report of the finished runs")
+    st.add_argument("--strengths", type=_positive(float), nargs="+", metavar="S",
+                    help="one grid for every mitigator instead of the study's (a tiny version, a wider grid)")
+    st.add_argument("--threads", type=_positive(int), default=1, help="CPU threads for torch per run (default 1)")
+    st.add_argument("--workers", type=_positive(int), help="runs at once (default: one per CPU core locally)")
+    st.add_argument("--backend", choices=("local", "ray"), default="local")
+    st.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster to join (default: a local Ray)")
+    st.add_argument("--no-progress", action="store_true", help="no progress lines")
+    overrides = st.add_argument_group("overrides of the study's settings (a tiny version, another device, ...)")
+    add_config_flags(overrides, RunConfig, skip=("out", "mitigators", "strength", "vectorize_seeds"),
+                     choices={"dataset": DATASETS, "nonstationarity": NONSTATIONARITIES, "model": MODELS},
+                     types={**dict.fromkeys(("tasks", "epochs", "batch_size", "train_size", "width", "probe_size"),
+                                            _positive(int)), "lr": _positive(float)})
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m continual", description="Continual supervised benchmarks.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -110,6 +138,9 @@ def parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="a grid of runs (mitigator × strength × seed) in parallel processes or on "
                                       "Ray; writes one run folder each, summary.md and sensitivity.png")
     add_run_flags(sw, sweep=True)
+    st = sub.add_parser("study", help="a declared study of docs/results.md (continual.studies): its sweeps, resumable, "
+                                      "local or on Ray, then its report.md and figures")
+    add_study_flags(st)
     pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table")
     pl.add_argument("runs", nargs="+", type=Path,
                     help="run folders (results.csv), results.csv files, or folders of run folders (a sweep's --out)")
@@ -160,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             run(config_from(args), resume=args.resume, progress=not args.no_progress)
         elif args.command == "sweep":
             return _sweep(args)
+        elif args.command == "study":
+            return _study(args)
         elif args.command == "convert-checkpoint":
             from specopt.experiment import convert_checkpoint
 
@@ -195,6 +228,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: the last completed task is checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    """``study``: every sweep of the named study (:func:`continual.studies.run_study`), or only its report."""
+    from .studies import report, run_study
+    from .sweep import RunFailed
+
+    if args.report:
+        print(report(args.name, args.out))
+        return 0
+    overrides = given_fields(RunConfig, args)
+    try:
+        print(run_study(args.name, args.out, overrides, tuple(args.variants), tuple(args.only), args.workers,
+                        args.threads, args.backend, args.ray_address, progress=not args.no_progress,
+                        strengths=tuple(args.strengths) if args.strengths else None))
+    except RunFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished tasks are checkpointed; run the same command again to continue", file=sys.stderr)
         return 130
     return 0
 

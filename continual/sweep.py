@@ -404,6 +404,8 @@ def summarize(runs: list[SweepRun], out: Path) -> str:
         raise ValueError(f"no results in {out}")
     text = summary_markdown(entries, runs[0].config)
     write_text(out / "summary.md", text)
+    best = best_strengths(entries)  # the machine-readable summary a later study reads (continual.studies)
+    write_text(out / "summary.json", json.dumps({"rule": BEST_RULE, "best": best, "entries": entries}, indent=1) + "\n")
     c = runs[0].config
     title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
     sensitivity_plot(entries, out / "sensitivity.png", title)

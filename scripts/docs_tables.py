@@ -62,7 +62,9 @@ def _study_report(argv: list[str]) -> str:
     parser.add_argument("-o", "--output")  # figure options: the table does not depend on them
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    return _script("study_report").table(ROOT / args.root, args.train_test)[0]
+    from continual.report import table
+
+    return table(ROOT / args.root, args.train_test)[0]
 
 
 def _continual_plot(argv: list[str]) -> str:

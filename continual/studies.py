@@ -1,0 +1,232 @@
+"""The studies of docs/results.md as data: ``python -m continual study NAME``.
+
+A study is a list of sweeps (:func:`continual.sweep.sweep`) on the studies' benchmark — real Fashion-MNIST, MLP
+4×256, Adam 1e-3, batch 512, the first 12,800 images, 40 epochs per task (:data:`BENCHMARK`) — each written to its
+own folder ``<out>/<study>/<variant>/<mitigator>/`` (``variant``: ``noln`` or ``ln``, the MLP without or with
+LayerNorm). Every sweep resumes: finished runs are skipped, partial ones continue from their checkpoints, so running
+a study again after an interruption, on this machine or on a Ray cluster, finishes it. At the end the study writes
+``<out>/<study>/report.md`` (every variant's table, :func:`report`) and one sensitivity figure per variant.
+
+A study that depends on another reads the other's machine-readable summary (``summary.json`` of each sweep, written
+by :func:`continual.sweep.summarize`), never a markdown table:
+
+=========  =====================================================================================================
+study      what it runs
+=========  =====================================================================================================
+tuned      every mitigator over its grid (:data:`GRIDS`), 2 seeds (0, 1) × 20 tasks, without and with LayerNorm
+confirm    each mitigator at its tuned best (``tuned``'s summary.json), 3 seeds (0–2) × 30 tasks; one at its default
+           strength is left to the acceptance runs (results/acceptance), which ran exactly that
+heldout    the held-out confirmation (issue #29): every mitigator at its tuned best, decoupled spectral also one grid
+           step either side, on seeds 3–5 that no tuning run used, 30 tasks, both variants — one code version
+k          spectral's exponent k ∈ {1, 2, 4, 8} at its default strength, 3 seeds × 30 tasks, no LayerNorm
+shift      the other non-stationarities: none, spectral and the two best tuned baselines (:data:`SHIFT_BASELINES`),
+           3 seeds × 20 tasks, train and test accuracy
+=========  =====================================================================================================
+
+The best strength of a sweep is :data:`continual.sweep.BEST_RULE`'s, fixed before any confirmation ran.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .mitigators import DEFAULT_STRENGTHS, NO_STRENGTH
+
+BENCHMARK: dict[str, Any] = dict(dataset="fashion-mnist", model="mlp", epochs=40, batch_size=512, train_size=12800,
+                                 lr=1e-3)
+"""The settings every study shares (the paper's Appendix B MLP setting on Fashion-MNIST)."""
+
+VARIANTS = ("noln", "ln")
+ORDER = ("none", "crelu", "spectral", "l2-init", "shrink-perturb", "redo", "l2", "wasserstein", "ewc", "cbp",
+         "spectral-coupled")
+GRIDS: dict[str, tuple[float, ...]] = {
+    "none": (), "crelu": (),  # no strength: one run per seed
+    "spectral": (0.001, 0.01, 0.1, 0.3, 1, 3, 10),  # 0.01 and 0.001: the drop-in strengths of docs/strength.md
+    "spectral-coupled": (1e-5, 1e-4, 1e-3, 1e-2),
+    "l2": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),  # 1e-6 added: with LayerNorm the best of the first four was 1e-5, the edge
+    "l2-init": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),  # 1e-6 added: the best of the first four was 1e-5, the edge
+    "shrink-perturb": (1e-5, 1e-4, 1e-3, 1e-2),
+    "wasserstein": (1e-5, 1e-4, 1e-3, 1e-2),
+    "ewc": (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1),  # 0.1 and 1 added: 1e-5..1e-2 all within noise of Adam
+    "cbp": (1e-5, 1e-4, 1e-3, 1e-2, 0.1),  # 0.1 added: the best of the first four was 1e-2, the edge
+    "redo": (0.001, 0.01, 0.1, 0.3),
+}
+"""Each mitigator's tuning grid: ≥ 4 strengths over ≥ 2 decades around its default; a best at the edge grows it."""
+
+SHIFT_BASELINES: tuple[tuple[str, float | None], ...] = (("crelu", None), ("redo", 0.1))
+"""The two best tuned baselines without LayerNorm (results/studies/tuned/noln), run under the other shifts."""
+SHIFTS = ("pixel-permutation", "label-flip", "class-incremental")
+HELDOUT_SEEDS = (3, 4, 5)
+"""Seeds no tuning or earlier confirmation run used (tuned: 0, 1; confirm and acceptance: 0–2)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep of a study: its folder below the study's, the settings beyond :data:`BENCHMARK`, the strengths."""
+
+    folder: str
+    settings: Mapping[str, Any]
+    strengths: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a study's declaration may read: the studies' root folder, the variants and mitigators asked for."""
+
+    out: Path
+    variants: tuple[str, ...] = VARIANTS
+    only: tuple[str, ...] = ORDER
+
+    def best(self, variant: str, mitigator: str) -> float | None:
+        """The tuned study's best strength of ``mitigator`` (its sweep's summary.json); None without a strength."""
+        if mitigator in NO_STRENGTH:
+            return None
+        path = self.out / "tuned" / variant / mitigator / "summary.json"
+        if not path.exists():
+            raise ValueError(f"{path} is missing: run `python -m continual study tuned` first (this study reads "
+                             "the tuned study's best strengths)")
+        best = json.loads(path.read_text())["best"]
+        if mitigator not in best:
+            raise ValueError(f"{path} has no best strength for {mitigator}")
+        return float(best[mitigator])
+
+
+def _ln(variant: str) -> dict[str, Any]:
+    return {"layernorm": variant == "ln"}
+
+
+def tuned(ctx: Context) -> list[Sweep]:
+    return [Sweep(f"{v}/{m}", dict(nonstationarity="random-labels", tasks=20, seeds=[0, 1], mitigators=[m], **_ln(v)),
+                  GRIDS[m] or None) for v in ctx.variants for m in ctx.only]
+
+
+def confirm(ctx: Context) -> list[Sweep]:
+    sweeps = []
+    for v in ctx.variants:
+        for m in ctx.only:
+            best = ctx.best(v, m)
+            if m in NO_STRENGTH or best == DEFAULT_STRENGTHS[m]:
+                continue  # the acceptance runs (results/acceptance) ran exactly this
+            sweeps.append(Sweep(f"{v}/{m}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2],
+                                                 mitigators=[m], **_ln(v)), (best,)))
+    return sweeps
+
+
+def neighbours(grid: tuple[float, ...], best: float) -> tuple[float, ...]:
+    """``best`` and the grid's strengths one step either side of it (those that exist)."""
+    i = grid.index(best)
+    return tuple(grid[max(i - 1, 0):i + 2])
+
+
+def heldout(ctx: Context) -> list[Sweep]:
+    sweeps = []
+    for v in ctx.variants:
+        for m in ctx.only:
+            best = ctx.best(v, m)
+            strengths = None if best is None else (neighbours(GRIDS[m], best) if m == "spectral" else (best,))
+            sweeps.append(Sweep(f"{v}/{m}", dict(nonstationarity="random-labels", tasks=30, seeds=list(HELDOUT_SEEDS),
+                                                 mitigators=[m], **_ln(v)), strengths))
+    return sweeps
+
+
+def k_ablation(ctx: Context) -> list[Sweep]:
+    return [Sweep(f"k{k}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
+                                layernorm=False, options={"spectral": {"k": k}})) for k in (1, 2, 4, 8)]
+
+
+def shift(ctx: Context) -> list[Sweep]:
+    sweeps = []
+    for ns in SHIFTS:
+        common = dict(nonstationarity=ns, tasks=20, seeds=[0, 1, 2], layernorm=False)
+        sweeps.append(Sweep(f"{ns}/none-spectral", dict(common, mitigators=["none", "spectral"])))
+        sweeps += [Sweep(f"{ns}/{m}", dict(common, mitigators=[m]), None if s is None else (s,))
+                   for m, s in SHIFT_BASELINES]
+    return sweeps
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    sweeps: Callable[[Context], list[Sweep]]
+    variants: bool = True  # whether --variants and --only apply
+    train_test: bool = False  # the report's table: train and test accuracy (the shifts)
+    tables: tuple[str, ...] = field(default=())  # the folders below the study's whose tables the report shows
+
+
+STUDIES: dict[str, Study] = {s.name: s for s in (
+    Study("tuned", tuned, tables=VARIANTS),
+    Study("confirm", confirm, tables=VARIANTS),
+    Study("heldout", heldout, tables=VARIANTS),
+    Study("k", k_ablation, variants=False, tables=("",)),
+    Study("shift", shift, variants=False, train_test=True, tables=SHIFTS),
+)}
+
+
+def configs(name: str, out: Path, overrides: Mapping[str, Any] | None = None, variants: tuple[str, ...] = VARIANTS,
+            only: tuple[str, ...] = ORDER, strengths: tuple[float, ...] | None = None
+            ) -> list[tuple[RunConfig, tuple[float, ...] | None]]:
+    """Every sweep of study ``name`` as (its finished base config, its strengths): :data:`BENCHMARK`, then the
+    sweep's settings, then ``overrides`` (what the command line set: e.g. a tiny dataset for a test); ``strengths``
+    replaces the grid of every sweep that has one."""
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
+    bad = [v for v in variants if v not in VARIANTS] + [m for m in only if m not in ORDER]
+    if bad:
+        raise ValueError(f"unknown variant or mitigator {bad[0]!r}; variants: {', '.join(VARIANTS)}; mitigators: "
+                         f"{', '.join(ORDER)}")
+    ctx = Context(out, tuple(variants), tuple(m for m in ORDER if m in only))
+    out_study = out / name
+    result = []
+    for sweep in STUDIES[name].sweeps(ctx):
+        settings = {**BENCHMARK, **sweep.settings, **(overrides or {}), "out": str(out_study / sweep.folder)}
+        cfg = RunConfig(**settings)
+        cfg.validate()
+        result.append((cfg, strengths if strengths and sweep.strengths else sweep.strengths))
+    return result
+
+
+def run_study(name: str, out: Path, overrides: Mapping[str, Any] | None = None, variants: tuple[str, ...] = VARIANTS,
+              only: tuple[str, ...] = ORDER, workers: int | None = None, threads: int = 1, backend: str = "local",
+              ray_address: str | None = None, progress: bool = True,
+              strengths: tuple[float, ...] | None = None) -> str:
+    """Run (or finish) every sweep of study ``name`` under ``out``, then write and return its report. Every sweep's
+    settings are checked before the first runs."""
+    from .sweep import sweep
+
+    for cfg, grid in configs(name, out, overrides, variants, only, strengths):
+        sweep(cfg, strengths=list(grid) if grid else None, workers=workers, threads=threads,
+              backend=backend, ray_address=ray_address, progress=progress)
+    return report(name, out)
+
+
+def report(name: str, out: Path) -> str:
+    """The study's tables (one per variant, shift or k folder; unfinished runs left out) and sensitivity figures,
+    written to ``<out>/<name>/report.md`` and ``<out>/<name>/<folder>.png``."""
+    from specopt.experiment import write_text
+
+    from .report import finished_runs, table
+    from .sweep import BEST_RULE, sensitivity_plot
+
+    study = STUDIES[name]
+    root = out / name
+    parts = [f"# Study `{name}`", "", f"`python -m continual study {name}`; best strength: {BEST_RULE}.", ""]
+    for folder in study.tables:
+        where = root / folder
+        runs, unfinished = finished_runs(where) if where.is_dir() else ([], 0)
+        if not runs:
+            continue
+        text, entries = table(where, study.train_test)
+        parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}.", ""]
+        if entries:
+            sensitivity_plot(entries, root / f"{folder or name}.png", f"{name} {folder}".strip())
+    text = "\n".join(parts)
+    write_text(root / "report.md", text)
+    return text
+
+
+__all__ = ["BENCHMARK", "GRIDS", "STUDIES", "Study", "Sweep", "configs", "report", "run_study"]

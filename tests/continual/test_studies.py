@@ -1,0 +1,102 @@
+"""`python -m continual study`: the studies of docs/results.md as data — declared once, resumable, reported; the
+declarations reproduce the committed runs' settings exactly, and a study that depends on another reads its
+summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from continual.studies import HELDOUT_SEEDS, configs
+from continual.sweep import plan, status
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "results" / "studies"
+TINY = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--train-size", "64", "--width", "16",
+        "--no-diagnostics", "--workers", "1", "--no-progress"]
+
+
+def study(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "continual", "study", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def test_tuned_study_runs_one_resumable_sweep_per_mitigator_and_variant_then_reports(tmp_path):
+    args = ["tuned", "--only", "spectral", "l2", "--strengths", "0.5", "--out", str(tmp_path), *TINY]
+    first = study(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for variant in ("noln", "ln"):
+        for mitigator in ("spectral", "l2"):
+            folder = tmp_path / "tuned" / variant / mitigator
+            runs = sorted(p.name for p in folder.iterdir() if p.is_dir())
+            assert runs == [f"{mitigator}-s0.5-seed0", f"{mitigator}-s0.5-seed1"]
+            with open(folder / runs[0] / "results.csv") as fh:
+                rows = list(csv.DictReader(fh))
+            assert [r["task"] for r in rows] == ["1", "2"]
+            assert {r["layernorm"] for r in rows} == {"1" if variant == "ln" else "0"}
+            summary = json.loads((folder / "summary.json").read_text())
+            assert summary["best"] == {mitigator: 0.5} and summary["entries"][0]["seeds"] == 2
+    report = (tmp_path / "tuned" / "report.md").read_text()
+    assert report.count("| spectral | 0.5 | 2 | 2 | **") == 2 and (tmp_path / "tuned" / "ln.png").exists()
+    again = study(*[a for a in args if a != "--no-progress"])  # its progress lines say what each sweep had to do
+    assert again.returncode == 0 and again.stdout.count("0 to start") == 4, again.stdout[-2000:]
+    bad = study("nope")
+    assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, runs", [("tuned", 184), ("confirm", 33), ("k", 12), ("shift", 36)])
+def test_declared_studies_are_the_committed_runs_exactly(name, runs):
+    """Every run the declaration plans is a committed, finished run with the same settings (a changed setting would
+    make the sweep refuse the folder): the study command reproduces what the shell recipes ran."""
+    planned = [r for cfg, strengths in configs(name, RESULTS) for r in plan(cfg, list(strengths) if strengths else None)]
+    assert len(planned) == runs
+    assert {status(r) for r in planned} == {"finished"}
+
+
+def test_heldout_study_uses_seeds_no_tuning_run_used_and_the_tuned_best_strengths():
+    used = {seed for path in RESULTS.glob("*/*/*/*/config.json") if path.parts[-5] in ("tuned", "confirm")
+            for seed in json.loads(path.read_text())["seeds"]}
+    assert used == {0, 1, 2} and not used & set(HELDOUT_SEEDS)
+    plans = {Path(cfg.out).relative_to(RESULTS / "heldout").as_posix(): (cfg, strengths)
+             for cfg, strengths in configs("heldout", RESULTS)}
+    for variant in ("noln", "ln"):
+        best = json.loads((RESULTS / "tuned" / variant / "spectral" / "summary.json").read_text())["best"]["spectral"]
+        cfg, strengths = plans[f"{variant}/spectral"]
+        assert best == 1.0 and strengths == (0.3, 1, 3)  # the best and one grid step either side
+        assert cfg.seeds == list(HELDOUT_SEEDS) and cfg.tasks == 30 and cfg.layernorm == (variant == "ln")
+        for mitigator in ("cbp", "l2-init", "spectral-coupled"):
+            tuned = json.loads((RESULTS / "tuned" / variant / mitigator / "summary.json").read_text())["best"]
+            assert plans[f"{variant}/{mitigator}"][1] == (tuned[mitigator],)
+    assert plans["noln/none"][1] is None and len(plans) == 22
+
+
+def test_confirm_reads_the_tuned_summary_json_and_refuses_without_it(tmp_path):
+    for mitigator, best in (("l2", {"l2": 0.001}), ("none", {})):
+        folder = tmp_path / "tuned" / "noln" / mitigator
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"best": best}))
+    done = study("confirm", "--variants", "noln", "--only", "none", "l2", "--seeds", "0", "--out", str(tmp_path),
+                 *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = sorted(str(p.relative_to(tmp_path / "confirm")) for p in (tmp_path / "confirm").glob("*/*/*-seed0"))
+    assert runs == ["noln/l2/l2-s0.001-seed0"]  # none: no strength, the acceptance runs are its confirmation
+    with open(tmp_path / "confirm" / "noln" / "l2" / "l2-s0.001-seed0" / "results.csv") as fh:
+        assert {(r["strength"], r["task"]) for r in csv.DictReader(fh)} == {("0.001", "1"), ("0.001", "2")}
+    missing = study("confirm", "--variants", "noln", "--only", "ewc", "--out", str(tmp_path), *TINY)
+    assert missing.returncode == 2 and "summary.json is missing" in missing.stderr
+    assert len(missing.stderr.splitlines()) == 1 and not (tmp_path / "confirm" / "noln" / "ewc").exists()
+
+
+def test_k_study_runs_spectral_once_per_exponent(tmp_path):
+    done = study("k", "--seeds", "0", "--out", str(tmp_path), *TINY)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for k in (1, 2, 4, 8):
+        [run] = [p for p in (tmp_path / "k" / f"k{k}").iterdir() if p.is_dir()]
+        with open(run / "results.csv") as fh:
+            assert {r["options"] for r in csv.DictReader(fh)} == {"" if k == 2 else f"k={k}"}
+    assert "## k" in (tmp_path / "k" / "report.md").read_text()
