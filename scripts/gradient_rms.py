@@ -8,12 +8,14 @@ mean of √v̂ over each weight matrix's entries at each task end.
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from strength_sweep import FMNIST_DIR, load_idx, mlp
+from continual.data import DEBIAN_FMNIST, read_idx
+from continual.models import MLP
 
 
 def main() -> None:
@@ -21,11 +23,13 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=3)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-dir", type=Path, default=DEBIAN_FMNIST, help="Fashion-MNIST's IDX files")
+    p.add_argument("--train-size", type=int, default=12800)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = torch.from_numpy(load_idx(FMNIST_DIR / "train-images-idx3-ubyte.gz")[:12800].astype(np.float32) / 255.0)
-    model = mlp(layernorm=False)
+    x = torch.from_numpy(read_idx(args.data_dir / "train-images-idx3-ubyte.gz")[: args.train_size].astype(np.float32) / 255.0)
+    model = MLP(784, 10, width=256, depth=4, layernorm=False)  # the benchmark's MLP 4×256
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1000)
     for task in range(args.tasks):

@@ -382,3 +382,19 @@ def test_run_flags_are_generated_from_runconfig_and_a_preset_fills_what_is_not_g
                                              "options": {"spectral": {"k": 4}, "l2-init": {"decoupled": True}},
                                              "out": "x"})
     assert config_from(parser().parse_args(["run", "--out", "x"])) == RunConfig(out="x")
+
+
+def test_gradient_rms_script_runs_on_idx_files(tmp_path):
+    """scripts/gradient_rms.py (docs/strength.md tells users to run it) runs end to end on small IDX files."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), True)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "scripts" / "gradient_rms.py"), "--tasks", "2", "--epochs", "1",
+                           "--data-dir", str(tmp_path), "--train-size", "64"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["task 1", "task 2"] and "head.weight median" in lines[-1]
