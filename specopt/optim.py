@@ -423,7 +423,8 @@ class Spectral(Optimizer):
     def __repr__(self) -> str:
         s = self._spectral_defaults
         return (
-            f"Spectral(strength={s['spectral_strength']}, k={s['k']}, power_iterations={s['power_iterations']})"
+            f"Spectral(strength={s['spectral_strength']}, k={s['k']}, power_iterations={s['power_iterations']}, "
+            f"pull={s.get('spectral_pull', 'two-sided')!r}, precondition={s.get('spectral_precondition', False)})"
             f" over {self.optimizer!r}"
         )
 

@@ -54,15 +54,26 @@ def _rows(groups: Iterable[Mapping[str, Any]], defaults: Mapping[str, Any],
                           else f"group role {group.get('role', defaults.get('role', AUTO))!r}")
                 rule = f"{source} (inferred: {tagged.role})"
             rows.append((name, _shape_text(param, role, layout), role, str(strength) if active else "-",
-                         str(k) if active else "-", rule))
+                         str(k) if active else "-", _form(group, defaults) if active else "-", rule))
     return rows
+
+
+def _form(group: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """The pull's form of a group: ``two-sided`` (the paper's R) or ``one-sided``, ``+precondition`` when the step is
+    divided by Adam's √v̂ + ε; ``unset`` where neither the group nor the optimizer says."""
+    pull = group.get("spectral_pull", defaults.get("spectral_pull"))
+    if pull is None:
+        return "unset"
+    return pull + ("+precondition" if group.get("spectral_precondition", defaults.get("spectral_precondition"))
+                   else "")
 
 
 def describe(obj: Any, model: nn.Module | None = None) -> str:
     """A table of every tensor and the rule applied to it, for a model, a list of groups or an optimizer.
 
     ``print(specopt.describe(optimizer, model))`` shows what is regularized: name, shape (and how a tensor is
-    viewed: a conv kernel as out × in·kh·kw, a ``qkv`` tensor as its blocks), role, strength, k, and the rule that
+    viewed: a conv kernel as out × in·kh·kw, a ``qkv`` tensor as its blocks), role, strength, k, the pull's form
+    (``two-sided`` or ``one-sided``, ``+precondition``), and the rule that
     chose the role (from :func:`infer`, or the override). With ``model``, tensors of groups built from
     ``model.parameters()`` (as HF ``Trainer`` builds them) are shown by their names in the model. Strength and k:
     ``-`` for a tensor that is not regularized (role ``none``), ``unset`` where neither the group nor the
@@ -77,8 +88,8 @@ def describe(obj: Any, model: nn.Module | None = None) -> str:
     else:
         groups, defaults = list(obj), {}
     known = {id(t.param): t for t in tag(model)} if model is not None else {}
-    rows = [("name", "shape", "role", "strength", "k", "rule"), *_rows(groups, defaults, known)]
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    rows = [("name", "shape", "role", "strength", "k", "form", "rule"), *_rows(groups, defaults, known)]
+    widths = [max(len(r[i]) for r in rows) for i in range(7)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
     return "\n".join(lines)

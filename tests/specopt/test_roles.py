@@ -307,11 +307,14 @@ def test_describe_shows_qkv_blocks():
 def test_describe_lists_every_tensor_with_its_rule():
     model = Block()
     text = specopt.describe(specopt.SpectralAdam(specopt.param_groups(model, strength=0.3)))
-    assert text.splitlines()[0].split() == ["name", "shape", "role", "strength", "k", "rule"]
+    assert text.splitlines()[0].split() == ["name", "shape", "role", "strength", "k", "form", "rule"]
     line = next(l for l in text.splitlines() if l.startswith("conv.weight"))
-    assert "8×3×3×3 (as 8×27)" in line and "matrix" in line and "0.3" in line
+    assert "8×3×3×3 (as 8×27)" in line and "matrix" in line and "0.3" in line and "two-sided" in line
     line = next(l for l in text.splitlines() if l.startswith("temperature"))
-    assert line.split()[2:] == ["none", "-", "-"]
+    assert line.split()[2:] == ["none", "-", "-", "-"]
+    forms = describe_table(specopt.describe(specopt.SpectralAdam(specopt.param_groups(model), pull="one-sided",
+                                                                 precondition=True)))
+    assert forms["conv.weight"]["form"] == "one-sided+precondition" and forms["temperature"]["form"] == "-"
     assert len(text.splitlines()) == 2 + len(list(model.parameters()))
     plain = specopt.describe(specopt.Spectral(torch.optim.SGD(nn.Linear(3, 2).parameters(), lr=0.1)))
     assert "group0.param1" in plain and "none" in plain
