@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from specopt.experiment import atomic_write, claim_folder, mean_pm, mean_se, save_figure, write_text
+from specopt import runs as engine
+from specopt.experiment import claim_folder, mean_pm, mean_se, save_figure, write_text
+from specopt.runs import RunFailed
 
 from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import DataError
@@ -30,7 +31,6 @@ from . import runner
 
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
              "to the smaller strength")
-RAY_MISSING = 'the ray backend needs Ray: pip install "specopt[sweep]" (or pip install ray)'
 
 
 @dataclass(frozen=True)
@@ -98,160 +98,36 @@ def status(run: SweepRun) -> str:
 
 
 def execute(config: dict[str, Any], threads: int = 1) -> int:
-    """Run (or resume) one run in ``config["out"]`` with ``threads`` torch threads; the number of rows. The unit
-    of work of both backends (module level, so a worker process can import it)."""
-    import torch
+    """Run (or resume) one run in ``config["out"]``; the number of rows. The unit of work of both backends (module
+    level, so a worker process can import it; :func:`specopt.runs.call` sets the torch threads)."""
+    return len(runner.run(RunConfig(**config), resume=True, progress=False))
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return len(runner.run(RunConfig(**config), resume=True, progress=False))
-    finally:
-        torch.set_num_threads(previous)
+
+EXECUTE = "continual.sweep:execute"
 
 
 def run_in_temp_folder(config: dict[str, Any], files: dict[str, bytes], threads: int = 1) -> dict[str, bytes]:
-    """A Ray task's body: write ``files`` (the run folder's, possibly none) into a temporary folder on this
-    machine, run or resume the run there, and return the folder's files as bytes."""
-    with tempfile.TemporaryDirectory(prefix="continual-sweep-") as tmp:
-        folder = Path(tmp) / "run"
-        folder.mkdir()
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        execute(dict(config, out=str(folder)), threads)
-        return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    """A Ray task's body (:func:`specopt.runs.in_temp_folder` of :func:`execute`)."""
+    return engine.in_temp_folder(EXECUTE, config, files, threads)
 
 
-def folder_files(folder: Path) -> dict[str, bytes]:
-    if not folder.is_dir():
-        return {}
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+RAY_RETRIES = engine.RAY_RETRIES  # the driver reads it when it starts the tasks (a test lowers it)
 
 
-def write_back(folder: Path, files: dict[str, bytes]) -> None:
-    """Write a run's returned files into ``folder`` atomically (temporary file + rename), results.csv last, and
-    config.json with ``out`` pointing at ``folder`` (as ``run`` writes it) rather than the worker's temporary one."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if "config.json" in files:
-        config = json.loads(files["config.json"])
-        config["out"] = str(folder)
-        files = dict(files, **{"config.json": json.dumps(config, indent=2).encode()})
-    for name in sorted(files, key=lambda n: n == "results.csv"):
-        atomic_write(folder / name, lambda tmp, data=files[name]: tmp.write_bytes(data))
-
-
-class RunFailed(RuntimeError):
-    """A run of the sweep that failed where it ran (a crashed worker, retries exhausted); one line naming it."""
-
-
-RAY_RETRIES = 3
-"""How many times a Ray task whose worker process died (killed, out of memory, its machine lost) is run again; each
-retry resumes the run from the files the driver holds (its last checkpoint that came back). An exception raised
-by the run itself (a refused setting) is not retried."""
-
-
-def _die_with_driver(driver: int) -> None:
-    """A local pool worker's initializer: a daemon thread that ends the worker (``os._exit``) within a second of
-    its driver's death, however the driver died (``kill -9`` included, when no clean-up of the driver runs), so that
-    no orphan goes on with the queue. The run it was in keeps its last checkpoint (files are written whole)."""
-    import threading
-
-    def watch() -> None:
-        while os.getppid() == driver:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="die-with-driver", daemon=True).start()
+def _job(run: SweepRun) -> engine.Job:
+    return engine.Job(run.name, asdict(run.config), EXECUTE, "results.csv")
 
 
 def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[[SweepRun], None]) -> None:
-    if workers == 1:  # in this process: no start-up cost
-        for run in todo:
-            execute(asdict(run.config), threads)
-            done(run)
-        return
-    import multiprocessing
-    import signal
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    def interrupt(signum, frame):  # `kill` the sweep → its workers stop too, as with Ctrl-C (no orphans)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    # spawn, not fork: a forked child of a process that has used torch's thread pools (or CUDA) can hang.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_die_with_driver, initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(execute, asdict(run.config), threads): run for run in todo}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    run = pending.pop(future)
-                    future.result()
-                    done(run)
-        except BaseException:  # a failed run or Ctrl-C: stop now (every finished task is checkpointed)
-            for future in pending:
-                future.cancel()
-            for process in (getattr(pool, "_processes", None) or {}).values():
-                process.terminate()  # a worker would otherwise go on with the runs already handed to it
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-
-
-def _import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ValueError(RAY_MISSING) from None
-    return ray
+    by_name = {run.name: run for run in todo}
+    engine.run_local([_job(run) for run in todo], workers, threads, lambda job: done(by_name[job.name]))
 
 
 def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: str | None,
              done: Callable[[SweepRun], None]) -> None:
-    ray = _import_ray()
-    started = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
-        started = True
-    try:
-        remote = ray.remote(run_in_temp_folder)
-        pending: dict[Any, SweepRun] = {}
-        queue = list(todo)
-        while queue or pending:
-            while queue and (workers is None or len(pending) < workers):
-                run = queue.pop(0)
-                gpus = 1 if run.config.device.startswith("cuda") else 0
-                task = remote.options(num_cpus=1, num_gpus=gpus, max_retries=RAY_RETRIES, retry_exceptions=False)
-                ref = task.remote(asdict(run.config), folder_files(Path(run.config.out)), threads)
-                pending[ref] = run
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                run = pending.pop(ref)
-                try:
-                    files = ray.get(ref)
-                except ray.exceptions.RayTaskError as err:
-                    cause = getattr(err, "cause", None) or err
-                    message = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-                    if isinstance(cause, (ValueError, DataError)):  # a setting the worker refused (e.g. no dataset)
-                        raise ValueError(f"{run.name} on its Ray worker: {message}") from None
-                    raise RunFailed(f"{run.name} failed on its Ray worker ({type(cause).__name__}: {message})"
-                                    ) from None
-                except ray.exceptions.RayError as err:  # its worker died RAY_RETRIES + 1 times, or Ray lost it
-                    raise RunFailed(f"{run.name}: its Ray worker died {RAY_RETRIES + 1} times "
-                                    f"({type(err).__name__}); its finished tasks are in {run.config.out}: run the "
-                                    "same sweep again to resume it") from None
-                write_back(Path(run.config.out), files)
-                done(run)
-    except BaseException:  # a failed run or Ctrl-C: cancel the others (their finished tasks come back next time)
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        if started:
-            ray.shutdown()
+    by_name = {run.name: run for run in todo}
+    engine.run_ray([_job(run) for run in todo], workers, threads, address, lambda job: done(by_name[job.name]),
+                 body=run_in_temp_folder, refused=(ValueError, DataError), retries=RAY_RETRIES)
 
 
 def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | None = None, threads: int = 1,
@@ -266,7 +142,7 @@ def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | 
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; valid names are local, ray")
     if backend == "ray":
-        _import_ray()  # before any work: a missing Ray is a one-line error
+        engine.import_ray()  # before any work: a missing Ray is a one-line error
     base.validate()
     if strengths is not None and any(not (0 <= s < math.inf) for s in strengths):
         raise ValueError(f"--strengths must be finite numbers >= 0, got {' '.join(map(str, strengths))}")

@@ -127,10 +127,11 @@ def form_of(cfg: dict) -> str:
     return "+".join(parts) or "spectral"
 
 
-def forms() -> tuple[dict, dict, dict]:
+def forms() -> tuple[dict, dict, dict, dict]:
     """The forms study's rows (results/strength-forms): ({(form, λ): {env: (mean, s.e., seeds)}} of SAC with Adam
     under ("adam", 0.0), {(form, λ): {variant: (mean, s.e., seeds)}} of the last-5-task train accuracy,
-    {(form, λ): {variant: [last / first task per seed]}}) — every run of one code version (config.json's provenance)."""
+    {(form, λ): {variant: [last / first task per seed]}}, {(form, λ): (mean, s.e., seeds)} of the supervised test
+    accuracy) — every run of one code version (config.json's provenance)."""
     rl_rows: dict = defaultdict(dict)
     for run in sorted((FORMS / "sac").glob("*/config.json")) if (FORMS / "sac").is_dir() else []:
         for env, by in sac(run.parent.parent, [run.parent]).items():
@@ -151,19 +152,27 @@ def forms() -> tuple[dict, dict, dict]:
                 by_seed[r["seed"]].append(float(r["train_accuracy"]))
             plastic[key][variant] = (*mean_se([sum(a[-5:]) / 5 for a in by_seed.values()]), len(by_seed))
             kept[key][variant] = [a[-1] / a[0] for a in by_seed.values()]
-    return rl_rows, plastic, kept
+    per: dict = defaultdict(list)
+    for path in sorted((FORMS / "supervised").glob("*/*/results.csv")):
+        cfg = json.loads((path.parent / "config.json").read_text())
+        for r in read_csv(path):
+            key = ("adam", 0.0) if r["mitigator"] == "none" else (form_of(cfg), float(r["strength"]))
+            per[key].append(float(r["test_accuracy"]))
+    sup = {key: (*mean_se(v), len(v)) for key, v in per.items()}
+    return rl_rows, plastic, kept, sup
 
 
 def forms_table() -> str:
     """The forms study's table: every form at every λ measured, SAC as people run it (return and ratio to Adam's,
     with standard errors) and plasticity (last-5-task mean, last / first task per seed), no LN and with LN."""
-    rl_rows, plastic, kept = forms()
-    if not rl_rows and not plastic:
+    rl_rows, plastic, kept, sup = forms()
+    if not rl_rows and not plastic and not sup:
         return "No run of this study has finished yet."
-    keys = sorted(set(rl_rows) | set(plastic), key=lambda k: (k != ("adam", 0.0), k[0], k[1]))
+    keys = sorted(set(rl_rows) | set(plastic) | set(sup), key=lambda k: (k != ("adam", 0.0), k[0], k[1]))
     envs = sorted({e for by in rl_rows.values() for e in by})
     head = ["form", "λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
-    head += ["continual, last-5-task train accuracy: no LN", "with LN", "last / first task per seed: no LN", "with LN"]
+    head += ["supervised test accuracy (seeds)", "continual, last-5-task train accuracy: no LN", "with LN",
+             "last / first task per seed: no LN", "with LN"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     adam = rl_rows.get(("adam", 0.0), {})
     for key in keys:
@@ -172,10 +181,52 @@ def forms_table() -> str:
         cells += [fmt(rl_rows.get(key, {}).get(e)) for e in envs]
         cells += [("1×" if key == ("adam", 0.0) and e in adam else ratio(rl_rows.get(key, {}).get(e), adam.get(e)))
                   for e in envs]
-        cells += [fmt(plastic.get(key, {}).get(v), 3) for v in ("noln", "ln")]
+        cells += [fmt(sup.get(key), 4)] + [fmt(plastic.get(key, {}).get(v), 3) for v in ("noln", "ln")]
         cells += [" / ".join(f"{r:.2f}" for r in kept.get(key, {}).get(v, [])) or "–" for v in ("noln", "ln")]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + bars(rl_rows, plastic, kept, sup))
+
+
+def continual_reference(variant: str) -> tuple[tuple[float, float, int], str]:
+    """What ``CONTINUAL_STRENGTH`` reaches on the plasticity benchmark (last-5-task mean over seeds) and where that
+    comes from: this study's own λ = 1 run when it has one (one code version), else the acceptance runs."""
+    _, plastic, _, _ = forms()
+    if variant in plastic.get(("spectral", 1.0), {}):
+        return plastic[("spectral", 1.0)][variant], "this study's λ = 1 run"
+    per = []
+    for path in sorted((ROOT / "results/acceptance" / variant).glob("spectral-s*.csv")):
+        by_seed: dict[str, list[float]] = defaultdict(list)
+        for r in read_csv(path):
+            if r["mitigator"] == "spectral":
+                by_seed[r["seed"]].append(float(r["train_accuracy"]))
+        per += [sum(a[-5:]) / 5 for a in by_seed.values()]
+    return (*mean_se(per), len(per)), "the acceptance runs (2026-11-25/26: another code version)"
+
+
+def bars(rl_rows: dict, plastic: dict, kept: dict, sup: dict) -> list[str]:
+    """Issue #30's bars for every form measured: SAC ≥ 0.9× Adam (each env), supervised within 1 point of Adam,
+    plasticity ≥ 0.9× what CONTINUAL_STRENGTH reaches and every seed's last task ≥ 0.9× its first (each variant)."""
+    lines = []
+    adam_rl, adam_sup = rl_rows.get(("adam", 0.0), {}), sup.get(("adam", 0.0))
+    for key in sorted((set(rl_rows) | set(plastic) | set(sup)) - {("adam", 0.0), ("spectral", 1.0)}):
+        checks = []
+        for env, value in sorted(rl_rows.get(key, {}).items()):
+            if env in adam_rl:
+                r = value[0] / adam_rl[env][0]
+                checks.append(f"SAC {env} {ratio(value, adam_rl[env])} {'≥' if r >= 0.9 else '<'} 0.9×")
+        if key in sup and adam_sup is not None:
+            gap = sup[key][0] - adam_sup[0]
+            checks.append(f"supervised {gap * 100:+.1f} points {'within' if gap >= -0.01 else 'beyond'} 1")
+        for variant in ("noln", "ln"):
+            if variant in plastic.get(key, {}):
+                ref, where = continual_reference(variant)
+                r = plastic[key][variant][0] / ref[0]
+                worst = min(kept[key][variant])
+                checks.append(f"plasticity {variant} {r:.2f}× λ = 1's {ref[0]:.3f} ({where}) "
+                              f"{'≥' if r >= 0.9 else '<'} 0.9×, worst seed's last / first {worst:.2f} "
+                              f"{'≥' if worst >= 0.9 else '<'} 0.9")
+        lines.append(f"- **{key[0]} λ = {key[1]:g}**: " + ("; ".join(checks) or "nothing finished yet"))
+    return lines
 
 
 def report() -> str:
