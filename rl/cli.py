@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl {train,plot,envs,convert-checkpoint}``. Bad flags or settings → one line on stderr,
+"""Command line: ``python -m rl {train,sweep,plot,envs,convert-checkpoint}``. Bad flags or settings → one line on stderr,
 exit status 2."""
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ def _parser() -> argparse.ArgumentParser:
                                        "spectral_strength": ("--strength", "--spectral-strength")},
                      choices={"mitigators": MITIGATORS})
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    sw = sub.add_parser("sweep", help="the same grid split over processes (groups of seeds), local or on Ray; "
+                                      "resumable; writes summary.md and returns.png", argument_default=argparse.SUPPRESS)
+    add_config_flags(sw, Config, names={"mitigators": ("--mitigator", "--mitigators"), "seeds": ("--seeds", "--seed"),
+                                        "spectral_strength": ("--strength", "--spectral-strength")},
+                     choices={"mitigators": MITIGATORS}, skip=("threads",))
+    sw.add_argument("--seeds-per-process", type=int, default=1, help="seeds trained together in one process "
+                    "(every mitigator and strength of the grid for them; default 1)")
+    sw.add_argument("--workers", type=int, help="processes at once (default: one per CPU core locally; with --backend "
+                                                "ray, as many as the cluster schedules)")
+    sw.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    sw.add_argument("--backend", choices=("local", "ray"), default="local")
+    sw.add_argument("--ray-address", help="the Ray cluster to join: auto or HOST:PORT (default: a local Ray)")
     pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds")
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")
     pl.add_argument("-o", "--output", default="fig.png", help="figure path (fig.png)")
@@ -60,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot(args["runs"], args["output"]))
             return 0
+        if command == "sweep":
+            return _sweep(args)
         return _train(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m rl {command}: error: {e}", file=sys.stderr)
@@ -78,6 +92,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m rl {command}: interrupted: the rows up to the last evaluation are written; continue from "
               "the last checkpoint with the same command and --resume", file=sys.stderr)
         return 130
+
+
+def _sweep(args: dict) -> int:
+    from specopt.runs import RunFailed
+
+    from .envs import parse_env_name
+    from .sweep import sweep
+
+    options = {k: args.pop(k, None) for k in ("seeds_per_process", "workers", "threads", "backend", "ray_address")}
+    cfg = Config(**given_fields(Config, args))
+    cfg.validate()
+    parse_env_name(cfg.env)  # fail fast, before any file is written
+    try:
+        per = options["seeds_per_process"]
+        print(sweep(cfg, 1 if per is None else per, options["workers"], options["threads"] or 1,
+                    options["backend"] or "local", options["ray_address"], progress=cfg.progress))
+    except RunFailed as e:
+        print(f"python -m rl sweep: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _train(args: dict) -> int:

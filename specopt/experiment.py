@@ -201,8 +201,9 @@ def os_error_line(err: OSError) -> str:
 # --- run folders: one run (of one kind) per folder, one process at a time -----------------------------------------
 def folder_kind(path: str | os.PathLike) -> str | None:
     """What made the folder ``path``, judged by its files: ``"rl run"`` (a config.json with ``replay_ratio``),
-    ``"continual run"`` (a config.json with ``nonstationarity``), ``"continual sweep"`` (no config.json, a
-    summary.md or a sub-folder holding a continual run); None for a missing or empty folder or one no run made."""
+    ``"continual run"`` (a config.json with ``nonstationarity``), ``"rl sweep"`` / ``"continual sweep"`` (no
+    config.json and a sub-folder holding such a run; a continual sweep also by its summary.md); None for a missing or
+    empty folder or one no run made."""
     path = Path(path)
     if not path.is_dir():
         return None
@@ -218,11 +219,13 @@ def folder_kind(path: str | os.PathLike) -> str | None:
 
     if (path / "config.json").is_file():
         return kind_of_config(path / "config.json")
+    for sub in path.iterdir():
+        if sub.is_dir() and (sub / "config.json").is_file():
+            found = kind_of_config(sub / "config.json")
+            if found is not None:
+                return found.replace(" run", " sweep")  # a folder of runs: a sweep of their kind
     if (path / "summary.md").is_file():
         return "continual sweep"
-    for sub in path.iterdir():
-        if sub.is_dir() and (sub / "config.json").is_file() and kind_of_config(sub / "config.json") == "continual run":
-            return "continual sweep"
     return None
 
 

@@ -1,0 +1,110 @@
+"""``python -m rl sweep``: an rl grid larger than one process, split over processes — local or on a Ray cluster.
+
+``python -m rl train`` trains every (mitigator, strength, seed) agent of a command together in one process, on one
+device. A grid with more agents than one machine should carry goes to ``sweep``: its seeds are cut into groups of
+``seeds_per_process`` and each group is one ``train`` process — every mitigator and strength of the grid for those
+seeds — in its own folder ``<out>/seeds-<a>-<b>...``, run by the engine the continual sweeps use
+(:mod:`specopt.runs`: a pool of local processes, or Ray tasks that bring their folders back). An agent's networks,
+environments and draws depend on its own seed only (:mod:`rl.streams`), so it starts and is fed the same way
+whichever process it shares; the batched update of another group of agents rounds differently in the last bits,
+which reinforcement learning amplifies, so a grid split otherwise gives other returns for the same seed (compare
+seeds as samples; the same grouping gives the same rows). Every process resumes from its checkpoint: running the
+same sweep again finishes it. At the end the sweep
+writes ``summary.md`` (:func:`rl.plot.plot`'s table over every group) and ``returns.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from specopt import runs as engine
+from specopt.experiment import claim_folder, read_csv, write_text
+
+from .config import Config
+
+EXECUTE = "rl.sweep:execute"
+
+
+def plan(cfg: Config, seeds_per_process: int) -> list[Config]:
+    """One finished :class:`Config` per process: ``cfg`` with a group of its seeds and ``out`` that group's folder."""
+    if seeds_per_process < 1:
+        raise ValueError(f"--seeds-per-process must be >= 1, got {seeds_per_process}")
+    seeds = list(cfg.seeds)
+    groups = [seeds[i:i + seeds_per_process] for i in range(0, len(seeds), seeds_per_process)]
+    return [dataclasses.replace(cfg, seeds=tuple(g), out=str(Path(cfg.out) / ("seeds-" + "-".join(map(str, g)))))
+            for g in groups]
+
+
+def status(cfg: Config) -> str:
+    """"finished" (every agent has its last evaluation, the one at the last multiple of ``eval_interval``),
+    "partial" (the folder holds the run's config: resume it, from its checkpoint if it has one) or "new"."""
+    from .train import METRICS, agent_dir
+
+    last = cfg.steps - cfg.steps % cfg.eval_interval
+    done = []
+    for agent in cfg.agents:
+        rows = read_csv(agent_dir(cfg, agent) / METRICS) if (agent_dir(cfg, agent) / METRICS).exists() else []
+        done.append(bool(rows) and int(rows[-1]["step"]) >= last)
+    if all(done):
+        return "finished"
+    return "partial" if (Path(cfg.out) / "config.json").exists() else "new"
+
+
+def execute(config: dict[str, Any], threads: int = 1) -> int:
+    """Train (or resume) one process's agents in ``config["out"]``; the number of metrics rows. The unit of work
+    of both backends."""
+    from . import run
+
+    cfg = Config.from_dict(dict(config, threads=threads))
+    # a folder holding the run resumes: from its checkpoint, or from the start where none was taken yet (the rows
+    # after a checkpoint are recomputed, as rl train --resume does)
+    return len(run(cfg, resume=(Path(cfg.out) / "config.json").exists()))
+
+
+def run_in_temp_folder(config: dict[str, Any], files: dict[str, bytes], threads: int = 1) -> dict[str, bytes]:
+    """A Ray task's body (:func:`specopt.runs.in_temp_folder` of :func:`execute`)."""
+    return engine.in_temp_folder(EXECUTE, config, files, threads)
+
+
+def sweep(cfg: Config, seeds_per_process: int = 1, workers: int | None = None, threads: int = 1,
+          backend: str = "local", ray_address: str | None = None, progress: bool = True) -> str:
+    """Run every process of ``cfg``'s grid (:func:`plan`) into ``cfg.out``, skipping finished ones and resuming the
+    others; write ``summary.md`` and ``returns.png`` there and return the summary. ``progress``: a line per process
+    (the processes themselves show no bars)."""
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; valid names are local, ray")
+    if ray_address and backend != "ray":
+        raise ValueError("--ray-address needs --backend ray")
+    if backend == "ray":
+        engine.import_ray()
+    cfg.validate()
+    groups = [dataclasses.replace(g, progress=False) for g in plan(cfg, seeds_per_process)]  # no bars from workers
+    for group in groups:
+        group.validate()
+    say = print if progress else (lambda *a, **k: None)
+    with claim_folder(cfg.out, "rl sweep") as out:
+        todo = [g for g in groups if status(g) != "finished"]
+        say(f"sweep: {len(groups)} processes of {len(cfg.agents)} agents in {out}: {len(groups) - len(todo)} "
+            f"finished, {len(todo)} to run ({backend})", flush=True)
+        jobs = [engine.Job(Path(g.out).name, dataclasses.asdict(g), EXECUTE, "metrics.csv") for g in todo]
+        t0 = time.time()
+
+        def done(job: engine.Job) -> None:
+            say(f"{job.name}: done ({time.time() - t0:.0f} s)", flush=True)
+
+        if backend == "local":
+            engine.run_local(jobs, workers or os.cpu_count() or 1, threads, done)
+        else:
+            engine.run_ray(jobs, workers, threads, ray_address, done, body=run_in_temp_folder)
+        from .plot import plot
+
+        text = plot([Path(g.out) for g in groups], out / "returns.png")
+        write_text(out / "summary.md", f"# rl sweep\n\n{text}\n")
+    return text
+
+
+__all__ = ["execute", "plan", "status", "sweep"]

@@ -1,0 +1,72 @@
+"""``python -m rl sweep``: an rl grid split over processes (groups of seeds) by the engine the continual sweeps use,
+locally and on a real local Ray; each agent learns as it does in one process; a rerun skips what is finished."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rl.cli import main
+from specopt.experiment import folder_kind, read_csv
+
+from .conftest import TINY
+
+FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items() if k not in ("progress", "threads")]
+GRID = ["--mitigator", "none", "spectral", "--strengths", "0.5", "--seeds", "0", "1", "--steps", "100",
+        "--env-workers", "0", *FLAGS]
+
+
+def metrics(folder: Path) -> dict[str, list[dict[str, str]]]:
+    """Every agent's metrics rows under ``folder`` (a run or a sweep), by agent folder name."""
+    return {p.parent.name: read_csv(p) for p in sorted(folder.rglob("metrics.csv"))}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("rl") / "train"
+    assert main(["train", *GRID, "--no-progress", "--out", str(out)]) == 0
+    return out
+
+
+def test_local_sweep_splits_seeds_over_processes_with_every_agent_of_the_grid(one_process, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *GRID, "--workers", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 processes of 4 agents" in printed and "| cheetah-run |" in printed
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["seeds-0", "seeds-1"]
+    assert sorted(p.name for p in (out / "seeds-0").iterdir() if p.is_dir()) == ["none-s0", "spectral-0.5-s0"]
+    split, whole = metrics(out), metrics(one_process)
+    assert split.keys() == whole.keys() and len(split) == 4
+    for agent, rows in whole.items():  # the same evaluations (the returns differ: another batch of agents rounds
+        assert [r["step"] for r in split[agent]] == [r["step"] for r in rows]  # differently, and RL amplifies it)
+        assert {r["mitigator"] for r in split[agent]} == {r["mitigator"] for r in rows}
+    assert (out / "summary.md").read_text().startswith("# rl sweep") and (out / "returns.png").stat().st_size > 0
+    assert folder_kind(out) == "rl sweep" and folder_kind(out / "seeds-0") == "rl run"
+    assert main(["sweep", *GRID, "--workers", "2", "--out", str(out)]) == 0
+    assert "2 finished, 0 to run" in capsys.readouterr().out
+    assert main(["train", *GRID, "--out", str(out)]) == 2  # a sweep's folder is not an rl run's
+    assert "holds another kind of run (rl sweep" in capsys.readouterr().err
+
+
+def test_ray_sweep_gives_the_local_rows(one_process, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    out = tmp_path / "ray"
+    assert main(["sweep", *GRID, "--seeds-per-process", "2", "--backend", "ray", "--workers", "1",
+                 "--out", str(out)]) == 0
+    assert [p.name for p in out.iterdir() if p.is_dir()] == ["seeds-0-1"]
+    split, whole = metrics(out), metrics(one_process)
+    assert {a: [r["eval_return_mean"] for r in rows] for a, rows in split.items()} == \
+        {a: [r["eval_return_mean"] for r in rows] for a, rows in whole.items()}  # one process: the same agents
+    config = (out / "seeds-0-1" / "config.json").read_text()
+    assert str(out / "seeds-0-1") in config and "specopt-run-" not in config  # out points here, not at the worker
+
+
+def test_bad_sweep_settings_are_one_line(tmp_path, capsys):
+    assert main(["sweep", *GRID, "--seeds-per-process", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds-per-process must be >= 1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    assert os.path.exists(tmp_path)
