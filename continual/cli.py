@@ -235,34 +235,36 @@ def main(argv: list[str] | None = None) -> int:
 def _study(args: argparse.Namespace) -> int:
     """``study``: every sweep of the named study (:func:`continual.studies.run_study`), or only its report."""
     from .studies import report, run_study
-    from .sweep import RunFailed
 
     if args.report:
         print(report(args.name, args.out))
         return 0
     overrides = given_fields(RunConfig, args)
-    try:
-        print(run_study(args.name, args.out, overrides, tuple(args.variants), tuple(args.only), args.workers,
-                        args.threads, args.backend, args.ray_address, progress=not args.no_progress,
-                        strengths=tuple(args.strengths) if args.strengths else None))
-    except RunFailed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: finished tasks are checkpointed; run the same command again to continue", file=sys.stderr)
-        return 130
-    return 0
+    return _many_runs(lambda: print(run_study(
+        args.name, args.out, overrides, tuple(args.variants), tuple(args.only), args.workers, args.threads,
+        args.backend, args.ray_address, progress=not args.no_progress,
+        strengths=tuple(args.strengths) if args.strengths else None)))
 
 
 def _sweep(args: argparse.Namespace) -> int:
     """``sweep``: the finished config of every run (with Ray the runs go to the cluster's machines, so CUDA need not
     be on this one), handed to :func:`continual.sweep.sweep` with the sweep's own flags."""
-    from .sweep import RunFailed, sweep
+    from .sweep import sweep
 
-    try:
+    def go() -> None:
         cfg = config_from(args, check_device=args.backend == "local")
         sweep(cfg, strengths=args.strengths, workers=args.workers, threads=args.threads, backend=args.backend,
               ray_address=args.ray_address, progress=not args.no_progress)
+
+    return _many_runs(go)
+
+
+def _many_runs(go) -> int:
+    """Exit status of a sweep or study: 1 for a run that failed where it ran, 130 for Ctrl-C (one line each)."""
+    from specopt.runs import RunFailed
+
+    try:
+        go()
     except RunFailed as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
