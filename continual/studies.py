@@ -48,11 +48,13 @@ GRIDS: dict[str, tuple[float, ...]] = {
     "none": (), "crelu": (),  # no strength: one run per seed
     "spectral": (0.001, 0.01, 0.1, 0.3, 1, 3, 10),  # 0.01 and 0.001: the drop-in strengths of docs/strength.md
     "spectral-coupled": (1e-5, 1e-4, 1e-3, 1e-2),
-    "l2": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),  # 1e-6 added: with LayerNorm the best of the first four was 1e-5, the edge
+    "l2": (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2),  # 1e-6, then 1e-7 and 1e-8 added: each best was the edge
     "l2-init": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),  # 1e-6 added: the best of the first four was 1e-5, the edge
     "shrink-perturb": (1e-5, 1e-4, 1e-3, 1e-2),
     "wasserstein": (1e-5, 1e-4, 1e-3, 1e-2),
-    "ewc": (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1),  # 0.1 and 1 added: 1e-5..1e-2 all within noise of Adam
+    # 0.1 and 1 added, then 10..1e6 (issue #29): its Fisher term is g² ≈ (1e-5..1e-4)², so its penalty gradient is
+    # ≈ 1e-6·λ of the data gradient; at λ ≤ 1 it cannot act
+    "ewc": (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1, 10, 100, 1e3, 1e4, 1e5, 1e6),
     "cbp": (1e-5, 1e-4, 1e-3, 1e-2, 0.1),  # 0.1 added: the best of the first four was 1e-2, the edge
     "redo": (0.001, 0.01, 0.1, 0.3),
 }
