@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl {train,sweep,plot,envs,convert-checkpoint}``. Bad flags or settings → one line on stderr,
+"""Command line: ``python -m rl {train,sweep,study,plot,envs,convert-checkpoint}``. Bad flags or settings → one line on stderr,
 exit status 2."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from specopt.experiment import add_config_flags, given_fields, os_error_line
 
 from .config import MITIGATORS, PAPER7_ENVS, Config
+from .studies import STUDIES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     sw.add_argument("--backend", choices=("local", "ray"), default="local")
     sw.add_argument("--ray-address", help="the Ray cluster to join: auto or HOST:PORT (default: a local Ray)")
+    st = sub.add_parser("study", help="a declared study of docs/strength.md (rl.studies): its processes, resumable, "
+                                      "local or on Ray, then its table")
+    st.add_argument("name", choices=sorted(STUDIES))
+    st.add_argument("--out", default="results", help="where the study's folder goes (default results/: the committed "
+                                                    "rows, so finished processes are skipped)")
+    st.add_argument("--report", action="store_true", help="run nothing: the table of the finished agents")
+    st.add_argument("--steps", type=int, help="override the study's env steps (a tiny version)")
+    st.add_argument("--workers", type=int, help="processes at once (default: one per CPU core locally)")
+    st.add_argument("--backend", choices=("local", "ray"), default="local")
+    st.add_argument("--ray-address", help="the Ray cluster to join (default: a local Ray)")
+    st.add_argument("--no-progress", action="store_true", help="no progress lines")
     pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds")
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")
     pl.add_argument("-o", "--output", default="fig.png", help="figure path (fig.png)")
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if command == "sweep":
             return _sweep(args)
+        if command == "study":
+            return _study(args)
         return _train(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m rl {command}: error: {e}", file=sys.stderr)
@@ -92,6 +106,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m rl {command}: interrupted: the rows up to the last evaluation are written; continue from "
               "the last checkpoint with the same command and --resume", file=sys.stderr)
         return 130
+
+
+def _study(args: dict) -> int:
+    from specopt.runs import RunFailed
+
+    from .studies import run_study, table
+
+    out = Path(args["out"])
+    overrides = {"steps": args["steps"]} if args.get("steps") else {}
+    if args["report"]:
+        print(table(args["name"], out, overrides))
+        return 0
+    try:
+        print(run_study(args["name"], out, overrides, args["workers"], 1, args["backend"], args["ray_address"],
+                        progress=not args["no_progress"]))
+    except RunFailed as e:
+        print(f"python -m rl study: error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _sweep(args: dict) -> int:

@@ -96,3 +96,30 @@ def plot(paths: list[str], output: str) -> str:
 
 
 __all__ = ["find_runs", "load", "over_seeds", "plot"]
+
+
+def last_fraction_returns(agents: list[Path], fraction: float = 0.1) -> dict[str, dict[tuple, tuple[float, float, int]]]:
+    r"""{env: {(form, strength) of an agent (("adam", 0.0) for ``none``): (mean, s.e., seeds)}} of the mean
+    evaluation return over the evaluations in the last ``fraction`` of env steps (step ≥ (1 − fraction)·steps), per
+    agent, then over seeds — the measure of docs/strength.md. ``agents``: agent folders (their metrics.csv and the
+    agent's own config.json); unfinished agents (last row before ``steps``) are left out."""
+    per: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for agent in agents:
+        cfg = json.loads((agent / "config.json").read_text())
+        rows = read_csv(agent / "metrics.csv")
+        if not rows or int(rows[-1]["step"]) < cfg["steps"]:
+            continue  # unfinished
+        last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= (1 - fraction) * cfg["steps"]]
+        key = ("adam", 0.0) if cfg["mitigator"] == "none" else (form_of(cfg), float(cfg["spectral_strength"]))
+        per[cfg["env"]][key].append(sum(last) / len(last))
+    return {env: {k: (*mean_se(v), len(v)) for k, v in sorted(by.items())} for env, by in sorted(per.items())}
+
+
+def form_of(cfg: dict) -> str:
+    """An agent's form of the spectral pull from its run's config (``spectral`` for the paper's R; ``precondition``,
+    ``one-sided``, ``no-heads`` joined by + otherwise)."""
+    parts = [name for name, on in (("precondition", cfg.get("spectral_precondition", False)),
+                                   ("one-sided", cfg.get("spectral_pull", "two-sided") == "one-sided"),
+                                   ("no-heads", not cfg.get("spectral_heads", True))) if on]
+    return "+".join(parts) or "spectral"
+

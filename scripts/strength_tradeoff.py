@@ -24,7 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import specopt
-from specopt.experiment import MIN_SEEDS_FOR_SE, mean_pm, mean_se, read_csv, save_figure
+from rl.plot import form_of as rl_form_of, last_fraction_returns
+from specopt.experiment import mean_pm, mean_se, ratio_pm, read_csv, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_STRENGTH: " (`CONTINUAL_STRENGTH`, old default)"}
@@ -33,18 +34,9 @@ NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_ST
 def sac(results: Path, runs: list[Path] | None = None) -> dict[str, dict[float, tuple[float, float, int]]]:
     """{env: {strength (0 = Adam): (mean, s.e., seeds)}} of the last-10% evaluation return (of the run folders
     ``runs`` only, when given)."""
-    per: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    agents = [a for run in runs for a in sorted(run.glob("*/metrics.csv"))] if runs is not None else \
-        sorted(results.glob("*/*/metrics.csv"))
-    for agent in agents:  # <run folder>/<agent>/: several runs per env add seeds
-        cfg = json.loads((agent.parent / "config.json").read_text())
-        rows = read_csv(agent)
-        if not rows or int(rows[-1]["step"]) < cfg["steps"]:
-            continue  # unfinished
-        last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= 0.9 * cfg["steps"]]
-        strength = cfg["spectral_strength"] if cfg["mitigator"] == "spectral" else 0.0
-        per[cfg["env"]][strength].append(sum(last) / len(last))
-    return {env: {s: (*mean_se(v), len(v)) for s, v in sorted(by.items())} for env, by in sorted(per.items())}
+    agents = [a.parent for run in runs for a in sorted(run.glob("*/metrics.csv"))] if runs is not None else \
+        [a.parent for a in sorted(results.glob("*/*/metrics.csv"))]  # <run>/<agent>/: several runs per env add seeds
+    return {env: {key[1]: value for key, value in by.items()} for env, by in last_fraction_returns(agents).items()}
 
 
 def supervised(results: Path) -> dict[float, tuple[float, float, int]]:
@@ -101,30 +93,19 @@ def fmt(x: tuple[float, float, int] | None, digits: int = 1) -> str:
 
 
 def ratio(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None) -> str:
-    r"""``a / b`` with its standard error :math:`r\sqrt{(s_a/a)^2 + (s_b/b)^2}` (independent seeds, first order) when
-    both have ≥ 3 seeds; the bare ratio otherwise; "–" when either is missing."""
-    if a is None or b is None or b[0] == 0:
-        return "–"
-    r = a[0] / b[0]
-    if min(a[2], b[2]) < MIN_SEEDS_FOR_SE or a[0] == 0:
-        return f"{r:.2f}×"
-    return f"{r:.2f} ± {r * ((a[1] / a[0]) ** 2 + (b[1] / b[0]) ** 2) ** 0.5:.2f}×"
+    """:func:`specopt.experiment.ratio_pm` of two entries, "–" when either is missing."""
+    return "–" if a is None or b is None else ratio_pm(a, b)
 
 
 FORMS = ROOT / "results/strength-forms"
 
 
 def form_of(cfg: dict) -> str:
-    """A run's form of the pull, from its config.json (continual: ``options.spectral``; rl: ``spectral_*``)."""
-    if "options" in cfg:
-        o = cfg["options"].get("spectral", {})
-        pull, precondition, heads = o.get("pull", "two-sided"), o.get("precondition", False), o.get("heads", True)
-    else:
-        pull, precondition = cfg.get("spectral_pull", "two-sided"), cfg.get("spectral_precondition", False)
-        heads = cfg.get("spectral_heads", True)
-    parts = [name for name, on in (("precondition", precondition), ("one-sided", pull == "one-sided"),
-                                   ("no-heads", not heads)) if on]
-    return "+".join(parts) or "spectral"
+    """A continual run's form of the pull (its ``options.spectral``), named as :func:`rl.plot.form_of` names an
+    agent's."""
+    o = cfg.get("options", {}).get("spectral", {})
+    return rl_form_of({"spectral_pull": o.get("pull", "two-sided"), "spectral_precondition": o.get("precondition", False),
+                       "spectral_heads": o.get("heads", True)})
 
 
 def forms() -> tuple[dict, dict, dict, dict]:
@@ -133,11 +114,10 @@ def forms() -> tuple[dict, dict, dict, dict]:
     {(form, λ): {variant: [last / first task per seed]}}, {(form, λ): (mean, s.e., seeds)} of the supervised test
     accuracy) — every run of one code version (config.json's provenance)."""
     rl_rows: dict = defaultdict(dict)
-    for run in sorted((FORMS / "sac").glob("*/config.json")) if (FORMS / "sac").is_dir() else []:
-        for env, by in sac(run.parent.parent, [run.parent]).items():
-            form = form_of(json.loads(run.read_text()))
-            for strength, value in by.items():
-                rl_rows[("adam", 0.0) if strength == 0 else (form, strength)][env] = value
+    agents = [a.parent for a in sorted((FORMS / "sac").glob("*/*/metrics.csv"))]
+    for env, by in last_fraction_returns(agents).items():
+        for key, value in by.items():
+            rl_rows[key][env] = value
     plastic: dict = defaultdict(dict)
     kept: dict = defaultdict(dict)
     for variant in ("noln", "ln"):

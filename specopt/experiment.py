@@ -436,6 +436,18 @@ def mean_pm(mean: float, se: float, seeds: int, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if seeds >= MIN_SEEDS_FOR_SE else f"{mean:.{digits}f}"
 
 
+def ratio_pm(a: tuple[float, float, int], b: tuple[float, float, int], digits: int = 2) -> str:
+    r"""``"r ± s×"``: the ratio r = a/b of two means (each ``(mean, s.e., seeds)``, independent seeds) with its
+    first-order standard error :math:`r\sqrt{(s_a/a)^2 + (s_b/b)^2}`, when both have :data:`MIN_SEEDS_FOR_SE` seeds;
+    the bare ``"r×"`` otherwise, and "–" when b is 0."""
+    if b[0] == 0:
+        return "–"
+    r = a[0] / b[0]
+    if min(a[2], b[2]) < MIN_SEEDS_FOR_SE or a[0] == 0:
+        return f"{r:.{digits}f}×"
+    return f"{r:.{digits}f} ± {abs(r) * ((a[1] / a[0]) ** 2 + (b[1] / b[0]) ** 2) ** 0.5:.{digits}f}×"
+
+
 def mean_se(values: Iterable[float]) -> tuple[float, float]:
     r"""(mean, standard error of the mean) over seeds: :math:`\bar x` and :math:`s/\sqrt n` with the sample standard
     deviation :math:`s` (ddof 1); the standard error of a single value is 0."""

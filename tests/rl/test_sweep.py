@@ -70,3 +70,36 @@ def test_bad_sweep_settings_are_one_line(tmp_path, capsys):
     assert "--seeds-per-process must be >= 1" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
     assert os.path.exists(tmp_path)
+
+
+def test_declared_strength_study_is_the_committed_runs():
+    """rl.studies' strength-sac is what docs/strength.md's commands ran: every process's folder holds a run with the
+    same settings, and every agent is finished (so `python -m rl study strength-sac` runs nothing)."""
+    from rl.studies import check_settings, configs
+    from rl.sweep import status
+
+    root = Path(__file__).resolve().parents[2] / "results"
+    cfgs = configs("strength-sac", root)
+    assert len(cfgs) == 6 and sum(len(c.agents) for c in cfgs) == 2 * (9 + 4 + 5)
+    for cfg in cfgs:
+        check_settings(cfg)
+        assert status(cfg) == "finished"
+
+
+def test_a_study_runs_its_processes_then_resumes_nothing_and_refuses_other_settings(tmp_path, capsys, monkeypatch):
+    import rl.studies as studies
+
+    monkeypatch.setattr(studies, "DROP_IN", {k: v for k, v in TINY.items() if k != "progress"})
+    monkeypatch.setitem(studies.STUDIES, "tiny", ("tiny", [
+        ("a", dict(mitigators=("none", "spectral"), strengths=(0.5,), spectral_precondition=True, seeds=(0,),
+                   steps=100, env_workers=0))]))
+    args = ["study", "tiny", "--out", str(tmp_path), "--workers", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "1 to run" in out and "| cheetah-run | precondition | 0.5 | 1 |" in out and "| cheetah-run | Adam |" in out
+    assert main(args) == 0 and "1 finished, 0 to run" in capsys.readouterr().out
+    monkeypatch.setitem(studies.STUDIES, "tiny", ("tiny", [
+        ("a", dict(mitigators=("none", "spectral"), strengths=(0.5,), seeds=(0,), steps=100, env_workers=0))]))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings (spectral_precondition)" in err and len(err.strip().splitlines()) == 1

@@ -115,3 +115,12 @@ def test_mean_pm_gives_a_standard_error_only_from_three_seeds():
     assert mean_pm(0.5, 0.01, 2) == "0.500"
     assert mean_pm(0.5, 0.01, 3) == "0.500 ± 0.010"
     assert mean_pm(91.64, 9.81, 5, 1) == "91.6 ± 9.8"
+
+
+def test_ratio_pm_carries_the_first_order_error_of_a_ratio_of_means():
+    from specopt.experiment import ratio_pm
+
+    # 101.3 ± 19.3 over 91.6 ± 9.8: r = 1.106, s = r·sqrt((19.3/101.3)² + (9.8/91.6)²) = 0.2416
+    assert ratio_pm((101.3, 19.3, 5), (91.6, 9.8, 5)) == "1.11 ± 0.24×"
+    assert ratio_pm((101.3, 19.3, 2), (91.6, 9.8, 5)) == "1.11×"  # fewer than 3 seeds: no error
+    assert ratio_pm((1.0, 0.1, 3), (0.0, 0.1, 3)) == "–"
