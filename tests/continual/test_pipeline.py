@@ -321,7 +321,8 @@ def test_mitigator_options_reach_the_mitigator_the_rows_and_the_resume_guard(tmp
     assert {r["mitigator"]: r["options"] for r in rows} == {"spectral": "k=4", "none": ""}
     assert all(r["epochs"] == "1" and r["width"] == "256" and r["train_size"] == "1497" for r in rows)
     options = json.loads((out / "config.json").read_text())["options"]  # every option of every mitigator
-    assert options["spectral"] == {"k": 4, "pull": "two-sided", "precondition": False, "heads": True} and options["spectral_coupled"] == {"k": 2}
+    assert options["spectral"] == {"k": 4, "pull": "two-sided", "precondition": False, "heads": True}
+    assert options["spectral_coupled"] == {"k": 2}
     assert options["redo"] == {"frequency": 1000} and options["l2_init"] == {"decoupled": False}
     from continual.runner import Run
 
