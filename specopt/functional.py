@@ -335,7 +335,7 @@ def prepare(param_groups: list[dict], state: dict, defaults: dict, only_with_gra
                     "spectral regularization does not support sparse gradients; give this parameter role 'none' "
                     "(specopt.param_groups(model, roles={'<name>': 'none'})) or use dense gradients"
                 )
-            if precondition and (_is_dtensor(p) or (role == "qkv" and not L.is_default(layout))):
+            if precondition and _is_dtensor(p):
                 raise ValueError(unsupported_precondition(group, p))
             if _is_dtensor(p):
                 sharded.append((p, role, strength, k, iterations, init_iterations, group, layout))
@@ -372,13 +372,12 @@ NOT_ADAM = ("precondition=True divides the spectral step by Adam's sqrt(v̂) + e
 
 
 def unsupported_precondition(group: dict, p: Tensor) -> str:
-    """The one-line refusal of ``precondition=True`` on a sharded tensor or a fused tensor of another layout."""
+    """The one-line refusal of ``precondition=True`` on a sharded tensor."""
     j = next(i for i, q in enumerate(group["params"]) if q is p)
     names = group.get("param_names")
     name = repr(names[j]) if names else f"parameter {j} of its group"
-    return (f"precondition=True supports plain matrices, equal q/k/v blocks, biases and scales, not {name} (a DTensor "
-            "shard or a fused projection of unequal or column blocks); use precondition=False for it (its own "
-            "param group)")
+    return (f"precondition=True does not support DTensor shards (FSDP2, tensor parallel) yet: {name}; use "
+            "precondition=False for it (its own param group)")
 
 
 def adam_denominators(ps: list[Tensor], state: dict, group: dict) -> list[Tensor]:
@@ -517,7 +516,13 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
     for p, sizes, axis, us, vs, sig, strength, k, group in pending.fused:  # W_j ← W_j − α_j u_j v_jᵀ, block by block
         if not has_grad(p):
             continue
-        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, found_inf), group_form(group)[0])
+        one_sided, precondition = group_form(group)
+        lr_strength = _lr_strength(group["lr"], strength, found_inf)
+        if precondition:  # each block's ρ from its slice of D (column blocks: the row blocks of Dᵀ)
+            (d,) = adam_denominators([p], state, group)
+            d_blocks = (d.t() if axis else d).split(sizes)
+            lr_strength = lr_strength * torch.stack([K.adam_weight(u, v, db) for u, v, db in zip(us, vs, d_blocks)])
+        alpha = matrix_step(sig, k, lr_strength, one_sided)
         st = state[p]
         u_all, v_all = torch.cat(us), torch.cat(vs)
         if "spectral_u" in st:

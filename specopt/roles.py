@@ -408,9 +408,10 @@ def param_groups(
 
     last: list[Tagged] = []
     if head is not None:
-        prefix = output_layer(model, tagged)
-        last = [t for t in tagged if t.name.rpartition(".")[0] == prefix]
-        tagged = [t for t in tagged if t.name.rpartition(".")[0] != prefix]
+        prefix = output_layer(model)
+        ids = {id(p) for p in model.get_submodule(prefix).parameters(recurse=False)}  # a tied head's too
+        last = [t for t in tagged if id(t.param) in ids]
+        tagged = [t for t in tagged if id(t.param) not in ids]
         if not tagged:
             raise ValueError(f"head= needs a model with layers besides its output layer {prefix!r}")
     if not split_roles:
@@ -422,14 +423,18 @@ def param_groups(
     return out
 
 
-def output_layer(model: nn.Module, tagged: list[Tagged] | None = None) -> str:
-    """The qualified name of ``model``'s output layer as :func:`param_groups`' ``head=`` takes it: the module that owns
-    the last parameter (in registration order) whose role is ``matrix``. One-line ``ValueError`` when there is none."""
-    tagged = tagged if tagged is not None else tag(model)
-    matrices = [t for t in tagged if t.role == "matrix"]
-    if not matrices:
+def output_layer(model: nn.Module) -> str:
+    """The qualified name of ``model``'s output layer as :func:`param_groups`' ``head=`` takes it: the last module, in
+    registration order, that holds a parameter of two or more dimensions itself — a classifier's last Linear, a
+    critic's value head, a ViT's ``head``, a language model's ``lm_head`` (also when its weight is tied to the input
+    embedding, as GPT-2's is: the tied tensor is then the head's). One-line ``ValueError`` when there is none."""
+    last = None
+    for name, module in model.named_modules():
+        if any(p.dim() >= 2 for p in module.parameters(recurse=False)):
+            last = name
+    if last is None:
         raise ValueError("head= needs a model with a matrix (a Linear or conv weight); this one has none")
-    return matrices[-1].name.rpartition(".")[0]
+    return last
 
 
 def group_roles(group: Mapping[str, Any], default: str = AUTO) -> list[str]:

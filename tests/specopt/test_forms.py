@@ -216,3 +216,53 @@ def test_bad_forms_are_one_line_errors(make, message):
 def test_head_of_a_model_without_a_matrix_is_a_one_line_error():
     with pytest.raises(ValueError, match="needs a model with a matrix"):
         specopt.param_groups(nn.LayerNorm(4), head=0.0)
+
+
+@pytest.mark.parametrize("sizes, axis", [((2, 3, 3), 1), ((4, 2, 2), 0)])
+def test_preconditioned_step_on_a_fused_tensor_is_adams_step_projected_on_each_block(sizes, axis):
+    """A qkv tensor of column blocks (GPT-2's Conv1D c_attn layout) or unequal row blocks (grouped-query attention):
+    each block j moves by −ηλc(σ1_j)ρ_j u_j v_jᵀ, with u_j, v_j, σ1_j from torch.linalg.svd of the block (column blocks
+    as the row blocks of Wᵀ) and ρ_j from the block's slice of torch.optim.Adam's √v̂ + ε."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(8, 8) * 0.8)
+    lr, lam, k = 1e-3, 1e-4, 2
+    grad = torch.randn(8, 8) * 1e-3
+    reference = nn.Parameter(w.detach().clone())
+    adam = torch.optim.Adam([reference], lr=lr)
+    reference.grad = grad.clone()
+    adam.step()
+    d = (adam.state[reference]["exp_avg_sq"] / (1 - 0.999)).sqrt() + 1e-8
+    before = w.detach().clone()
+    group = {"params": [w], "roles": ["qkv"], "blocks": [{"sizes": sizes, "axis": axis}]}
+    opt = specopt.SpectralAdam([group], lr=lr, strength=lam, k=k, init_iterations=500, precondition=True)
+    w.grad = grad.clone()
+    opt.step()
+    expected = reference.detach().double().clone()
+    view, d_view, b_view = (expected.t(), d.t(), before.t()) if axis else (expected, d, before)
+    start = 0
+    for size in sizes:
+        rows = slice(start, start + size)
+        u_all, s, vh = torch.linalg.svd(b_view[rows].double())
+        u, v, sigma = u_all[:, 0], vh[0], s[0].item()
+        c = 2 * k * sigma ** (k - 1) * (sigma**k - 1)
+        rho = ((u**2)[:, None] * (v**2)[None, :] / d_view[rows].double()).sum().item()
+        alpha = min(max(lr * lam * c * rho, min(0.0, sigma - 1)), max(0.0, sigma - 1))
+        view[rows] -= alpha * torch.outer(u, v)
+        start += size
+    torch.testing.assert_close(w.detach().double(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_output_layer_is_the_one_the_model_declares_also_when_tied():
+    """head= takes the layer the model's own code calls its output: timm's get_classifier(), HF's
+    get_output_embeddings() (GPT-2's lm_head, whose weight is the tied input embedding)."""
+    transformers = pytest.importorskip("transformers")
+    timm = pytest.importorskip("timm")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50,
+                                                                n_positions=16))
+    names = {id(m): n for n, m in gpt2.named_modules()}
+    assert specopt.output_layer(gpt2) == names[id(gpt2.get_output_embeddings())] == "lm_head"
+    head_group = specopt.param_groups(gpt2, head=0.0)[-1]
+    assert [id(p) for p in head_group["params"]] == [id(gpt2.get_output_embeddings().weight)]
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=1)
+    names = {id(m): n for n, m in vit.named_modules()}
+    assert specopt.output_layer(vit) == names[id(vit.get_classifier())]
