@@ -266,3 +266,22 @@ def test_output_layer_is_the_one_the_model_declares_also_when_tied():
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32, depth=1)
     names = {id(m): n for n, m in vit.named_modules()}
     assert specopt.output_layer(vit) == names[id(vit.get_classifier())]
+
+
+def test_stacked_preconditioned_fused_tensor_equals_spectral_adam_per_slice():
+    torch.manual_seed(1)
+    spec = {"sizes": (2, 3, 3), "axis": 1}
+    slices = [nn.Parameter(torch.randn(8, 8) * 0.8) for _ in range(2)]
+    refs = [specopt.SpectralAdam([{"params": [w], "roles": ["qkv"], "blocks": [spec]}], lr=1e-2, strength=1e-3,
+                                 precondition=True) for w in slices]
+    stacked = nn.Parameter(torch.stack([w.detach() for w in slices]))
+    opt = StackedSpectralAdam([stacked], ["qkv"], lr=1e-2, strength=1e-3, blocks=[spec], precondition=True)
+    for step in range(4):
+        grad = torch.randn(2, 8, 8) * 1e-3
+        for s, (w, ref) in enumerate(zip(slices, refs)):
+            w.grad = grad[s].clone()
+            ref.step()
+        stacked.grad = grad
+        opt.step()
+    for s, w in enumerate(slices):
+        torch.testing.assert_close(stacked[s].detach(), w.detach(), atol=1e-6, rtol=1e-5)
