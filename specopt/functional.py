@@ -383,11 +383,14 @@ def unsupported_precondition(group: dict, p: Tensor) -> str:
 def adam_denominators(ps: list[Tensor], state: dict, group: dict) -> list[Tensor]:
     r"""Adam's :math:`\sqrt{\hat v_t} + \epsilon` of each of ``ps`` after the base step (:func:`specopt.kernel.adam_denominator`),
     from the state an Adam-family optimizer keeps (``exp_avg_sq``, ``step``) and the group's ``betas`` and ``eps``."""
+    if "betas" not in group:
+        raise ValueError(NOT_ADAM)
     out = []
     for p in ps:
         st = state.get(p) or {}
-        if "exp_avg_sq" not in st or "betas" not in group:
-            raise ValueError(NOT_ADAM)
+        if "exp_avg_sq" not in st:  # never stepped by the base (no gradient yet): D = ∞, ρ = 0, no step
+            out.append(torch.full(p.shape, float("inf"), device=p.device))
+            continue
         out.append(K.adam_denominator(st["exp_avg_sq"], st["step"], group["betas"][1], group["eps"]))
     return out
 
