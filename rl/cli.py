@@ -1,5 +1,5 @@
-"""Command line: ``python -m rl {train,sweep,study,plot,envs,convert-checkpoint}``. Bad flags or settings → one line on stderr,
-exit status 2."""
+"""Command line: ``python -m rl {train,sweep,study,plot,envs,convert-checkpoint}``. Bad flags or settings → one
+line on stderr, exit status 2."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                      choices={"mitigators": MITIGATORS})
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     sw = sub.add_parser("sweep", help="the same grid split over processes (groups of seeds), local or on Ray; "
-                                      "resumable; writes summary.md and returns.png", argument_default=argparse.SUPPRESS)
+                                      "resumable; writes summary.md and returns.png",
+                        argument_default=argparse.SUPPRESS)
     add_config_flags(sw, Config, names={"mitigators": ("--mitigator", "--mitigators"), "seeds": ("--seeds", "--seed"),
                                         "spectral_strength": ("--strength", "--spectral-strength")},
                      choices={"mitigators": MITIGATORS}, skip=("threads",))

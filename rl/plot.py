@@ -81,7 +81,8 @@ def plot(paths: list[str], output: str) -> str:
             steps, mean, se, n = over_seeds(groups[env][name])
             ax.plot(steps, mean, label=f"{name} (seeds={len(groups[env][name])})")
             ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
-            table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {mean_pm(mean[-1], se[-1], int(n[-1]), 1)} |")
+            cell = mean_pm(mean[-1], se[-1], int(n[-1]), 1)
+            table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {cell} |")
         ax.set_title(env)
         ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")
         ax.set_xlabel("env steps")
@@ -98,7 +99,8 @@ def plot(paths: list[str], output: str) -> str:
 __all__ = ["find_runs", "load", "over_seeds", "plot"]
 
 
-def last_fraction_returns(agents: list[Path], fraction: float = 0.1) -> dict[str, dict[tuple, tuple[float, float, int]]]:
+def last_fraction_returns(agents: list[Path], fraction: float = 0.1
+                          ) -> dict[str, dict[tuple, tuple[float, float, int]]]:
     r"""{env: {(form, strength) of an agent (("adam", 0.0) for ``none``): (mean, s.e., seeds)}} of the mean
     evaluation return over the evaluations in the last ``fraction`` of env steps (step ≥ (1 − fraction)·steps), per
     agent, then over seeds — the measure of docs/strength.md. ``agents``: agent folders (their metrics.csv and the

@@ -28,7 +28,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x = torch.from_numpy(read_idx(args.data_dir / "train-images-idx3-ubyte.gz")[: args.train_size].astype(np.float32) / 255.0)
+    images = read_idx(args.data_dir / "train-images-idx3-ubyte.gz")[: args.train_size]
+    x = torch.from_numpy(images.astype(np.float32) / 255.0)
     model = MLP(784, 10, width=256, depth=4, layernorm=False)  # the benchmark's MLP 4×256
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(1000)

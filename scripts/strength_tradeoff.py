@@ -104,8 +104,8 @@ def form_of(cfg: dict) -> str:
     """A continual run's form of the pull (its ``options.spectral``), named as :func:`rl.plot.form_of` names an
     agent's."""
     o = cfg.get("options", {}).get("spectral", {})
-    return rl_form_of({"spectral_pull": o.get("pull", "two-sided"), "spectral_precondition": o.get("precondition", False),
-                       "spectral_heads": o.get("heads", True)})
+    return rl_form_of({"spectral_pull": o.get("pull", "two-sided"),
+                       "spectral_precondition": o.get("precondition", False), "spectral_heads": o.get("heads", True)})
 
 
 def forms() -> tuple[dict, dict, dict, dict]:

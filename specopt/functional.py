@@ -381,8 +381,9 @@ def unsupported_precondition(group: dict, p: Tensor) -> str:
 
 
 def adam_denominators(ps: list[Tensor], state: dict, group: dict) -> list[Tensor]:
-    r"""Adam's :math:`\sqrt{\hat v_t} + \epsilon` of each of ``ps`` after the base step (:func:`specopt.kernel.adam_denominator`),
-    from the state an Adam-family optimizer keeps (``exp_avg_sq``, ``step``) and the group's ``betas`` and ``eps``."""
+    r"""Adam's :math:`\sqrt{\hat v_t} + \epsilon` of each of ``ps`` after the base step
+    (:func:`specopt.kernel.adam_denominator`), from the state an Adam-family optimizer keeps (``exp_avg_sq``,
+    ``step``) and the group's ``betas`` and ``eps``."""
     if "betas" not in group:
         raise ValueError(NOT_ADAM)
     out = []

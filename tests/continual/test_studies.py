@@ -54,7 +54,7 @@ def test_declared_studies_are_the_committed_runs_exactly(name, runs, new):
     """Every committed run of a study is a planned run with the same settings (a changed setting would make the sweep
     refuse its folder), so the study command reproduces what the shell recipes ran; the only runs left to do are the
     grid points added since (tuned: EWC 10..1e6 and L2 1e-7, 1e-8, both variants, 2 seeds)."""
-    planned = [r for cfg, strengths in configs(name, RESULTS) for r in plan(cfg, list(strengths) if strengths else None)]
+    planned = [r for cfg, grid in configs(name, RESULTS) for r in plan(cfg, list(grid) if grid else None)]
     states = [status(r) for r in planned]
     assert states.count("finished") == runs and states.count("new") == new and len(states) == runs + new
     committed = {p.parent for p in (RESULTS / name).glob("**/results.csv")}
