@@ -158,13 +158,14 @@ class Study:
     variants: bool = True  # whether --variants and --only apply
     train_test: bool = False  # the report's table: train and test accuracy (the shifts)
     tables: tuple[str, ...] = field(default=())  # the folders below the study's whose tables the report shows
+    figures: bool = True  # a sensitivity figure per table (strength on the x axis)
 
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("tuned", tuned, tables=VARIANTS),
     Study("confirm", confirm, tables=VARIANTS),
     Study("heldout", heldout, tables=VARIANTS),
-    Study("k", k_ablation, variants=False, tables=("",)),
+    Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False),
     Study("shift", shift, variants=False, train_test=True, tables=SHIFTS),
 )}
 
@@ -224,7 +225,7 @@ def report(name: str, out: Path) -> str:
             continue
         text, entries = table(where, study.train_test)
         parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}.", ""]
-        if entries:
+        if entries and study.figures:
             sensitivity_plot(entries, root / f"{folder or name}.png", f"{name} {folder}".strip())
     text = "\n".join(parts)
     write_text(root / "report.md", text)

@@ -102,4 +102,5 @@ def test_k_study_runs_spectral_once_per_exponent(tmp_path):
         [run] = [p for p in (tmp_path / "k" / f"k{k}").iterdir() if p.is_dir()]
         with open(run / "results.csv") as fh:
             assert {r["options"] for r in csv.DictReader(fh)} == {"" if k == 2 else f"k={k}"}
-    assert "## k" in (tmp_path / "k" / "report.md").read_text()
+    report = (tmp_path / "k" / "report.md").read_text()
+    assert all(f"## k{k}" in report for k in (1, 2, 4, 8)) and not list((tmp_path / "k").glob("*.png"))
