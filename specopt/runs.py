@@ -83,15 +83,15 @@ def in_temp_folder(execute: str, config: dict[str, Any], files: dict[str, bytes]
 
 def write_back(folder: Path, files: dict[str, bytes], rows_file: str) -> None:
     """Write a run's returned files into ``folder`` atomically (temporary file + rename), the rows files last, and
-    every config.json with ``out`` pointing at ``folder`` (as the run writes it) rather than the worker's
-    temporary one."""
+    every config.json with ``out`` pointing at ``folder`` (as the run writes it: an rl agent's config.json too names
+    its run's folder) rather than the worker's temporary one."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in sorted(files, key=lambda n: (Path(n).name == rows_file, n)):
         data = files[name]
         if Path(name).name == "config.json":
             config = json.loads(data)
-            if "out" in config:
-                config["out"] = str(folder / Path(name).parent) if Path(name).parent != Path(".") else str(folder)
+            if "out" in config:  # the run's folder (an rl agent's config.json names its run's folder too)
+                config["out"] = str(folder)
                 data = json.dumps(config, indent=2).encode()
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))

@@ -3,6 +3,7 @@ locally and on a real local Ray; each agent learns as it does in one process; a 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -60,8 +61,9 @@ def test_ray_sweep_gives_the_local_rows(one_process, tmp_path, capsys, monkeypat
     split, whole = metrics(out), metrics(one_process)
     assert {a: [r["eval_return_mean"] for r in rows] for a, rows in split.items()} == \
         {a: [r["eval_return_mean"] for r in rows] for a, rows in whole.items()}  # one process: the same agents
-    config = (out / "seeds-0-1" / "config.json").read_text()
-    assert str(out / "seeds-0-1") in config and "specopt-run-" not in config  # out points here, not at the worker
+    for config in [out / "seeds-0-1" / "config.json", *(out / "seeds-0-1").glob("*/config.json")]:
+        saved = json.loads(config.read_text())  # the run's folder here, as train writes it, not the worker's
+        assert saved["out"] == str(out / "seeds-0-1"), config
 
 
 def test_bad_sweep_settings_are_one_line(tmp_path, capsys):
