@@ -399,3 +399,47 @@ def test_gradient_rms_script_runs_on_idx_files(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["task 1", "task 2"] and "head.weight median" in lines[-1]
+
+
+def test_penalty_ratio_script_measures_the_coupled_gradients(tmp_path, monkeypatch):
+    """scripts/penalty_ratio.py (docs/results.md: where each coupled baseline acts): on a one-step task its ρ equals
+    ‖2λθ‖ / ‖∇CE‖ computed here by autograd from the model before that step, and the rows file resumes."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("penalty_ratio", root / "scripts" / "penalty_ratio.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    strength = 0.01
+    captured = {}
+    real_run = script.Run
+
+    def run_and_capture(cfg, ds, mitigator, seed):
+        r = real_run(cfg, ds, mitigator, seed)
+        captured["theta"] = [p.detach().clone() for p in r.model.parameters()]
+        captured["model"], captured["ds"] = r.model, ds
+        return r
+
+    monkeypatch.setattr(script, "Run", run_and_capture)
+    out = tmp_path / "rows.csv"
+    argv = ["--dataset", "digits", "--train-size", "512", "--epochs", "1", "--tasks", "1", "--mitigators", "l2",
+            "--strengths", str(strength), "--out", str(out)]
+    assert script.main(argv) == 0
+    (row,) = list(csv.DictReader(out.open()))
+    assert int(row["steps"]) == 1 and row["commit"]
+    # the same model before its one step, the same batch (the whole task: one batch of 512)
+    model = captured["model"]
+    with torch.no_grad():
+        for p, t in zip(model.parameters(), captured["theta"]):
+            p.copy_(t)
+    task = make_task(captured["ds"], "random-labels", 0, 0)
+    model.train()
+    grads = torch.autograd.grad(torch.nn.functional.cross_entropy(model(task.x_train), task.y_train),
+                                list(model.parameters()))
+    data = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+    penalty = 2 * strength * torch.sqrt(sum((t.double() ** 2).sum() for t in captured["theta"]))
+    assert float(row["ratio_median"]) == pytest.approx(float(penalty / data), rel=1e-4)
+    assert float(row["data_grad_norm"]) == pytest.approx(float(data), rel=1e-4)
+    before = out.read_text()
+    assert script.main(argv) == 0 and out.read_text() == before  # finished pairs are skipped
+    assert "| l2 | 0.01 | no | 1 |" in script.report(out)
