@@ -149,6 +149,9 @@ def parser() -> argparse.ArgumentParser:
                     help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")
     pl.add_argument("--per-seed", action="store_true",
                     help="also print one line per mitigator and seed (first/last task, last-task diagnostics)")
+    pk = sub.add_parser("pack", help="fold the finished run folders of sweeps into one rows.csv + runs.jsonl per "
+                        "sweep (the committed form of results/; checkpoints of finished runs are removed)")
+    pk.add_argument("folders", nargs="+", type=Path, help="sweep folders, or folders of sweeps (results/studies)")
     cc = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint from before checkpoints were plain "
                                                   "tensors (docs/security.md); resume reads only plain ones")
     cc.add_argument("path", type=Path, help="a run folder (its checkpoint.pt) or a checkpoint file")
@@ -193,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         elif args.command == "study":
             return _study(args)
+        elif args.command == "pack":
+            from .sweep import pack
+
+            for folder in args.folders:
+                print(f"{folder}: {len(pack(folder))} finished runs packed")
         elif args.command == "convert-checkpoint":
             from specopt.experiment import convert_checkpoint
 

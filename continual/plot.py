@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import mean_pm, mean_se, save_figure
+from specopt.experiment import PACKED_RUNS, mean_pm, mean_se, packed_runs, save_figure
 
 from .diagnostics import DIAGNOSTICS
 from .mitigators import NO_STRENGTH
@@ -43,20 +43,35 @@ def read_results(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def run_results(folder: Path) -> list[dict[str, str]]:
+    """The rows of the run in ``folder``: its results.csv (checked, :func:`read_results`) or, for a run packed into
+    its sweep's folder (``python -m continual pack``), the pack's rows; ``[]`` when there are none."""
+    folder = Path(folder)
+    if (folder / "results.csv").exists():
+        return read_results(folder / "results.csv")
+    packed = packed_runs(folder.parent).get(folder.name)
+    return packed[1] if packed else []
+
+
 def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
     """The rows of every run in ``run_dirs``: each a run folder (its results.csv), a results.csv file, or a folder of
-    run folders (a sweep's ``--out``: every results.csv below it)."""
+    run folders (a sweep's ``--out``: every results.csv below it and every packed sweep's rows)."""
     rows = []
     for d in map(Path, run_dirs):
+        packs: list[Path] = []
         if d.is_dir():
             paths = [d / "results.csv"] if (d / "results.csv").exists() else sorted(d.rglob("results.csv"))
+            if len(paths) != 1 or paths[0].parent != d:
+                packs = sorted(p.parent for p in d.rglob(PACKED_RUNS))
         else:
             paths = [d] if d.suffix == ".csv" and d.exists() else []
-        if not paths:
+        packed = run_results(d) if not (paths or packs) and not d.suffix else []
+        if not (paths or packs or packed):
             raise FileNotFoundError(f"{d} is not a run folder (with results.csv), a folder of run folders or a "
                                     "results.csv file")
         for path in paths:
             rows += read_results(path)
+        rows += packed + [r for pack in packs for _, runs in packed_runs(pack).items() for r in runs[1]]
     if not rows:
         raise ValueError("the results hold no rows yet")
     return rows

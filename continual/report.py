@@ -4,13 +4,12 @@ continual study``, ``scripts/study_report.py`` and the documentation's generated
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from specopt.experiment import mean_pm, mean_se, read_csv
+from specopt.experiment import mean_pm, mean_se, run_configs
 
 from .config import RunConfig
-from .plot import label
+from .plot import label, run_results
 from .sweep import SweepRun, aggregate, best_strengths, run_scores
 
 REPORT_ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink-perturb", "redo", "wasserstein", "ewc",
@@ -20,12 +19,10 @@ REPORT_ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink
 def finished_runs(root: Path) -> tuple[list[SweepRun], int]:
     """(the finished runs under ``root`` as SweepRuns named by their path below it, the number left unfinished)."""
     runs, unfinished = [], 0
-    for config_path in sorted(root.rglob("config.json")):
-        folder = config_path.parent
-        config = json.loads(config_path.read_text())
+    for folder, config in run_configs(root):  # run folders and packed runs (``python -m continual pack``)
         if len(config.get("mitigators", [])) != 1 or len(config.get("seeds", [])) != 1:
             continue  # not a sweep's run folder
-        if len(read_csv(folder / "results.csv")) < config["tasks"]:
+        if len(run_results(folder)) < config["tasks"]:
             unfinished += 1
             continue
         cfg = RunConfig(**{k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__})
@@ -39,7 +36,7 @@ def train_test_table(runs: list[SweepRun], root: Path, rank: dict[str, int]) -> 
     standard error over seeds) and over the last 5 tasks (mean over seeds); the best test last-5 mean in bold."""
     groups: dict[tuple[str, float | None], list[list[dict[str, str]]]] = {}
     for run in runs:
-        groups.setdefault((run.mitigator, run.strength), []).append(read_csv(root / run.name / "results.csv"))
+        groups.setdefault((run.mitigator, run.strength), []).append(run_results(root / run.name))
     cells: dict[tuple[str, float | None], list[float]] = {}
     for key, seeds in groups.items():
         row = []

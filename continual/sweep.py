@@ -7,6 +7,8 @@ experiment in a temporary folder on its worker, seeded with the run folder's fil
 as bytes, which the driver writes (atomically) under ``out`` — so results come back from other machines, and a run
 begun on one machine resumes on another. Running the same sweep again skips finished runs and resumes the others
 from their checkpoints. At the end :func:`summarize` writes ``summary.md`` and ``sensitivity.png``.
+:func:`pack` (``python -m continual pack``) folds finished run folders into the sweep's ``rows.csv`` and
+``runs.jsonl``, the committed form; a packed run counts as finished and reads as its folder did.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, mean_pm, mean_se, save_figure, write_text
+from specopt.experiment import (PACKED_RUNS, claim_folder, mean_pm, mean_se, pack_runs, packed_runs, save_figure,
+                                 write_text)
 from specopt.runs import RunFailed
 
 from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import DataError
 from .mitigators import NO_STRENGTH, strength_or_default
-from .plot import read_results
+from .plot import run_results
 from . import runner
 
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
@@ -75,24 +78,26 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def status(run: SweepRun) -> str:
-    """"finished" (every task in results.csv), "partial" (something to resume) or "new". Raises ``ValueError`` when
+    """"finished" (every task in results.csv, or packed), "partial" (something to resume) or "new". Raises ``ValueError`` when
     the folder holds a run with other settings (``--out`` and ``--data-dir`` may differ, as for ``run --resume``)."""
     folder = Path(run.config.out)
     config_path = folder / "config.json"
-    if config_path.exists():
+    packed = None if config_path.exists() else packed_runs(folder.parent).get(folder.name)
+    if config_path.exists() or packed:
         try:
-            saved = json.loads(config_path.read_text())
+            saved = packed[0] if packed else json.loads(config_path.read_text())
         except json.JSONDecodeError:
             raise ValueError(f"{config_path} is not valid JSON: remove the folder or choose another --out") from None
         diff = changed_settings(saved, _comparable(asdict(run.config)))
         if diff:
-            raise ValueError(f"{folder} holds a run with different settings ({', '.join(diff)}): choose another "
-                             f"--out, or remove the folder")
+            where = f"{folder.parent / PACKED_RUNS} ({folder.name})" if packed else folder
+            raise ValueError(f"{where} holds a run with different settings ({', '.join(diff)}): choose another "
+                             f"--out, or remove the run")
     try:
-        rows = read_results(folder / "results.csv")
+        rows = run_results(folder)
     except ValueError:  # damaged: the run's resume rebuilds it from its checkpoint
         return "partial"
-    if config_path.exists() and len(rows) >= run.config.tasks:
+    if (config_path.exists() or packed) and len(rows) >= run.config.tasks:
         return "finished"
     return "partial" if folder.exists() and any(folder.iterdir()) else "new"
 
@@ -163,7 +168,7 @@ def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers
 
     def done(run: SweepRun) -> None:
         count[0] += 1
-        rows = read_results(Path(run.config.out) / "results.csv")
+        rows = run_results(Path(run.config.out))
         last = float(rows[-1]["train_accuracy"]) if rows else math.nan
         say(f"[{count[0]}/{len(runs)}] {run.name}: {len(rows)} tasks, last-task train accuracy {last:.3f} "
             f"({time.time() - t0:.0f} s)", flush=True)
@@ -176,6 +181,31 @@ def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers
     text = summarize(runs, out)
     say(f"summary: {out / 'summary.md'}\nfigure: {out / 'sensitivity.png'}", flush=True)
     return text
+
+
+def pack(root: Path) -> list[str]:
+    """Pack every sweep folder at or below ``root`` (:func:`specopt.experiment.pack_runs`): each finished run folder
+    — config.json, results.csv with every task of its mitigators and seeds, checkpoint.pt — becomes lines of the
+    sweep's ``rows.csv`` and ``runs.jsonl``, the committed form of results/ (one rows file per sweep instead of a
+    folder per run). Unfinished runs stay as they are, and every reader (the sweep's resume, its summary, ``plot``,
+    the studies' reports) reads packed and unpacked runs alike. Returns the packed runs' paths; a sweep another
+    process is writing is refused (its lock)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: give a sweep's --out or a folder of sweeps (results/studies)")
+
+    def finished(config: dict[str, Any], rows: list[dict[str, str]]) -> bool:
+        return "nonstationarity" in config and len(rows) >= config["tasks"] * len(config["mitigators"]) * len(
+            config["seeds"])
+
+    sweeps = sorted({p.parent.parent for p in root.rglob("config.json") if p.parent.parent != p.parent})
+    packed: list[str] = []
+    for folder in sweeps:
+        if not (folder == root or root in folder.parents):
+            continue
+        with claim_folder(folder, "continual sweep"):
+            packed += [str(folder / name) for name in pack_runs(folder, "results.csv", finished)]
+    return packed
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -194,7 +224,7 @@ def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
     the last-5-task mean and the last task of train accuracy. Runs without results are left out."""
     groups: dict[tuple[str, float | None], list[tuple[float, float, int]]] = {}
     for run in runs:
-        rows = read_results(out / run.name / "results.csv")
+        rows = run_results(out / run.name)
         if rows:
             groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
     entries = []

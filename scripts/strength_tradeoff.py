@@ -6,8 +6,8 @@ benefit (the Fashion-MNIST random-label benchmark) for every spectral strength m
 Rows read:
   results/strength-sac/<run>/<agent>/metrics.csv           python -m rl train ... --strengths ... (docs/strength.md);
                                                            runs of one env (config.json's env) pool their seeds
-  results/strength-supervised/fashion-mnist-mlp/*/results.csv
-  results/studies/tuned/{noln,ln}/spectral/*/results.csv   the tuned-baselines study (2 seeds × 20 tasks)
+  results/strength-supervised/fashion-mnist-mlp/ (a packed sweep: rows.csv)
+  results/studies/tuned/{noln,ln}/spectral/ (packed)       the tuned-baselines study (2 seeds × 20 tasks)
   results/acceptance/{noln,ln}/{none,spectral}*.csv        Adam and λ = 1 (3 seeds × 30 tasks)
 
 SAC: mean evaluation return over the evaluations in the last 10% of env steps, per agent, then mean ± standard error
@@ -19,13 +19,12 @@ mean train accuracy and last-task / first-task train accuracy per seed (tuned st
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import specopt
 from rl.plot import form_of as rl_form_of, last_fraction_returns
-from specopt.experiment import mean_pm, mean_se, ratio_pm, read_csv, save_figure
+from specopt.experiment import mean_pm, mean_se, ratio_pm, read_csv, run_configs, run_rows, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_STRENGTH: " (`CONTINUAL_STRENGTH`, old default)"}
@@ -41,8 +40,8 @@ def sac(results: Path, runs: list[Path] | None = None) -> dict[str, dict[float, 
 
 def supervised(results: Path) -> dict[float, tuple[float, float, int]]:
     per: dict[float, list[float]] = defaultdict(list)
-    for path in results.glob("*/results.csv"):
-        for r in read_csv(path):
+    for folder, _ in run_configs(results):  # run folders and packed runs alike
+        for r in run_rows(folder, "results.csv"):
             per[float(r["strength"]) if r["mitigator"] == "spectral" else 0.0].append(float(r["test_accuracy"]))
     return {s: (*mean_se(v), len(v)) for s, v in sorted(per.items())}
 
@@ -55,10 +54,9 @@ def continual_tuned(results: Path) -> tuple[dict[str, dict[float, tuple[float, f
     for variant in ("noln", "ln"):
         per: dict[float, list[float]] = defaultdict(list)
         kept: dict[float, list[float]] = defaultdict(list)
-        for path in sorted([*(results / variant / "spectral").glob("*/results.csv"),
-                            *(results / variant / "none").glob("*/results.csv")]):
-            rows = read_csv(path)
-            if not rows or int(rows[-1]["task"]) < json.loads((path.parent / "config.json").read_text())["tasks"]:
+        for folder, cfg in [*run_configs(results / variant / "spectral"), *run_configs(results / variant / "none")]:
+            rows = run_rows(folder, "results.csv")
+            if not rows or int(rows[-1]["task"]) < cfg["tasks"]:
                 continue  # unfinished
             accuracy = [float(r["train_accuracy"]) for r in rows]
             strength = float(rows[0]["strength"]) if rows[0]["mitigator"] == "spectral" else 0.0
@@ -121,9 +119,8 @@ def forms() -> tuple[dict, dict, dict, dict]:
     plastic: dict = defaultdict(dict)
     kept: dict = defaultdict(dict)
     for variant in ("noln", "ln"):
-        for path in sorted((FORMS / "plasticity" / variant).glob("*/results.csv")):
-            cfg = json.loads((path.parent / "config.json").read_text())
-            rows = read_csv(path)
+        for folder, cfg in run_configs(FORMS / "plasticity" / variant):
+            rows = run_rows(folder, "results.csv")
             if not rows or int(rows[-1]["task"]) < cfg["tasks"]:
                 continue  # unfinished
             key = ("adam", 0.0) if cfg["mitigators"] == ["none"] else (form_of(cfg), float(rows[0]["strength"]))
@@ -133,9 +130,8 @@ def forms() -> tuple[dict, dict, dict, dict]:
             plastic[key][variant] = (*mean_se([sum(a[-5:]) / 5 for a in by_seed.values()]), len(by_seed))
             kept[key][variant] = [a[-1] / a[0] for a in by_seed.values()]
     per: dict = defaultdict(list)
-    for path in sorted((FORMS / "supervised").glob("*/*/results.csv")):
-        cfg = json.loads((path.parent / "config.json").read_text())
-        for r in read_csv(path):
+    for folder, cfg in run_configs(FORMS / "supervised"):
+        for r in run_rows(folder, "results.csv"):
             key = ("adam", 0.0) if r["mitigator"] == "none" else (form_of(cfg), float(r["strength"]))
             per[key].append(float(r["test_accuracy"]))
     sup = {key: (*mean_se(v), len(v)) for key, v in per.items()}

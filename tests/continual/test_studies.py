@@ -14,6 +14,7 @@ import pytest
 
 from continual.studies import HELDOUT_SEEDS, configs
 from continual.sweep import plan, status
+from specopt.experiment import run_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "studies"
@@ -57,13 +58,13 @@ def test_declared_studies_are_the_committed_runs_exactly(name, runs, new):
     planned = [r for cfg, grid in configs(name, RESULTS) for r in plan(cfg, list(grid) if grid else None)]
     states = [status(r) for r in planned]
     assert states.count("finished") == runs and states.count("new") == new and len(states) == runs + new
-    committed = {p.parent for p in (RESULTS / name).glob("**/results.csv")}
+    committed = {folder for folder, _ in run_configs(RESULTS / name)}  # packed (rows.csv + runs.jsonl) or not
     assert committed == {Path(r.config.out) for r, s in zip(planned, states) if s == "finished"}
 
 
 def test_heldout_study_uses_seeds_no_tuning_run_used_and_the_tuned_best_strengths():
-    used = {seed for path in RESULTS.glob("*/*/*/*/config.json") if path.parts[-5] in ("tuned", "confirm")
-            for seed in json.loads(path.read_text())["seeds"]}
+    used = {seed for study in ("tuned", "confirm") for _, config in run_configs(RESULTS / study)
+            for seed in config["seeds"]}
     assert used == {0, 1, 2} and not used & set(HELDOUT_SEEDS)
     plans = {Path(cfg.out).relative_to(RESULTS / "heldout").as_posix(): (cfg, strengths)
              for cfg, strengths in configs("heldout", RESULTS)}

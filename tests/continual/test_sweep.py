@@ -242,3 +242,46 @@ def test_a_run_from_before_a_new_setting_counts_as_that_settings_default():
     old = {k: v for k, v in config.items() if k != "options"}
     assert changed_settings(old, config) == []
     assert changed_settings(old, {**config, "options": {"spectral": {"k": 4}}}) == ["options"]
+
+
+def test_pack_folds_finished_runs_into_one_rows_file_and_every_reader_reads_them_alike(tmp_path, monkeypatch,
+                                                                                         capsys):
+    """``python -m continual pack``: finished run folders become the sweep's rows.csv + runs.jsonl (rows and configs
+    byte for byte what the folders held), an unfinished run is left to resume, and the summary, the study table, the
+    plot table and the sweep's resume read the packed sweep as they read the folders."""
+    from continual.plot import read_rows, table as plot_table
+    from continual.report import table
+    from specopt.experiment import packed_runs
+
+    out = tmp_path / "studies" / "sweep"
+    argv = ["sweep", *TINY, "--mitigator", "none", "l2", "--strengths", "1e-2", "--seeds", "0", "1",
+            "--workers", "1", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    folders = {p.name: (json.loads((p / "config.json").read_text()), read_csv(p / "results.csv"))
+               for p in out.iterdir() if p.is_dir()}
+    before = (table(out)[0], plot_table(read_rows([out]), "train_accuracy"), (out / "summary.md").read_text())
+    partial = out / "l2-s0.01-seed1"
+    rows = read_csv(partial / "results.csv")
+    with open(partial / "results.csv", "w", newline="") as f:  # as if killed after its first task
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerow(rows[0])
+    capsys.readouterr()
+
+    assert main(["pack", str(tmp_path / "studies")]) == 0
+    assert "3 finished runs packed" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["l2-s0.01-seed1", "rows.csv", "runs.jsonl", "sensitivity.png",
+                                                     "summary.json", "summary.md"]
+    packed = packed_runs(out)
+    assert set(packed) == set(folders) - {"l2-s0.01-seed1"}
+    for name, (config, rows) in packed.items():
+        assert (config, rows) == folders[name]
+    assert main(["pack", str(out)]) == 0 and "0 finished runs packed" in capsys.readouterr().out
+
+    assert main([a for a in argv if a != "--no-progress"]) == 0  # again: the packed runs are finished, one resumes
+    assert "3 finished, 1 to resume, 0 to start" in capsys.readouterr().out
+    assert read_csv(partial / "results.csv") == folders["l2-s0.01-seed1"][1]
+    assert (table(out)[0], plot_table(read_rows([out]), "train_accuracy"), (out / "summary.md").read_text()) == before
+    assert read_rows([out / "none-seed0"]) == folders["none-seed0"][1]  # a packed run named by its folder
+    assert main([*argv[:-1], str(out), "--epochs", "2"]) == 2  # changed settings are refused for packed runs too
+    assert "runs.jsonl (" in capsys.readouterr().err
