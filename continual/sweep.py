@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from specopt import runs as engine
-from specopt.experiment import (PACKED_RUNS, claim_folder, mean_pm, mean_se, pack_runs, packed_runs, save_figure,
+from specopt.experiment import (PACKED_RUNS, claim_folder, mean_pm, mean_se, pack_tree, packed_runs, save_figure,
                                  write_text)
 from specopt.runs import RunFailed
 
@@ -190,22 +190,12 @@ def pack(root: Path) -> list[str]:
     folder per run). Unfinished runs stay as they are, and every reader (the sweep's resume, its summary, ``plot``,
     the studies' reports) reads packed and unpacked runs alike. Returns the packed runs' paths; a sweep another
     process is writing is refused (its lock)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{root} is not a folder: give a sweep's --out or a folder of sweeps (results/studies)")
 
     def finished(config: dict[str, Any], rows: list[dict[str, str]]) -> bool:
         return "nonstationarity" in config and len(rows) >= config["tasks"] * len(config["mitigators"]) * len(
             config["seeds"])
 
-    sweeps = sorted({p.parent.parent for p in root.rglob("config.json") if p.parent.parent != p.parent})
-    packed: list[str] = []
-    for folder in sweeps:
-        if not (folder == root or root in folder.parents):
-            continue
-        with claim_folder(folder, "continual sweep"):
-            packed += [str(folder / name) for name in pack_runs(folder, "results.csv", finished)]
-    return packed
+    return pack_tree(root, "results.csv", finished, "continual sweep")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds")
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")
     pl.add_argument("-o", "--output", default="fig.png", help="figure path (fig.png)")
+    pk = sub.add_parser("pack", help="fold the finished agents of runs into one rows.csv + runs.jsonl per run (the "
+                        "committed form of results/)")
+    pk.add_argument("folders", nargs="+", help="run directories, or directories holding runs")
     sub.add_parser("envs", help="list the DMC tasks and the paper7 preset")
     cc = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint from before checkpoints were plain "
                                                   "tensors (docs/security.md); resume reads only plain ones")
@@ -84,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             from .plot import plot
 
             print(plot(args["runs"], args["output"]))
+            return 0
+        if command == "pack":
+            from .sweep import pack
+
+            for folder in args["folders"]:
+                print(f"{folder}: {len(pack(Path(folder)))} finished agents packed")
             return 0
         if command == "sweep":
             return _sweep(args)

@@ -10,19 +10,40 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import mean_pm, mean_se, read_csv, save_figure
+from specopt.experiment import mean_pm, mean_se, packed_runs, read_csv, run_configs, save_figure
+
+
+def read_agent(folder: Path) -> tuple[dict, list[dict[str, str]]]:
+    """(an agent's config.json, its metrics.csv rows) — from its folder, or from its run folder's pack
+    (``python -m rl pack``: the finished agents of a run as one rows.csv + runs.jsonl)."""
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return json.loads((folder / "config.json").read_text()), read_csv(folder / "metrics.csv")
+    packed = packed_runs(folder.parent).get(folder.name)
+    if packed is None:
+        raise FileNotFoundError(f"no agent (config.json + metrics.csv, or packed) at {folder}")
+    return packed
+
+
+def agent_folders(root: Path) -> list[Path]:
+    """The agent folders at or below ``root`` (an agent's folder, a run's, or a folder of runs): each agent's own
+    folder with its config.json and metrics.csv, or its place in a packed run; ``[]`` when there are none."""
+    root = Path(root)
+    if not root.exists() and not packed_runs(root.parent).get(root.name):
+        return []
+    return [folder for folder, cfg in run_configs(root) if "mitigator" in cfg
+            and ((folder / "metrics.csv").is_file() or not (folder / "config.json").is_file())]
 
 
 def find_runs(paths: list[str]) -> list[Path]:
-    """Run directories (holding config.json and metrics.csv) among ``paths`` and, recursively, below them."""
+    """The agents (run directories holding config.json and metrics.csv, or packed) among ``paths`` and, recursively,
+    below them."""
     runs: list[Path] = []
     for p in map(Path, paths):
-        if not p.exists():
+        found = agent_folders(p)
+        if not found and not p.exists():
             raise FileNotFoundError(f"no such run directory: {p}")
-        if (p / "metrics.csv").exists() and (p / "config.json").exists():
-            runs.append(p)
-        else:
-            runs += sorted(m.parent for m in p.rglob("metrics.csv") if (m.parent / "config.json").exists())
+        runs += found
     if not runs:
         raise FileNotFoundError(f"no runs (config.json + metrics.csv) under {', '.join(paths)}")
     return runs
@@ -42,8 +63,7 @@ def load(paths: list[str]) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndar
     """{env: {label: [(steps, returns) per seed]}}"""
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in find_runs(paths):
-        cfg = json.loads((run / "config.json").read_text())
-        rows = read_csv(run / "metrics.csv")
+        cfg, rows = read_agent(run)
         if rows:
             steps = np.array([int(r["step"]) for r in rows])
             returns = np.array([float(r["eval_return_mean"]) for r in rows])
@@ -96,7 +116,7 @@ def plot(paths: list[str], output: str) -> str:
     return "\n".join(table)
 
 
-__all__ = ["find_runs", "load", "over_seeds", "plot"]
+__all__ = ["agent_folders", "find_runs", "load", "over_seeds", "plot", "read_agent"]
 
 
 def last_fraction_returns(agents: list[Path], fraction: float = 0.1
@@ -107,8 +127,7 @@ def last_fraction_returns(agents: list[Path], fraction: float = 0.1
     agent's own config.json); unfinished agents (last row before ``steps``) are left out."""
     per: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for agent in agents:
-        cfg = json.loads((agent / "config.json").read_text())
-        rows = read_csv(agent / "metrics.csv")
+        cfg, rows = read_agent(agent)
         if not rows or int(rows[-1]["step"]) < cfg["steps"]:
             continue  # unfinished
         last = [float(r["eval_return_mean"]) for r in rows if int(r["step"]) >= (1 - fraction) * cfg["steps"]]

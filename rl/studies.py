@@ -110,9 +110,9 @@ def run_study(name: str, out: Path, overrides: Mapping[str, Any] | None = None, 
 def table(name: str, out: Path, overrides: Mapping[str, Any] | None = None) -> str:
     """The study's table from its finished agents: per env and (form, λ), the last-10% evaluation return (mean ±
     s.e. over seeds, from 3 seeds on) and its ratio to Adam's."""
-    from .plot import last_fraction_returns
+    from .plot import agent_folders, last_fraction_returns
 
-    agents = [a.parent for c in configs(name, out, overrides) for a in sorted(Path(c.out).glob("*/metrics.csv"))]
+    agents = [a for c in configs(name, out, overrides) for a in agent_folders(Path(c.out))]
     lines = ["| env | form | λ | seeds | return, last 10% of steps | ratio to Adam |", "|---|---|---|---|---|---|"]
     for env, by in last_fraction_returns(agents).items():
         adam = by.get(("adam", 0.0))

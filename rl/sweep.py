@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, read_csv, write_text
+from specopt.experiment import claim_folder, pack_tree, run_rows, write_text
 
 from .config import Config
 
@@ -47,11 +47,24 @@ def status(cfg: Config) -> str:
     last = cfg.steps - cfg.steps % cfg.eval_interval
     done = []
     for agent in cfg.agents:
-        rows = read_csv(agent_dir(cfg, agent) / METRICS) if (agent_dir(cfg, agent) / METRICS).exists() else []
+        rows = run_rows(agent_dir(cfg, agent), METRICS)  # its metrics.csv, or packed (python -m rl pack)
         done.append(bool(rows) and int(rows[-1]["step"]) >= last)
     if all(done):
         return "finished"
     return "partial" if (Path(cfg.out) / "config.json").exists() else "new"
+
+
+def pack(root: Path) -> list[str]:
+    """Pack every run at or below ``root`` (:func:`specopt.experiment.pack_tree`): each finished agent's folder — its
+    config.json and metrics.csv, complete to its last evaluation — becomes lines of the run folder's ``rows.csv`` and
+    ``runs.jsonl``. Unfinished agents stay folders; ``status``, ``rl plot``, the studies' tables and
+    docs/strength.md's tables read packed agents as they read folders. ``python -m rl pack``."""
+
+    def finished(config: dict[str, Any], rows: list[dict[str, str]]) -> bool:
+        last = config["steps"] - config["steps"] % config["eval_interval"]
+        return "replay_ratio" in config and bool(rows) and int(rows[-1]["step"]) >= last
+
+    return pack_tree(root, "metrics.csv", finished, "rl run")
 
 
 def execute(config: dict[str, Any], threads: int = 1) -> int:

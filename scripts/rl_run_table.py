@@ -11,20 +11,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specopt.experiment import read_csv
+from rl.plot import agent_folders, read_agent
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("root", type=Path, help="a folder of rl runs (searched for <agent>/metrics.csv)")
+    p.add_argument("root", type=Path, help="a folder of rl runs (its agents: <agent>/metrics.csv, or packed)")
     p.add_argument("--column", default="eval_return_mean", help="the metrics.csv column (default eval_return_mean)")
     p.add_argument("--steps", type=int, nargs="+", help="env steps to show (default: all)")
     p.add_argument("--digits", type=int, default=1)
     args = p.parse_args()
-    agents = sorted(args.root.rglob("metrics.csv"))
+    agents = agent_folders(args.root)
     if not agents:
-        raise SystemExit(f"rl_run_table: no metrics.csv under {args.root}")
-    tables = {m.parent.relative_to(args.root): {int(r["step"]): r for r in read_csv(m)} for m in agents}
+        raise SystemExit(f"rl_run_table: no agents (metrics.csv, or packed) under {args.root}")
+    tables = {a.relative_to(args.root): {int(r["step"]): r for r in read_agent(a)[1]} for a in agents}
     first = next(iter(tables.values()))
     if args.column not in next(iter(first.values())):
         raise SystemExit(f"rl_run_table: no column {args.column!r}; valid: {', '.join(next(iter(first.values())))}")

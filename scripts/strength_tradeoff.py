@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import specopt
-from rl.plot import form_of as rl_form_of, last_fraction_returns
+from rl.plot import agent_folders, form_of as rl_form_of, last_fraction_returns
 from specopt.experiment import mean_pm, mean_se, ratio_pm, read_csv, run_configs, run_rows, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +33,7 @@ NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_ST
 def sac(results: Path, runs: list[Path] | None = None) -> dict[str, dict[float, tuple[float, float, int]]]:
     """{env: {strength (0 = Adam): (mean, s.e., seeds)}} of the last-10% evaluation return (of the run folders
     ``runs`` only, when given)."""
-    agents = [a.parent for run in runs for a in sorted(run.glob("*/metrics.csv"))] if runs is not None else \
-        [a.parent for a in sorted(results.glob("*/*/metrics.csv"))]  # <run>/<agent>/: several runs per env add seeds
+    agents = [a for run in (runs if runs is not None else [results]) for a in agent_folders(run)]  # packed or not
     return {env: {key[1]: value for key, value in by.items()} for env, by in last_fraction_returns(agents).items()}
 
 
@@ -112,7 +111,7 @@ def forms() -> tuple[dict, dict, dict, dict]:
     {(form, λ): {variant: [last / first task per seed]}}, {(form, λ): (mean, s.e., seeds)} of the supervised test
     accuracy) — every run of one code version (config.json's provenance)."""
     rl_rows: dict = defaultdict(dict)
-    agents = [a.parent for a in sorted((FORMS / "sac").glob("*/*/metrics.csv"))]
+    agents = agent_folders(FORMS / "sac")
     for env, by in last_fraction_returns(agents).items():
         for key, value in by.items():
             rl_rows[key][env] = value

@@ -32,7 +32,7 @@ from typing import Any
 __all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "add_version", "append_csv", "atomic_write",
            "changed_settings", "check_device", "CheckpointError", "claim_folder", "code_version",
            "convert_checkpoint", "field_docs", "folder_kind", "FolderLock", "given_fields", "load_checkpoint",
-           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "pack_runs", "PACKED_ROWS", "PACKED_RUNS",
+           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "pack_runs", "pack_tree", "PACKED_ROWS", "PACKED_RUNS",
            "packed_runs", "progress_bar", "read_csv", "run_configs", "run_rows",
            "save_checkpoint", "save_figure", "saved_provenance", "tensorboard_writer", "write_csv", "write_json",
            "write_text"]
@@ -356,6 +356,23 @@ def pack_runs(folder: str | os.PathLike, rows_file: str,
         with contextlib.suppress(OSError):
             (folder / name).rmdir()  # only if nothing else is left in it
     return list(new)
+
+
+def pack_tree(root: str | os.PathLike, rows_file: str, finished: Callable[[dict[str, Any], list[dict[str, str]]], bool],
+              kind: str) -> list[str]:
+    """:func:`pack_runs` on every folder at or below ``root`` that holds run folders (a sub-folder with a config.json
+    and a ``rows_file``), each claimed as a ``kind`` folder first (:func:`claim_folder`: one another process is
+    writing is refused in one line). Returns the packed runs' paths. The ``pack`` command of both packages."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: give a sweep's or run's --out, or a folder of them")
+    holders = sorted({p.parent.parent for p in root.rglob(rows_file) if (p.parent / "config.json").is_file()
+                      and p.parent != root})
+    packed: list[str] = []
+    for folder in holders:
+        with claim_folder(folder, kind):
+            packed += [str(folder / name) for name in pack_runs(folder, rows_file, finished)]
+    return packed
 
 
 def run_rows(folder: str | os.PathLike, rows_file: str) -> list[dict[str, str]]:

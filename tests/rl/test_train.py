@@ -335,3 +335,31 @@ def test_ctrl_c_stops_a_run_with_env_workers_in_one_line(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Current thread" in err or "Thread 0x" in err, err[-2000:]  # SIGUSR1's stacks
     assert "Traceback" not in err and "interrupted" in err and "--resume" in err, err[-2000:]
+
+
+def test_pack_folds_finished_agents_into_the_runs_rows_file_and_readers_read_them_alike(full_run, tmp_path, capsys):
+    """``python -m rl pack``: every finished agent's config.json and metrics.csv become lines of the run folder's
+    rows.csv + runs.jsonl (exactly the files' contents), and the plot table, the sweep's status and the docs'
+    last-10% measure read the packed run as they read the folders."""
+    import shutil
+
+    from rl.plot import agent_folders, last_fraction_returns, plot
+    from rl.sweep import status
+    from specopt.experiment import packed_runs
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    before = {a: (json.loads((run / a / "config.json").read_text()), list(csv.DictReader(open(run / a / "metrics.csv"))))
+              for a in AGENTS}
+    table = plot([str(run)], str(tmp_path / "a.png"))
+    measure = last_fraction_returns(agent_folders(run))
+    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
+    assert status(cfg) == "finished"
+
+    assert main(["pack", str(tmp_path)]) == 0
+    assert "4 finished agents packed" in capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "rows.csv", "runs.jsonl"]
+    assert packed_runs(run) == before
+    assert plot([str(run)], str(tmp_path / "b.png")) == table
+    assert last_fraction_returns(agent_folders(run)) == measure and status(cfg) == "finished"
+    assert main(["pack", str(run)]) == 0 and "0 finished agents packed" in capsys.readouterr().out
