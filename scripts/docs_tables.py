@@ -2,7 +2,9 @@
 
 A generated table sits between ``<!-- generated: COMMAND -->`` and ``<!-- end generated -->`` in a page under docs/;
 COMMAND is what a reader runs to print it — ``python scripts/study_report.py ROOT [--train-test]``, ``python -m
-continual plot PATHS [--metric M]`` (paths relative to the repository, globs expanded) — or one of :data:`FIXED`.
+continual plot PATHS [--metric M] [--per-seed]`` (with ``--per-seed``: its per-seed table), ``python -m rl plot
+PATHS``, ``python scripts/rl_run_table.py ROOT [--column C --steps S... --digits D]`` (paths relative to the
+repository, globs expanded) — or one of :data:`FIXED`.
 Nothing between the markers is written by hand.
 
     python scripts/docs_tables.py            # rewrite every generated block from the rows
@@ -68,19 +70,44 @@ def _study_report(argv: list[str]) -> str:
 
 
 def _continual_plot(argv: list[str]) -> str:
-    from continual.plot import METRICS, read_rows, table
+    from continual.plot import METRICS, per_seed_table, read_rows, table
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--metric", default="train_accuracy", choices=METRICS)
+    parser.add_argument("--per-seed", action="store_true")
     parser.add_argument("-o", "--output")  # the figure's file: the table does not depend on it
     args = parser.parse_args(argv)
-    return table(read_rows(_paths(args.runs)), args.metric)
+    rows = read_rows(_paths(args.runs))
+    return per_seed_table(rows, args.metric) if args.per_seed else table(rows, args.metric)
+
+
+def _rl_plot(argv: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import tempfile
+
+    from rl.plot import plot
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("-o", "--output")  # the figure's file: the table does not depend on it
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:  # the figure is drawn, into a scratch file
+        return plot([str(p) for p in _paths(args.runs)], str(Path(tmp) / "fig.png"))
+
+
+def _rl_run_table(argv: list[str]) -> str:
+    return _script("rl_run_table").table(_script("rl_run_table").parser().parse_args(
+        [str(ROOT / argv[0]), *argv[1:]]), ROOT / argv[0])
 
 
 COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
     ("python", "scripts/study_report.py"): _study_report,
     ("python", "-m", "continual", "plot"): _continual_plot,
+    ("python", "-m", "rl", "plot"): _rl_plot,
+    ("python", "scripts/rl_run_table.py"): _rl_run_table,
 }
 """Blocks whose command starts with one of these: the command's own table, from its arguments (as a user runs it)."""
 

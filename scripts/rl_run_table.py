@@ -14,26 +14,36 @@ from pathlib import Path
 from rl.plot import agent_folders, read_agent
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("root", type=Path, help="a folder of rl runs (its agents: <agent>/metrics.csv, or packed)")
     p.add_argument("--column", default="eval_return_mean", help="the metrics.csv column (default eval_return_mean)")
     p.add_argument("--steps", type=int, nargs="+", help="env steps to show (default: all)")
     p.add_argument("--digits", type=int, default=1)
-    args = p.parse_args()
-    agents = agent_folders(args.root)
+    return p
+
+
+def table(args: argparse.Namespace, root: Path) -> str:
+    """The markdown table: one row per agent under ``root`` (named by its path below it), one cell per step."""
+    agents = agent_folders(root)
     if not agents:
-        raise SystemExit(f"rl_run_table: no agents (metrics.csv, or packed) under {args.root}")
-    tables = {a.relative_to(args.root): {int(r["step"]): r for r in read_agent(a)[1]} for a in agents}
+        raise SystemExit(f"rl_run_table: no agents (metrics.csv, or packed) under {root}")
+    tables = {a.relative_to(root): {int(r["step"]): r for r in read_agent(a)[1]} for a in agents}
     first = next(iter(tables.values()))
     if args.column not in next(iter(first.values())):
         raise SystemExit(f"rl_run_table: no column {args.column!r}; valid: {', '.join(next(iter(first.values())))}")
     steps = args.steps or sorted(first)
-    print(f"| agent ({args.column}) | " + " | ".join(f"{s / 1000:g}k" for s in steps) + " |")
-    print("|---|" + "---|" * len(steps))
+    lines = [f"| agent ({args.column}) | " + " | ".join(f"{s / 1000:g}k" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]
     for name, rows in tables.items():
         cells = [f"{float(rows[s][args.column]):.{args.digits}f}" if s in rows else "–" for s in steps]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parser().parse_args()
+    print(table(args, args.root))
 
 
 if __name__ == "__main__":
