@@ -251,7 +251,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.3))
     x = [s if s > 0 else min(x for x in strengths if x > 0) / 10 for s in strengths]
     for e in envs:
         pts = [(xi, rl[e][s][0] / rl[e][0.0][0]) for xi, s in zip(x, strengths) if s in rl[e] and 0.0 in rl[e]]
@@ -259,22 +259,62 @@ def main() -> None:
     axes[0].axhline(0.9, color="grey", ls=":", label="0.9× (no-harm bar)")
     axes[0].set_title("drop-in cost: SAC return / Adam's")
     pts = [(xi, sup[s][0]) for xi, s in zip(x, strengths) if s in sup]
-    axes[1].plot(*zip(*pts), "o-")
+    axes[1].plot(*zip(*pts), "o-", label="paper's form")
     if 0.0 in sup:
         axes[1].axhline(sup[0.0][0] - 0.01, color="grey", ls=":", label="Adam − 1 point (no-harm bar)")
     axes[1].set_title("drop-in cost: supervised test accuracy")
     for variant in tuned:
         pts = [(xi, tuned[variant][s][0]) for xi, s in zip(x, strengths) if s in tuned[variant]]
-        axes[2].plot(*zip(*pts), "o-", label={"noln": "no LayerNorm", "ln": "LayerNorm"}[variant])
+        axes[2].plot(*zip(*pts), "o-", label={"noln": "no LayerNorm", "ln": "LayerNorm"}[variant] + " (tuned, 20 tasks)")
     axes[2].set_title("plasticity: last-5-task train accuracy")
-    for ax in axes:
+    # every other form of the pull (the forms study, results/strength-forms), beside the paper's form
+    rl_forms, plastic, _, sup_forms = forms()
+    adam_rl = rl_forms.get(("adam", 0.0), {})
+    markers = {"precondition": "s", "no-heads": "^", "one-sided": "v"}
+    for form in sorted({k[0] for k in (*rl_forms, *plastic, *sup_forms)} - {"adam"}):
+        mark = markers.get(form, "D")
+        keys = sorted(k for k in {*rl_forms, *plastic, *sup_forms} if k[0] == form)
+        for e in envs:
+            pts = [(lam, rl_forms[k][e][0] / adam_rl[e][0]) for k in keys for lam in [k[1]]
+                   if e in rl_forms.get(k, {}) and e in adam_rl]
+            if pts:
+                axes[0].plot(*zip(*pts), mark, ms=9, mfc="none", label=f"{form}: {e}")
+        pts = [(k[1], sup_forms[k][0]) for k in keys if k in sup_forms]
+        if pts:
+            axes[1].plot(*zip(*pts), mark, ms=9, mfc="none", label=form)
+        for variant in ("noln", "ln"):
+            pts = [(k[1], plastic[k][variant][0]) for k in keys if variant in plastic.get(k, {})]
+            if pts:
+                axes[2].plot(*zip(*pts), mark, ms=9, mfc="none", label=f"{form}, {variant} (30 tasks)")
+    # drop-in cost against plasticity, one point per candidate measured on both
+    env = "cheetah-run" if "cheetah-run" in envs else (envs[0] if envs else None)
+    cands = [(f"λ={s:g}", rl[env][s][0] / rl[env][0.0][0], tuned["noln"][s][0], "o")
+             for s in strengths if env and s > 0 and s in rl[env] and 0.0 in rl[env] and s in tuned.get("noln", {})]
+    cands += [(f"{k[0]} λ={k[1]:g}", rl_forms[k][env][0] / adam_rl[env][0], plastic[k]["noln"][0],
+               markers.get(k[0], "D")) for k in rl_forms if k[0] != "adam" and env in rl_forms[k]
+              and env in adam_rl and "noln" in plastic.get(k, {})]
+    for name, cost, keep, mark in cands:
+        axes[3].plot(cost, keep, mark, ms=9, mfc="none" if mark != "o" else None, color="C3" if mark != "o" else "C0")
+        axes[3].annotate(name, (cost, keep), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    axes[3].axvline(0.9, color="grey", ls=":")
+    ref = continual_reference("noln")[0][0]
+    axes[3].axhline(0.9 * ref, color="grey", ls=":")
+    axes[3].fill_between([0.9, max(1.15, *(c[1] + 0.05 for c in cands))], 0.9 * ref, 0.7, color="green", alpha=0.07,
+                         label="both bars met")
+    axes[3].legend(fontsize=7, loc="lower left")
+    axes[3].set_xlabel(f"SAC {env} return / Adam's (drop-in cost)")
+    axes[3].set_ylabel("last-5-task train accuracy, no LN (plasticity)")
+    axes[3].set_title("every candidate: cost against plasticity")
+    for ax in axes[:3]:
         for lam, ls in ((specopt.DEFAULT_STRENGTH, "--"), (specopt.CONTINUAL_STRENGTH, "-.")):
             ax.axvline(lam, color="lightgrey", ls=ls, zorder=0)
         ax.set_xscale("log")
         ax.set_xlabel("spectral strength λ (leftmost point: Adam)")
         if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    fig.suptitle("dashed: DEFAULT_STRENGTH (drop-in), dash-dot: CONTINUAL_STRENGTH", fontsize=9)
+            ax.legend(fontsize=6)
+    fig.suptitle("circles: the paper's form; open markers: the other forms (square preconditioned, triangle up "
+                 "output layer exempt, triangle down one-sided); dashed: DEFAULT_STRENGTH, dash-dot: "
+                 "CONTINUAL_STRENGTH", fontsize=9)
     fig.tight_layout()
     save_figure(fig, args.figure)
     print(f"\nfigure: {args.figure.relative_to(ROOT) if args.figure.is_relative_to(ROOT) else args.figure}")
