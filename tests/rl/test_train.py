@@ -363,3 +363,26 @@ def test_pack_folds_finished_agents_into_the_runs_rows_file_and_readers_read_the
     assert plot([str(run)], str(tmp_path / "b.png")) == table
     assert last_fraction_returns(agent_folders(run)) == measure and status(cfg) == "finished"
     assert main(["pack", str(run)]) == 0 and "0 finished agents packed" in capsys.readouterr().out
+
+
+def test_strength_mapping_script_reads_adams_second_moments_from_the_checkpoint(full_run, tmp_path):
+    """scripts/rl_strength_mapping.py (docs/rl.md): per agent and network, the median √v̂ over the weight matrices'
+    coordinates, recomputed here from the checkpoint's Adam state, and λ = λc / √v̂."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "mapping.md"
+    done = subprocess.run([sys.executable, "scripts/rl_strength_mapping.py", str(full_run), "--agents", "spectral",
+                           "-o", str(out)], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    lines = [x for x in out.read_text().splitlines() if x.startswith("| spectral-s")]
+    assert len(lines) == 4  # 2 spectral agents × (actor, critic)
+    ck = checkpoint(full_run)
+    state = ck["agent"]["critic_opt"]["state"]
+    rms = torch.cat([(st["exp_avg_sq"][0] / (1 - 0.999 ** float(st["step"][0]))).sqrt().flatten()
+                     for st in state if st["exp_avg_sq"].ndim == 3])
+    median = float(torch.quantile(rms, 0.5))
+    [critic0] = [x for x in lines if x.startswith("| spectral-s0 |") and "| critic |" in x]
+    assert f"{median:.2e}" in critic0 and f"{1e-4 / median:.3g}" in critic0
