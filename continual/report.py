@@ -79,4 +79,31 @@ def table(root: Path, train_test: bool = False) -> tuple[str, list[dict]]:
     return "\n".join(lines), entries
 
 
-__all__ = ["REPORT_ORDER", "finished_runs", "table", "train_test_table"]
+def options_table(root: Path, folders: dict[str, str], name: str, default: str | None = None) -> str:
+    """One row per sweep folder of a study whose sweeps differ in an option rather than a strength (the k study's
+    ``k1`` … ``k8``): ``folders`` maps each folder below ``root`` to its row's label under column ``name``. Cells:
+    first-task train accuracy (mean over seeds), last-5-task mean and last task (± standard error over seeds from 3
+    seeds on); the best last-5-task mean in bold, ``default`` marked."""
+    rows = []
+    for folder, value in folders.items():
+        runs, _ = finished_runs(root / folder)
+        if not runs:
+            continue
+        (e,) = aggregate(runs, root / folder)
+        first = mean_se(float(min(run_results(root / folder / r.name), key=lambda x: int(x["task"]))
+                              ["train_accuracy"]) for r in runs)[0]
+        rows.append((value, e, first))
+    if not rows:
+        raise ValueError(f"no finished run under {root}")
+    best = max(e["last5"] for _, e, _ in rows)
+    lines = [f"| {name} | seeds | tasks | first task | last-5-task mean | last task |", "|---|---|---|---|---|---|"]
+    for value, e, first in rows:
+        label = f"**{value}**" if e["last5"] == best else value
+        label += " (default)" if value == default else ""
+        cell = mean_pm(e["last5"], e["last5_se"], e["seeds"])
+        lines.append(f"| {label} | {e['seeds']} | {e['tasks']} | {first:.3f} | "
+                     f"{f'**{cell}**' if e['last5'] == best else cell} | {mean_pm(e['last'], e['last_se'], e['seeds'])} |")
+    return "\n".join(lines)
+
+
+__all__ = ["REPORT_ORDER", "finished_runs", "options_table", "table", "train_test_table"]

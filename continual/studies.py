@@ -159,13 +159,24 @@ class Study:
     train_test: bool = False  # the report's table: train and test accuracy (the shifts)
     tables: tuple[str, ...] = field(default=())  # the folders below the study's whose tables the report shows
     figures: bool = True  # a sensitivity figure per table (strength on the x axis)
+    # sweeps that differ in an option: (the option's name, {folder: value}, the default value), one table of them all
+    options: tuple[str, Mapping[str, str], str] | None = None
+
+    def options_table(self, root: Path) -> str:
+        """The study's table across its option's values (:func:`continual.report.options_table`)."""
+        from .report import options_table
+
+        assert self.options is not None, f"study {self.name} has no option table"
+        name, folders, default = self.options
+        return options_table(root / self.name, dict(folders), name, default)
 
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("tuned", tuned, tables=VARIANTS),
     Study("confirm", confirm, tables=VARIANTS),
     Study("heldout", heldout, tables=VARIANTS),
-    Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False),
+    Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False,
+          options=("k", {"k1": "1", "k2": "2", "k4": "4", "k8": "8"}, "2")),
     Study("shift", shift, variants=False, train_test=True, tables=SHIFTS),
 )}
 
@@ -218,6 +229,8 @@ def report(name: str, out: Path) -> str:
     study = STUDIES[name]
     root = out / name
     parts = [f"# Study `{name}`", "", f"`python -m continual study {name}`; best strength: {BEST_RULE}.", ""]
+    if study.options is not None and any(finished_runs(root / f)[0] for f in study.options[1] if (root / f).is_dir()):
+        parts += [f"## every {study.options[0]}", "", study.options_table(out), ""]
     for folder in study.tables:
         where = root / folder
         runs, unfinished = finished_runs(where) if where.is_dir() else ([], 0)

@@ -37,11 +37,18 @@ def _mechanism_forms() -> str:
     return m.forms_table(m.read_csv(ROOT / "results/strength-mechanism/forms.csv"))
 
 
+def _k_table() -> str:
+    from continual.studies import STUDIES
+
+    return STUDIES["k"].options_table(ROOT / "results/studies")
+
+
 FIXED: dict[str, Callable[[], str]] = {
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
         lambda: _script("strength_tradeoff").report(),
     "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),
     "python scripts/strength_mechanism.py --report results/strength-mechanism/forms.csv": _mechanism_forms,
+    "python -m continual study k --report (its table of every k)": _k_table,
 }
 """Blocks whose command is one of these strings, and the function that produces each."""
 
