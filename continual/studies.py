@@ -119,6 +119,48 @@ def confirm(ctx: Context) -> list[Sweep]:
     return sweeps
 
 
+def confirm_table(out: Path, variant: str) -> str:
+    """The confirm study's table for ``variant``: each mitigator at the strength it was confirmed at (its tuned best
+    then; the acceptance runs' default where that was the best), its tuned score (2 seeds × 20 tasks) and its 30-task
+    score (3 seeds: the confirm study's run, or the acceptance run), last-5-task mean ± standard error over seeds,
+    best first. History: seeds 0–1 of these runs are the tuning runs' (the held-out study replaces it)."""
+    import glob
+
+    from specopt.experiment import mean_pm, mean_se, read_csv
+
+    from .report import finished_runs
+    from .sweep import aggregate
+
+    lines = []
+    for m in ORDER:
+        tuned_path = out / "tuned" / variant / m / "summary.json"
+        if not tuned_path.exists():
+            continue
+        tuned = json.loads(tuned_path.read_text())["entries"]
+        where = out / "confirm" / variant / m
+        runs = finished_runs(where)[0] if where.is_dir() else []
+        if runs:
+            (e,) = aggregate(runs, where)
+            strength, score, source = e["strength"], (e["last5"], e["last5_se"], e["seeds"]), "confirm"
+        else:
+            per: dict[str, list[float]] = {}
+            for path in sorted(glob.glob(str(out.parent / "acceptance" / variant / f"{m}-s*.csv"))):
+                for r in read_csv(path):
+                    if r["mitigator"] == m:
+                        per.setdefault(r["seed"], []).append(float(r["train_accuracy"]))
+            if not per:
+                continue
+            strength = None if m in NO_STRENGTH else float(DEFAULT_STRENGTHS[m])
+            score, source = (*mean_se([sum(a[-5:]) / len(a[-5:]) for a in per.values()]), len(per)), "acceptance"
+        at = [t for t in tuned if t["strength"] == strength]
+        tuned_cell = mean_pm(at[0]["last5"], at[0]["last5_se"], at[0]["seeds"]) if at else "–"
+        lines.append((score[0], f"| {m} | {'–' if strength is None else f'{strength:g}'} | {tuned_cell} | "
+                                f"{mean_pm(*score)} | {source} |"))
+    head = ["| mitigator | strength (tuned best when confirmed) | 2 seeds × 20 tasks (tuned) | 3 seeds × 30 tasks | "
+            "rows |", "|---|---|---|---|---|"]
+    return "\n".join(head + [line for _, line in sorted(lines, key=lambda x: -x[0])])
+
+
 def neighbours(grid: tuple[float, ...], best: float) -> tuple[float, ...]:
     """``best`` and the grid's strengths one step either side of it (those that exist)."""
     i = grid.index(best)
@@ -161,6 +203,8 @@ class Study:
     figures: bool = True  # a sensitivity figure per table (strength on the x axis)
     # sweeps that differ in an option: (the option's name, {folder: value}, the default value), one table of them all
     options: tuple[str, Mapping[str, str], str] | None = None
+    # a table per variant across the study's sweeps and the runs it builds on (the confirm study: confirm_table)
+    overview: Callable[[Path, str], str] | None = None
 
     def options_table(self, root: Path) -> str:
         """The study's table across its option's values (:func:`continual.report.options_table`)."""
@@ -173,7 +217,7 @@ class Study:
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("tuned", tuned, tables=VARIANTS),
-    Study("confirm", confirm, tables=VARIANTS),
+    Study("confirm", confirm, tables=VARIANTS, overview=confirm_table),
     Study("heldout", heldout, tables=VARIANTS),
     Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False,
           options=("k", {"k1": "1", "k2": "2", "k4": "4", "k8": "8"}, "2")),
@@ -231,6 +275,8 @@ def report(name: str, out: Path) -> str:
     parts = [f"# Study `{name}`", "", f"`python -m continual study {name}`; best strength: {BEST_RULE}.", ""]
     if study.options is not None and any(finished_runs(root / f)[0] for f in study.options[1] if (root / f).is_dir()):
         parts += [f"## every {study.options[0]}", "", study.options_table(out), ""]
+    for variant in (study.tables if study.overview is not None else ()):
+        parts += [f"## {variant}: every mitigator", "", study.overview(out, variant), ""]
     for folder in study.tables:
         where = root / folder
         runs, unfinished = finished_runs(where) if where.is_dir() else ([], 0)
@@ -245,4 +291,4 @@ def report(name: str, out: Path) -> str:
     return text
 
 
-__all__ = ["BENCHMARK", "GRIDS", "STUDIES", "Study", "Sweep", "configs", "report", "run_study"]
+__all__ = ["BENCHMARK", "GRIDS", "STUDIES", "Study", "Sweep", "configs", "confirm_table", "report", "run_study"]

@@ -43,7 +43,15 @@ def _k_table() -> str:
     return STUDIES["k"].options_table(ROOT / "results/studies")
 
 
+def _confirm_table(variant: str) -> str:
+    from continual.studies import confirm_table
+
+    return confirm_table(ROOT / "results/studies", variant)
+
+
 FIXED: dict[str, Callable[[], str]] = {
+    "python -m continual study confirm --report (its noln overview)": lambda: _confirm_table("noln"),
+    "python -m continual study confirm --report (its ln overview)": lambda: _confirm_table("ln"),
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
         lambda: _script("strength_tradeoff").report(),
     "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),
