@@ -136,7 +136,7 @@ def confirm_table(out: Path, variant: str) -> str:
         tuned_path = out / "tuned" / variant / m / "summary.json"
         if not tuned_path.exists():
             continue
-        tuned = json.loads(tuned_path.read_text())["entries"]
+        tuned = json.loads(tuned_path.read_text()).get("entries", [])
         where = out / "confirm" / variant / m
         runs = finished_runs(where)[0] if where.is_dir() else []
         if runs:
