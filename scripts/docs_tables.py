@@ -32,11 +32,6 @@ def _script(name: str):
     return module
 
 
-def _mechanism_forms() -> str:
-    m = _script("strength_mechanism")
-    return m.forms_table(m.read_csv(ROOT / "results/strength-mechanism/forms.csv"))
-
-
 def _k_table() -> str:
     from continual.studies import STUDIES
 
@@ -55,7 +50,6 @@ FIXED: dict[str, Callable[[], str]] = {
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
         lambda: _script("strength_tradeoff").report(),
     "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),
-    "python scripts/strength_mechanism.py --report results/strength-mechanism/forms.csv": _mechanism_forms,
     "python -m continual study k --report (its table of every k)": _k_table,
 }
 """Blocks whose command is one of these strings, and the function that produces each."""
@@ -118,7 +112,23 @@ def _rl_run_table(argv: list[str]) -> str:
         [str(ROOT / argv[0]), *argv[1:]]), ROOT / argv[0])
 
 
+def _mechanism(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--report", nargs="+", required=True)
+    m = _script("strength_mechanism")
+    return m.report_table([r for path in _paths(parser.parse_args(argv).report) for r in m.read_csv(path)])
+
+
+def _sweep_report(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("csv", nargs="+")
+    parser.add_argument("-o", "--output")  # the figure's file: the table does not depend on it
+    return _script("sweep_report").table(_paths(parser.parse_args(argv).csv))
+
+
 COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
+    ("python", "scripts/strength_mechanism.py"): _mechanism,
+    ("python", "scripts/sweep_report.py"): _sweep_report,
     ("python", "scripts/study_report.py"): _study_report,
     ("python", "-m", "continual", "plot"): _continual_plot,
     ("python", "-m", "rl", "plot"): _rl_plot,

@@ -102,7 +102,7 @@ def main() -> None:
     if not args.report and args.out is None:
         p.error("--out is required (or --report CSV ... to print a table of committed rows)")
     if args.report:
-        print(forms_table([r for path in args.report for r in read_csv(path)]))
+        print(report_table([r for path in args.report for r in read_csv(path)]))
         return
     if args.variants:
         return compare_forms(args, [parse_variant(v) for v in args.variants])
@@ -123,16 +123,30 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     write_csv(args.out, rows)
-    print("\n| target scale c | optimizer | relative error (mean over seeds) | σ1 max | Π σ1 | output std |")
-    print("|---|---|---|---|---|---|")
-    for c in args.scales:
-        for strength in [None, *args.strengths]:
-            sel = [r for r in rows if r["scale"] == c and r["strength"] == ("" if strength is None else strength)]
-            mean = {k: sum(r[k] for r in sel) / len(sel) for k in ("relative_error", "sigma_max", "sigma_product",
-                                                                     "output_std")}
-            name = "Adam" if strength is None else f"SpectralAdam λ={strength:g}"
-            print(f"| {c:g} | {name} | {mean['relative_error']:.4f} | {mean['sigma_max']:.2f} | "
-                  f"{mean['sigma_product']:.1f} | {mean['output_std']:.2f} |")
+    print("\n" + report_table(rows))
+
+
+def strengths_table(rows: list[dict]) -> str:
+    """The markdown table of the strength rows (no ``--variants``): per target scale and optimizer (Adam, then each
+    strength, in the rows' order), the means over seeds of the relative error, the largest σ1, Π σ1 and the output's
+    standard deviation."""
+    lines = ["| target scale c | optimizer | seeds | relative training error (MSE / Var y) | largest σ1 | "
+             "Π σ1 over the 3 layers | output std |", "|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((float(r["scale"]), str(r["strength"])) for r in rows))
+    for c, strength in sorted(keys, key=lambda key: key[0]):
+        sel = [r for r in rows if (float(r["scale"]), str(r["strength"])) == (c, strength)]
+        mean = {k: sum(float(r[k]) for r in sel) / len(sel) for k in ("relative_error", "sigma_max",
+                                                                       "sigma_product", "output_std")}
+        name = "Adam" if strength == "" else f"SpectralAdam λ={float(strength):g}"
+        lines.append(f"| {c:g} | {name} | {len(sel)} | {mean['relative_error']:.4f} | {mean['sigma_max']:.2f} | "
+                     f"{mean['sigma_product']:.1f} | {mean['output_std']:.2f} |")
+    return "\n".join(lines)
+
+
+def report_table(rows: list[dict]) -> str:
+    """The table of committed rows: the forms table for ``--variants`` rows (a ``form`` column), else the strengths
+    table."""
+    return forms_table(rows) if rows and "form" in rows[0] else strengths_table(rows)
 
 
 def data(seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
