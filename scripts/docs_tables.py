@@ -126,7 +126,16 @@ def _sweep_report(argv: list[str]) -> str:
     return _script("sweep_report").table(_paths(parser.parse_args(argv).csv))
 
 
+def _penalty_ratio(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--report", required=True)
+    parser.add_argument("--tuned")
+    args = parser.parse_args(argv)
+    return _script("penalty_ratio").report(ROOT / args.report, tuned=ROOT / args.tuned if args.tuned else None)
+
+
 COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
+    ("python", "scripts/penalty_ratio.py"): _penalty_ratio,
     ("python", "scripts/strength_mechanism.py"): _mechanism,
     ("python", "scripts/sweep_report.py"): _sweep_report,
     ("python", "scripts/study_report.py"): _study_report,

@@ -10,7 +10,7 @@ the data gradient as the total gradient minus it)::
 
     python scripts/penalty_ratio.py --tasks 3 --out penalty_ratio.csv              # every coupled penalty's grid
     python scripts/penalty_ratio.py --mitigators ewc --strengths 1 100 1e4 --out ewc.csv
-    python scripts/penalty_ratio.py --report results/studies/penalty-ratio/rows.csv  # the table of docs/results.md
+    python scripts/penalty_ratio.py --report results/studies/penalty-ratio/rows.csv --tuned results/studies/tuned/noln
 """
 
 from __future__ import annotations
@@ -71,16 +71,26 @@ def measure(run: Run, tasks: int) -> list[dict[str, Any]]:
     return rows
 
 
-def report(path: Path, task: int | None = None) -> str:
+def report(path: Path, task: int | None = None, tuned: Path | None = None) -> str:
     """The markdown table of a rows file: per mitigator and strength, ρ's median over the steps of the last task
-    measured (or of ``task``), and its train accuracy."""
+    measured (or of ``task``), and its train accuracy; with ``tuned`` (a tuned study's variant folder,
+    results/studies/tuned/noln) also the tuned study's last-5-task score at that strength (its summary.json)."""
+    import json
+
+    scores: dict[tuple[str, float], str] = {}
+    for summary in sorted(Path(tuned).glob("*/summary.json")) if tuned else ():
+        for e in json.loads(summary.read_text()).get("entries", []):
+            if e["strength"] is not None:
+                scores[(e["mitigator"], float(e["strength"]))] = experiment.mean_pm(e["last5"], e["last5_se"],
+                                                                                    e["seeds"])
     rows = experiment.read_csv(path)
     if not rows:
         raise ValueError(f"{path} holds no rows")
     last = task or max(int(r["task"]) for r in rows)
     keep = [r for r in rows if int(r["task"]) == last]
     lines = [f"| mitigator | λ | LN | seeds | ρ = ‖λ∇P‖ / ‖∇J‖, median over task {last}'s steps | "
-             f"‖∇J‖ | task {last} train accuracy |", "|---|---|---|---|---|---|---|"]
+             f"‖∇J‖ | task {last} train accuracy |" + (" tuned: last-5-task mean |" if tuned else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if tuned else "")]
     groups: dict[tuple[str, float, int], list[dict[str, Any]]] = {}
     for r in keep:
         groups.setdefault((r["mitigator"], float(r["strength"]), int(r["layernorm"])), []).append(r)
@@ -89,7 +99,8 @@ def report(path: Path, task: int | None = None) -> str:
         ratio = statistics.fmean(float(r["ratio_median"]) for r in rs)
         data = statistics.fmean(float(r["data_grad_norm"]) for r in rs)
         acc = statistics.fmean(float(r["train_accuracy"]) for r in rs)
-        lines.append(f"| {m} | {s:g} | {'yes' if ln else 'no'} | {len(rs)} | {ratio:.2g} | {data:.2g} | {acc:.3f} |")
+        lines.append(f"| {m} | {s:g} | {'yes' if ln else 'no'} | {len(rs)} | {ratio:.2g} | {data:.2g} | {acc:.3f} |"
+                     + (f" {scores.get((m, s), '–')} |" if tuned else ""))
     return "\n".join(lines)
 
 
@@ -107,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="rows file (CSV); finished (mitigator, strength) pairs are skipped")
     p.add_argument("--report", type=Path, metavar="ROWS", help="print the table of a rows file and exit")
+    p.add_argument("--tuned", type=Path, metavar="FOLDER",
+                   help="with --report: the tuned study's variant folder, for its score at each strength")
     args = p.parse_args(argv)
     try:
         if args.report:
-            print(report(args.report))
+            print(report(args.report, tuned=args.tuned))
             return 0
         if args.out is None:
             raise ValueError("give --out ROWS.csv (or --report ROWS.csv)")
