@@ -149,6 +149,8 @@ def parser() -> argparse.ArgumentParser:
                     help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")
     pl.add_argument("--per-seed", action="store_true",
                     help="also print one line per mitigator and seed (first/last task, last-task diagnostics)")
+    pl.add_argument("--per-task", type=int, metavar="SEED",
+                    help="also print a table of the metric at every task end of seed SEED")
     pk = sub.add_parser("pack", help="fold the finished run folders of sweeps into one rows.csv + runs.jsonl per "
                         "sweep (the committed form of results/; checkpoints of finished runs are removed)")
     pk.add_argument("folders", nargs="+", type=Path, help="sweep folders, or folders of sweeps (results/studies)")
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plot":
             from .plot import plot
 
-            print(plot(args.runs, args.output, args.metric, per_seed=args.per_seed))
+            print(plot(args.runs, args.output, args.metric, per_seed=args.per_seed, per_task=args.per_task))
             print(f"figure: {args.output}")
         else:
             from .runner import run

@@ -139,9 +139,28 @@ def per_seed_table(rows: list[dict[str, str]], metric: str = "train_accuracy") -
     return "\n".join(lines)
 
 
-def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per_seed: bool = False) -> str:
+def per_task_table(rows: list[dict[str, str]], seed: int, metric: str = "train_accuracy", chunk: int = 10) -> str:
+    """One line per mitigator: ``metric`` at every task end of seed ``seed`` (2 decimals), ``chunk`` tasks a
+    column."""
+    by: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if int(r["seed"]) == seed:
+            by[label(r)][int(r["task"])] = float(r[metric])
+    if not by:
+        raise ValueError(f"no rows of seed {seed}")
+    last = max(t for tasks in by.values() for t in tasks)
+    spans = [(a, min(a + chunk - 1, last)) for a in range(1, last + 1, chunk)]
+    lines = ["| run | " + " | ".join(f"tasks {a}–{b}" for a, b in spans) + " |", "|---" * (1 + len(spans)) + "|"]
+    for name, tasks in sorted(by.items()):
+        cells = [" ".join(f"{tasks[t]:.2f}" if t in tasks else "–" for t in range(a, b + 1)) for a, b in spans]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per_seed: bool = False,
+         per_task: int | None = None) -> str:
     """Draw ``metric`` versus task for every mitigator in ``run_dirs`` into ``output``; return the table (and the
-    per-seed table after it with ``per_seed``)."""
+    per-seed table after it with ``per_seed``, the per-task table of seed ``per_task`` with that)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid names are {', '.join(METRICS)}")
     import matplotlib
@@ -173,4 +192,5 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     fig.tight_layout()
     save_figure(fig, output)
     plt.close(fig)
-    return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "")
+    return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "") + (
+        "\n\n" + per_task_table(rows, per_task, metric) if per_task is not None else "")

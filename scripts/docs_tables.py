@@ -2,7 +2,7 @@
 
 A generated table sits between ``<!-- generated: COMMAND -->`` and ``<!-- end generated -->`` in a page under docs/;
 COMMAND is what a reader runs to print it — ``python scripts/study_report.py ROOT [--train-test]``, ``python -m
-continual plot PATHS [--metric M] [--per-seed]`` (with ``--per-seed``: its per-seed table), ``python -m rl plot
+continual plot PATHS [--metric M] [--per-seed | --per-task SEED]`` (then: that table only), ``python -m rl plot
 PATHS``, ``python scripts/rl_run_table.py ROOT [--column C --steps S... --digits D]`` (paths relative to the
 repository, globs expanded) — or one of :data:`FIXED`.
 Nothing between the markers is written by hand.
@@ -79,15 +79,18 @@ def _study_report(argv: list[str]) -> str:
 
 
 def _continual_plot(argv: list[str]) -> str:
-    from continual.plot import METRICS, per_seed_table, read_rows, table
+    from continual.plot import METRICS, per_seed_table, per_task_table, read_rows, table
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--metric", default="train_accuracy", choices=METRICS)
     parser.add_argument("--per-seed", action="store_true")
+    parser.add_argument("--per-task", type=int)
     parser.add_argument("-o", "--output")  # the figure's file: the table does not depend on it
     args = parser.parse_args(argv)
     rows = read_rows(_paths(args.runs))
+    if args.per_task is not None:
+        return per_task_table(rows, args.per_task, args.metric)
     return per_seed_table(rows, args.metric) if args.per_seed else table(rows, args.metric)
 
 
