@@ -310,7 +310,10 @@ def packed_runs(folder: str | os.PathLike) -> dict[str, tuple[dict[str, Any], li
         lines = (folder / PACKED_RUNS).read_text().splitlines()
     except FileNotFoundError:
         return {}
-    entries = [json.loads(line) for line in lines if line.strip()]
+    try:
+        entries = [json.loads(line) for line in lines if line.strip()]
+    except ValueError:
+        raise ValueError(f"{folder / PACKED_RUNS} is damaged (not the lines pack writes): restore it from git") from None
     rows: dict[str, list[dict[str, str]]] = {}
     for row in read_csv(folder / PACKED_ROWS):
         rows.setdefault(row["run"], []).append(row)
@@ -332,7 +335,11 @@ def pack_runs(folder: str | os.PathLike, rows_file: str,
     for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
         if not ((sub / "config.json").is_file() and (sub / rows_file).is_file()):
             continue
-        config, rows = json.loads((sub / "config.json").read_text()), read_csv(sub / rows_file)
+        try:
+            config, rows = json.loads((sub / "config.json").read_text()), read_csv(sub / rows_file)
+        except ValueError:
+            raise ValueError(f"{sub / 'config.json'} is not valid JSON: fix or remove that run folder, then pack "
+                             "again") from None
         if not finished(config, rows):
             continue
         if sub.name in packed:

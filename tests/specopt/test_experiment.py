@@ -124,3 +124,39 @@ def test_ratio_pm_carries_the_first_order_error_of_a_ratio_of_means():
     assert ratio_pm((101.3, 19.3, 5), (91.6, 9.8, 5)) == "1.11 ± 0.24×"
     assert ratio_pm((101.3, 19.3, 2), (91.6, 9.8, 5)) == "1.11×"  # fewer than 3 seeds: no error
     assert ratio_pm((1.0, 0.1, 3), (0.0, 0.1, 3)) == "–"
+
+
+def test_pack_runs_refuses_what_it_cannot_pack_whole_and_keeps_foreign_files(tmp_path):
+    """specopt.experiment.pack_runs: a finished run folder becomes pack lines; a file pack does not know stays in
+    its folder; a run packed twice, a damaged config.json or a damaged pack is a one-line error naming the file."""
+    import json as _json
+
+    from specopt.experiment import pack_runs, packed_runs, write_csv
+
+    def make(name: str, rows: int, extra: bool = False) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(_json.dumps({"tasks": 2, "name": name}))
+        write_csv(tmp_path / name / "results.csv", [{"task": t, "acc": 0.5 + t} for t in range(1, rows + 1)])
+        if extra:
+            (tmp_path / name / "notes.txt").write_text("mine")
+
+    def finished(config, rows):
+        return len(rows) >= config["tasks"]
+
+    make("a", 2, extra=True)
+    make("b", 1)
+    assert pack_runs(tmp_path, "results.csv", finished) == ["a"]
+    assert packed_runs(tmp_path) == {"a": ({"tasks": 2, "name": "a"}, [{"task": "1", "acc": "1.5"},
+                                                                        {"task": "2", "acc": "2.5"}])}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["notes.txt"]  # not pack's: left in place
+    assert (tmp_path / "b" / "results.csv").exists()  # unfinished: left to resume
+    (tmp_path / "a" / "config.json").write_text(_json.dumps({"tasks": 2, "name": "a"}))
+    (tmp_path / "a" / "results.csv").write_text("task,acc\n1,0.1\n2,0.2\n")
+    with pytest.raises(ValueError, match="is packed in .*runs.jsonl already"):
+        pack_runs(tmp_path, "results.csv", finished)
+    (tmp_path / "a" / "config.json").write_text("{damaged")
+    with pytest.raises(ValueError, match=r"a/config.json is not valid JSON"):
+        pack_runs(tmp_path, "results.csv", finished)
+    (tmp_path / "runs.jsonl").write_text("{damaged\n")
+    with pytest.raises(ValueError, match="runs.jsonl is damaged"):
+        packed_runs(tmp_path)
