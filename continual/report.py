@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specopt.experiment import mean_pm, mean_se, run_configs
+from specopt.experiment import mean_pm, mean_se, run_configs, versions_text
 
 from .config import RunConfig
 from .plot import label, run_results
@@ -106,4 +106,12 @@ def options_table(root: Path, folders: dict[str, str], name: str, default: str |
     return "\n".join(lines)
 
 
-__all__ = ["REPORT_ORDER", "finished_runs", "options_table", "table", "train_test_table"]
+def versions(root: Path) -> str:
+    """The code versions of the finished runs under ``root`` (:func:`specopt.experiment.versions_text`), as a line
+    to print under their table."""
+    names = {run.name for run in finished_runs(root)[0]}
+    configs = [c for folder, c in run_configs(root) if str(folder.relative_to(root)) in names]
+    return f"Code versions (commit, from config.json): {versions_text(configs)}."
+
+
+__all__ = ["REPORT_ORDER", "finished_runs", "options_table", "table", "train_test_table", "versions"]

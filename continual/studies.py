@@ -267,7 +267,7 @@ def report(name: str, out: Path) -> str:
     written to ``<out>/<name>/report.md`` and ``<out>/<name>/<folder>.png``."""
     from specopt.experiment import write_text
 
-    from .report import finished_runs, table
+    from .report import finished_runs, table, versions
     from .sweep import BEST_RULE, sensitivity_plot
 
     study = STUDIES[name]
@@ -283,7 +283,7 @@ def report(name: str, out: Path) -> str:
         if not runs:
             continue
         text, entries = table(where, study.train_test)
-        parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}.", ""]
+        parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}. {versions(where)}", ""]
         if entries and study.figures:
             sensitivity_plot(entries, root / f"{folder or name}.png", f"{name} {folder}".strip())
     text = "\n".join(parts)

@@ -73,9 +73,9 @@ def _study_report(argv: list[str]) -> str:
     parser.add_argument("-o", "--output")  # figure options: the table does not depend on them
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    from continual.report import table
+    from continual.report import table, versions
 
-    return table(ROOT / args.root, args.train_test)[0]
+    return table(ROOT / args.root, args.train_test)[0] + "\n\n" + versions(ROOT / args.root)
 
 
 def _continual_plot(argv: list[str]) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from continual.report import finished_runs, table
+from continual.report import finished_runs, table, versions
 from continual.sweep import BEST_RULE, sensitivity_plot
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     except ValueError as err:
         raise SystemExit(f"study_report: {err}") from None
     unfinished = finished_runs(args.root)[1]
-    print(text)
+    print(text + "\n\n" + versions(args.root))
     if args.train_test:
         print(f"\nBold: the best test accuracy over the last 5 tasks. Unfinished runs left out: {unfinished}.")
         return

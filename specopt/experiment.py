@@ -33,7 +33,7 @@ __all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "add_version", 
            "changed_settings", "check_device", "CheckpointError", "claim_folder", "code_version",
            "convert_checkpoint", "field_docs", "folder_kind", "FolderLock", "given_fields", "load_checkpoint",
            "log_scalars", "max_row_difference", "mean_se", "os_error_line", "pack_runs", "pack_tree", "PACKED_ROWS", "PACKED_RUNS",
-           "packed_runs", "progress_bar", "read_csv", "run_configs", "run_rows",
+           "packed_runs", "progress_bar", "read_csv", "run_configs", "run_rows", "versions_text",
            "save_checkpoint", "save_figure", "saved_provenance", "tensorboard_writer", "write_csv", "write_json",
            "write_text"]
 
@@ -179,6 +179,20 @@ def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
         return []
     entries = saved.get(PROVENANCE, []) if isinstance(saved, dict) else []
     return entries if isinstance(entries, list) else []
+
+
+def versions_text(configs: Iterable[Mapping[str, Any]]) -> str:
+    """Which code versions made a set of runs, from their config.json :data:`PROVENANCE`: each distinct history
+    (short commits, ``+dirty`` for uncommitted changes, ``then`` between the versions of a resumed run) with its
+    number of runs; ``not recorded`` for runs from before provenance was written. A report prints it under a table so
+    a reader sees whether the table mixes versions."""
+    counts: dict[str, int] = {}
+    for config in configs:
+        history = config.get(PROVENANCE) or []
+        key = " then ".join(f"{str(v.get('commit') or '?')[:7]}{'+dirty' if v.get('dirty') else ''}"
+                            for v in history if isinstance(v, Mapping)) or "not recorded"
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{key} ({n} run{'s' if n != 1 else ''})" for key, n in sorted(counts.items()))
 
 
 def check_device(device: str) -> None:

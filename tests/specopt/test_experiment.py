@@ -160,3 +160,13 @@ def test_pack_runs_refuses_what_it_cannot_pack_whole_and_keeps_foreign_files(tmp
     (tmp_path / "runs.jsonl").write_text("{damaged\n")
     with pytest.raises(ValueError, match="runs.jsonl is damaged"):
         packed_runs(tmp_path)
+
+
+def test_versions_text_counts_each_code_history_so_a_table_shows_what_it_mixes():
+    from specopt.experiment import PROVENANCE, versions_text
+
+    a = {"commit": "a" * 40, "dirty": False, "torch": "2.14.1"}
+    b = {"commit": "b" * 40, "dirty": True, "torch": "2.14.1"}
+    configs = [{PROVENANCE: [a]}, {PROVENANCE: [a]}, {PROVENANCE: [a, b]}, {}, {PROVENANCE: []}]
+    assert versions_text(configs) == ("aaaaaaa (2 runs); aaaaaaa then bbbbbbb+dirty (1 run); "
+                                      "not recorded (2 runs)")
