@@ -20,19 +20,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--column", default="eval_return_mean", help="the metrics.csv column (default eval_return_mean)")
     p.add_argument("--steps", type=int, nargs="+", help="env steps to show (default: all)")
     p.add_argument("--digits", type=int, default=1)
+    p.add_argument("--columns", nargs="+", metavar="COLUMN:DIGITS",
+                   help="instead of --column: one row per column (its digits after the colon), one cell per agent "
+                        "holding the values at --steps joined by ' / '")
     return p
 
 
 def table(args: argparse.Namespace, root: Path) -> str:
-    """The markdown table: one row per agent under ``root`` (named by its path below it), one cell per step."""
+    """The markdown table: one row per agent under ``root`` (named by its path below it), one cell per step; with
+    ``--columns`` one row per column and one cell per agent instead."""
     agents = agent_folders(root)
     if not agents:
         raise SystemExit(f"rl_run_table: no agents (metrics.csv, or packed) under {root}")
     tables = {a.relative_to(root): {int(r["step"]): r for r in read_agent(a)[1]} for a in agents}
     first = next(iter(tables.values()))
-    if args.column not in next(iter(first.values())):
-        raise SystemExit(f"rl_run_table: no column {args.column!r}; valid: {', '.join(next(iter(first.values())))}")
+    columns = [c.partition(":") for c in args.columns or [f"{args.column}:{args.digits}"]]
+    for column, _, _ in columns:
+        if column not in next(iter(first.values())):
+            raise SystemExit(f"rl_run_table: no column {column!r}; valid: {', '.join(next(iter(first.values())))}")
     steps = args.steps or sorted(first)
+    if args.columns:
+        lines = [f"| column (at {' / '.join(f'{s / 1000:g}k' for s in steps)}) | "
+                 + " | ".join(str(n) for n in tables) + " |", "|---|" + "---|" * len(tables)]
+        for column, _, digits in columns:
+            cells = [" / ".join(f"{float(rows[s][column]):.{int(digits or 1)}f}" if s in rows else "–" for s in steps)
+                     for rows in tables.values()]
+            lines.append(f"| `{column}` | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
     lines = [f"| agent ({args.column}) | " + " | ".join(f"{s / 1000:g}k" for s in steps) + " |",
              "|---|" + "---|" * len(steps)]
     for name, rows in tables.items():
