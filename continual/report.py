@@ -101,8 +101,9 @@ def options_table(root: Path, folders: dict[str, str], name: str, default: str |
         label = f"**{value}**" if e["last5"] == best else value
         label += " (default)" if value == default else ""
         cell = mean_pm(e["last5"], e["last5_se"], e["seeds"])
-        lines.append(f"| {label} | {e['seeds']} | {e['tasks']} | {first:.3f} | "
-                     f"{f'**{cell}**' if e['last5'] == best else cell} | {mean_pm(e['last'], e['last_se'], e['seeds'])} |")
+        cell = f"**{cell}**" if e["last5"] == best else cell
+        lines.append(f"| {label} | {e['seeds']} | {e['tasks']} | {first:.3f} | {cell} | "
+                     f"{mean_pm(e['last'], e['last_se'], e['seeds'])} |")
     return "\n".join(lines)
 
 

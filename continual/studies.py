@@ -283,7 +283,8 @@ def report(name: str, out: Path) -> str:
         if not runs:
             continue
         text, entries = table(where, study.train_test)
-        parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}. {versions(where)}", ""]
+        parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}. {versions(where)}",
+                  ""]
         if entries and study.figures:
             sensitivity_plot(entries, root / f"{folder or name}.png", f"{name} {folder}".strip())
     text = "\n".join(parts)

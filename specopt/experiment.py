@@ -32,8 +32,8 @@ from typing import Any
 __all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "add_version", "append_csv", "atomic_write",
            "changed_settings", "check_device", "CheckpointError", "claim_folder", "code_version",
            "convert_checkpoint", "field_docs", "folder_kind", "FolderLock", "given_fields", "load_checkpoint",
-           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "pack_runs", "pack_tree", "PACKED_ROWS", "PACKED_RUNS",
-           "packed_runs", "progress_bar", "read_csv", "run_configs", "run_rows", "versions_text",
+           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "pack_runs", "pack_tree", "PACKED_ROWS",
+           "PACKED_RUNS", "packed_runs", "progress_bar", "read_csv", "run_configs", "run_rows", "versions_text",
            "save_checkpoint", "save_figure", "saved_provenance", "tensorboard_writer", "write_csv", "write_json",
            "write_text"]
 
@@ -316,18 +316,27 @@ the run folder each row came from) and their config.json files in ``runs.jsonl``
 _PACK_FILES = ("config.json", "checkpoint.pt")  # besides the rows file: what a packed run folder may hold
 
 
+def _pack_entries(folder: Path) -> list[dict[str, Any]]:
+    """The lines of ``folder``'s :data:`PACKED_RUNS` (``[]`` when there is none); a damaged one is a one-line
+    ``ValueError``."""
+    try:
+        lines = (folder / PACKED_RUNS).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except ValueError:
+        raise ValueError(f"{folder / PACKED_RUNS} is damaged (not the lines pack writes): restore it from "
+                         "git") from None
+
+
 def packed_runs(folder: str | os.PathLike) -> dict[str, tuple[dict[str, Any], list[dict[str, str]]]]:
     """The runs packed into ``folder`` (:func:`pack_runs`) as {run folder name: (its config.json, its rows as
     strings, as :func:`read_csv` reads its rows file)}; ``{}`` when nothing is packed there."""
     folder = Path(folder)
-    try:
-        lines = (folder / PACKED_RUNS).read_text().splitlines()
-    except FileNotFoundError:
+    entries = _pack_entries(folder)
+    if not entries:
         return {}
-    try:
-        entries = [json.loads(line) for line in lines if line.strip()]
-    except ValueError:
-        raise ValueError(f"{folder / PACKED_RUNS} is damaged (not the lines pack writes): restore it from git") from None
     rows: dict[str, list[dict[str, str]]] = {}
     for row in read_csv(folder / PACKED_ROWS):
         rows.setdefault(row["run"], []).append(row)
@@ -363,8 +372,7 @@ def pack_runs(folder: str | os.PathLike, rows_file: str,
         new[sub.name] = (config, rows, columns)
     if not new:
         return []
-    entries = [json.loads(line) for line in (folder / PACKED_RUNS).read_text().splitlines() if line.strip()] \
-        if packed else []
+    entries = _pack_entries(folder)
     all_rows = [{"run": name, **r} for name, (_, rows) in packed.items() for r in rows]
     entries += [{"run": name, "columns": columns, "config": config} for name, (config, _, columns) in new.items()]
     all_rows += [{"run": name, **r} for name, (_, rows, _) in new.items() for r in rows]
@@ -379,8 +387,8 @@ def pack_runs(folder: str | os.PathLike, rows_file: str,
     return list(new)
 
 
-def pack_tree(root: str | os.PathLike, rows_file: str, finished: Callable[[dict[str, Any], list[dict[str, str]]], bool],
-              kind: str) -> list[str]:
+def pack_tree(root: str | os.PathLike, rows_file: str,
+              finished: Callable[[dict[str, Any], list[dict[str, str]]], bool], kind: str) -> list[str]:
     """:func:`pack_runs` on every folder at or below ``root`` that holds run folders (a sub-folder with a config.json
     and a ``rows_file``), each claimed as a ``kind`` folder first (:func:`claim_folder`: one another process is
     writing is refused in one line). Returns the packed runs' paths. The ``pack`` command of both packages."""
