@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import PACKED_RUNS, mean_pm, mean_se, packed_runs, save_figure
+from specopt.experiment import mean_pm, mean_se, save_figure
+from specopt.results import PACKED_RUNS, packed_runs
 
 from .diagnostics import DIAGNOSTICS
 from .mitigators import NO_STRENGTH

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specopt.experiment import mean_pm, mean_se, run_configs, versions_text
+from specopt.experiment import mean_pm, mean_se, versions_text
+from specopt.results import run_configs
 
 from .config import RunConfig
 from .plot import label, run_results

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from specopt import runs as engine
-from specopt.experiment import (PACKED_RUNS, claim_folder, mean_pm, mean_se, pack_tree, packed_runs, save_figure,
-                                 write_text)
-from specopt.runs import RunFailed
+from specopt.experiment import claim_folder, mean_pm, mean_se, save_figure, write_text
+from specopt.results import PACKED_RUNS, pack_tree, packed_runs
 
 from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import DataError
@@ -184,7 +183,7 @@ def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers
 
 
 def pack(root: Path) -> list[str]:
-    """Pack every sweep folder at or below ``root`` (:func:`specopt.experiment.pack_runs`): each finished run folder
+    """Pack every sweep folder at or below ``root`` (:func:`specopt.results.pack_runs`): each finished run folder
     — config.json, results.csv with every task of its mitigators and seeds, checkpoint.pt — becomes lines of the
     sweep's ``rows.csv`` and ``runs.jsonl``, the committed form of results/ (one rows file per sweep instead of a
     folder per run). Unfinished runs stay as they are, and every reader (the sweep's resume, its summary, ``plot``,

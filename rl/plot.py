@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import mean_pm, mean_se, packed_runs, read_csv, run_configs, save_figure
+from specopt.experiment import mean_pm, mean_se, read_csv, save_figure
+from specopt.results import packed_runs, run_configs
 
 
 def read_agent(folder: Path) -> tuple[dict, list[dict[str, str]]]:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, pack_tree, run_rows, write_text
+from specopt.experiment import claim_folder, write_text
+from specopt.results import pack_tree, run_rows
 
 from .config import Config
 
@@ -55,7 +56,7 @@ def status(cfg: Config) -> str:
 
 
 def pack(root: Path) -> list[str]:
-    """Pack every run at or below ``root`` (:func:`specopt.experiment.pack_tree`): each finished agent's folder — its
+    """Pack every run at or below ``root`` (:func:`specopt.results.pack_tree`): each finished agent's folder — its
     config.json and metrics.csv, complete to its last evaluation — becomes lines of the run folder's ``rows.csv`` and
     ``runs.jsonl``. Unfinished agents stay folders; ``status``, ``rl plot``, the studies' tables and
     docs/strength.md's tables read packed agents as they read folders. ``python -m rl pack``."""

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import specopt
 from rl.plot import agent_folders, form_of as rl_form_of, last_fraction_returns
-from specopt.experiment import mean_pm, mean_se, ratio_pm, read_csv, run_configs, run_rows, save_figure
+from specopt.experiment import mean_pm, mean_se, ratio_pm, read_csv, save_figure
+from specopt.results import run_configs, run_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMED = {specopt.DEFAULT_STRENGTH: " (`DEFAULT_STRENGTH`)", specopt.CONTINUAL_STRENGTH: " (`CONTINUAL_STRENGTH`, old default)"}

@@ -14,7 +14,7 @@ import pytest
 
 from continual.studies import HELDOUT_SEEDS, configs
 from continual.sweep import plan, status
-from specopt.experiment import run_configs
+from specopt.results import run_configs
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "studies"

@@ -251,7 +251,7 @@ def test_pack_folds_finished_runs_into_one_rows_file_and_every_reader_reads_them
     plot table and the sweep's resume read the packed sweep as they read the folders."""
     from continual.plot import read_rows, table as plot_table
     from continual.report import table
-    from specopt.experiment import packed_runs
+    from specopt.results import packed_runs
 
     out = tmp_path / "studies" / "sweep"
     argv = ["sweep", *TINY, "--mitigator", "none", "l2", "--strengths", "1e-2", "--seeds", "0", "1",

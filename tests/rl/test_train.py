@@ -345,7 +345,7 @@ def test_pack_folds_finished_agents_into_the_runs_rows_file_and_readers_read_the
 
     from rl.plot import agent_folders, last_fraction_returns, plot
     from rl.sweep import status
-    from specopt.experiment import packed_runs
+    from specopt.results import packed_runs
 
     run = tmp_path / "run"
     shutil.copytree(full_run, run)

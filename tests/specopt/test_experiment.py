@@ -127,11 +127,12 @@ def test_ratio_pm_carries_the_first_order_error_of_a_ratio_of_means():
 
 
 def test_pack_runs_refuses_what_it_cannot_pack_whole_and_keeps_foreign_files(tmp_path):
-    """specopt.experiment.pack_runs: a finished run folder becomes pack lines; a file pack does not know stays in
+    """specopt.results.pack_runs: a finished run folder becomes pack lines; a file pack does not know stays in
     its folder; a run packed twice, a damaged config.json or a damaged pack is a one-line error naming the file."""
     import json as _json
 
-    from specopt.experiment import pack_runs, packed_runs, write_csv
+    from specopt.experiment import write_csv
+    from specopt.results import pack_runs, packed_runs
 
     def make(name: str, rows: int, extra: bool = False) -> None:
         (tmp_path / name).mkdir()
