@@ -60,10 +60,11 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
     rows = []
     for d in map(Path, run_dirs):
         packs: list[Path] = []
-        if d.is_dir():
-            paths = [d / "results.csv"] if (d / "results.csv").exists() else sorted(d.rglob("results.csv"))
-            if len(paths) != 1 or paths[0].parent != d:
-                packs = sorted(p.parent for p in d.rglob(PACKED_RUNS))
+        if (d / "results.csv").exists():  # a run folder
+            paths = [d / "results.csv"]
+        elif d.is_dir():  # a folder of run folders, packed or not
+            paths = sorted(d.rglob("results.csv"))
+            packs = sorted(p.parent for p in d.rglob(PACKED_RUNS))
         else:
             paths = [d] if d.suffix == ".csv" and d.exists() else []
         packed = run_results(d) if not (paths or packs) and not d.suffix else []
@@ -72,7 +73,7 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
                                     "results.csv file")
         for path in paths:
             rows += read_results(path)
-        rows += packed + [r for pack in packs for _, runs in packed_runs(pack).items() for r in runs[1]]
+        rows += packed + [r for pack in packs for _, run_rows in packed_runs(pack).values() for r in run_rows]
     if not rows:
         raise ValueError("the results hold no rows yet")
     return rows
