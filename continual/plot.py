@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from specopt.experiment import mean_pm, mean_se, save_figure
-from specopt.results import PACKED_RUNS, packed_runs
+from specopt.results import PACKED_RUNS, RUN_ROWS, packed_runs
 
 from .diagnostics import DIAGNOSTICS
 from .mitigators import NO_STRENGTH
@@ -48,8 +48,8 @@ def run_results(folder: Path) -> list[dict[str, str]]:
     """The rows of the run in ``folder``: its results.csv (checked, :func:`read_results`) or, for a run packed into
     its sweep's folder (``python -m continual pack``), the pack's rows; ``[]`` when there are none."""
     folder = Path(folder)
-    if (folder / "results.csv").exists():
-        return read_results(folder / "results.csv")
+    if (folder / RUN_ROWS).exists():
+        return read_results(folder / RUN_ROWS)
     packed = packed_runs(folder.parent).get(folder.name)
     return packed[1] if packed else []
 
@@ -60,10 +60,10 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
     rows = []
     for d in map(Path, run_dirs):
         packs: list[Path] = []
-        if (d / "results.csv").exists():  # a run folder
-            paths = [d / "results.csv"]
+        if (d / RUN_ROWS).exists():  # a run folder
+            paths = [d / RUN_ROWS]
         elif d.is_dir():  # a folder of run folders, packed or not
-            paths = sorted(d.rglob("results.csv"))
+            paths = sorted(d.rglob(RUN_ROWS))
             packs = sorted(p.parent for p in d.rglob(PACKED_RUNS))
         else:
             paths = [d] if d.suffix == ".csv" and d.exists() else []

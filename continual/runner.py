@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from specopt import experiment
+from specopt.results import RUN_ROWS, run_name
 
 from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import Dataset, load_dataset
@@ -43,7 +44,7 @@ def open_checkpoint(out: Path, config: dict[str, Any], resume: bool) -> dict[str
         if diff:
             raise ValueError(f"--resume with different settings than the checkpoint in {out} ({', '.join(diff)})")
         return saved
-    if (out / "results.csv").exists() and not resume:
+    if (out / RUN_ROWS).exists() and not resume:
         raise ValueError(f"{out} already holds results: pass --resume to continue, or choose another --out")
     return None
 
@@ -84,7 +85,7 @@ def _run_in(out: Path, cfg: RunConfig, resume: bool, progress: bool) -> list[dic
         history = experiment.add_version(history, cfg.device)
     experiment.write_json(out / "config.json", {**config, experiment.PROVENANCE: history})
     if saved is not None:  # the checkpoint's rows are the record: a damaged or missing results.csv is rebuilt
-        experiment.write_csv(out / "results.csv", rows, COLUMNS)
+        experiment.write_csv(out / RUN_ROWS, rows, COLUMNS)
     order = {key: i for i, key in enumerate((m, s) for m in cfg.mitigators for s in cfg.seeds)}
     bar = experiment.progress_bar(len(order) * cfg.tasks, len(rows), "task", progress)
     groups = ([(m, tuple(cfg.seeds)) for m in cfg.mitigators] if cfg.vectorize_seeds
@@ -99,7 +100,7 @@ def _run_in(out: Path, cfg: RunConfig, resume: bool, progress: bool) -> list[dic
             current.load_state_dict(saved["run"])
         elif done:
             raise RuntimeError(f"checkpoint in {out} lacks the state of ({mitigator}, seeds {list(seeds)})")
-        boards = ({s: experiment.tensorboard_writer(out / "tensorboard" / f"{mitigator}-s{s}") for s in seeds}
+        boards = ({s: experiment.tensorboard_writer(out / "tensorboard" / run_name(mitigator, None, s)) for s in seeds}
                   if cfg.tensorboard else {})
         for t in range(current.next_task, cfg.tasks):
             new = current.train(t, bar)
@@ -109,11 +110,11 @@ def _run_in(out: Path, cfg: RunConfig, resume: bool, progress: bool) -> list[dic
             current.next_task = t + 1
             state = {"config": config, "rows": rows, "current": current.key, "run": current.state_dict()}
             experiment.save_checkpoint(ckpt_path, state)
-            experiment.write_csv(out / "results.csv", rows, COLUMNS)
+            experiment.write_csv(out / RUN_ROWS, rows, COLUMNS)
             bar.update(len(new))
             accuracy = sum(r["train_accuracy"] for r in new) / len(new)
             bar.set_description(f"{mitigator} {current.label} t{t + 1} acc {accuracy:.3f}")
     bar.close()
     if progress:
-        print(f"{len(rows)} rows in {out / 'results.csv'} ({time.time() - t0:.0f} s)")
+        print(f"{len(rows)} rows in {out / RUN_ROWS} ({time.time() - t0:.0f} s)")
     return rows

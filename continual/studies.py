@@ -144,7 +144,7 @@ def confirm_table(out: Path, variant: str) -> str:
             strength, score, source = e["strength"], (e["last5"], e["last5_se"], e["seeds"]), "confirm"
         else:
             per: dict[str, list[float]] = {}
-            for path in sorted(glob.glob(str(out.parent / "acceptance" / variant / f"{m}-s*.csv"))):
+            for path in sorted(glob.glob(str(out.parent / "acceptance" / variant / f"{m}-seed*.csv"))):
                 for r in read_csv(path):
                     if r["mitigator"] == m:
                         per.setdefault(r["seed"], []).append(float(r["train_accuracy"]))

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 
 from specopt import runs as engine
 from specopt.experiment import claim_folder, mean_pm, mean_se, save_figure, write_text
-from specopt.results import PACKED_RUNS, pack_tree, packed_runs
+from specopt.results import PACKED_RUNS, RUN_ROWS, pack_tree, packed_runs, run_name
 
 from .config import LOCATION_SETTINGS, RunConfig, changed_settings
 from .data import DataError
@@ -42,10 +42,6 @@ class SweepRun:
     strength: float | None  # None: the mitigator has no strength
     seed: int
     config: RunConfig
-
-
-def run_name(mitigator: str, strength: float | None, seed: int) -> str:
-    return f"{mitigator}-seed{seed}" if strength is None else f"{mitigator}-s{strength:g}-seed{seed}"
 
 
 def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
@@ -119,7 +115,7 @@ RAY_RETRIES = engine.RAY_RETRIES  # the driver reads it when it starts the tasks
 
 
 def _job(run: SweepRun) -> engine.Job:
-    return engine.Job(run.name, asdict(run.config), EXECUTE, "results.csv")
+    return engine.Job(run.name, asdict(run.config), EXECUTE, RUN_ROWS)
 
 
 def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[[SweepRun], None]) -> None:
@@ -194,7 +190,7 @@ def pack(root: Path) -> list[str]:
         return "nonstationarity" in config and len(rows) >= config["tasks"] * len(config["mitigators"]) * len(
             config["seeds"])
 
-    return pack_tree(root, "results.csv", finished, "continual sweep")
+    return pack_tree(root, RUN_ROWS, finished, "continual sweep")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ size = (dict(steps=250, action_repeat=8, warmup_steps=50, eval_interval=125, eva
 with tempfile.TemporaryDirectory() as out:
     cfg = rl.Config(env="cheetah-run", mitigators=("none", "spectral"), seeds=(0, 1), replay_ratio=1, out=out,
                     progress=not tiny, **size)
-    rows = rl.run(cfg)  # every agent's metrics rows, as <out>/<mitigator>-s<seed>/metrics.csv holds them
+    rows = rl.run(cfg)  # every agent's metrics rows, as <out>/<mitigator>-seed<seed>/results.csv holds them
     for agent in cfg.agents:
         last = [r for r in rows if r["mitigator"] == agent.mitigator and int(r["seed"]) == agent.seed][-1]
         print(f"{agent.mitigator:>9} seed {agent.seed}: eval return {float(last['eval_return_mean']):.1f} at step {last['step']}, "

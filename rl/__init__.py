@@ -16,7 +16,7 @@ from .config import MITIGATORS, PAPER7_ENVS, Config
 
 def run(cfg: Config, resume: bool = False) -> list[dict[str, str]]:
     """Train (with ``resume``, continue) every agent of the finished ``cfg`` in ``cfg.out``, as ``python -m rl
-    train`` does; returns every agent's metrics rows, as their metrics.csv files hold them
+    train`` does; returns every agent's metrics rows, as their results.csv files hold them
     (:func:`rl.train.train`)."""
     from .train import train  # dm_control loads here, not on ``import rl``
 

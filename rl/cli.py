@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     pk = sub.add_parser("pack", help="fold the finished agents of runs into one rows.csv + runs.jsonl per run (the "
                         "committed form of results/)")
     pk.add_argument("folders", nargs="+", help="run directories, or directories holding runs")
+    mg = sub.add_parser("migrate", help="rename the agents of runs written before rl named its runs as continual "
+                        "does (<mitigator>-s<seed>/metrics.csv → <mitigator>-seed<seed>/results.csv), packed or not")
+    mg.add_argument("folders", nargs="+", help="run directories, or directories holding runs")
     sub.add_parser("envs", help="list the DMC tasks and the paper7 preset")
     cc = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint from before checkpoints were plain "
                                                   "tensors (docs/security.md); resume reads only plain ones")
@@ -93,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
 
             for folder in args["folders"]:
                 print(f"{folder}: {len(pack(Path(folder)))} finished agents packed")
+            return 0
+        if command == "migrate":
+            from .sweep import migrate
+
+            for folder in args["folders"]:
+                print(f"{folder}: {len(migrate(Path(folder)))} agents renamed")
             return 0
         if command == "sweep":
             return _sweep(args)
@@ -178,6 +187,6 @@ def _train(args: dict) -> int:
 
     train(cfg, resume=resume, explicit=explicit)
     out = Path(cfg.out)
-    print(f"wrote {out}/config.json, {out}/checkpoint.pt and per agent {out}/<mitigator>-s<seed>/metrics.csv")
+    print(f"wrote {out}/config.json, {out}/checkpoint.pt and per agent {out}/<mitigator>-seed<seed>/results.csv")
     return 0
 

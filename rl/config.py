@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import specopt
 from specopt.experiment import check_device
+from specopt.results import run_name
 
 MITIGATORS = ("none", "resets", "spectral", "l2", "l2-init")
 WITH_STRENGTH = {"spectral": "spectral_strength", "l2": "l2_strength", "l2-init": "l2_strength"}  # the field each uses
@@ -61,7 +62,7 @@ class Config:
     seeds: tuple[int, ...] = (0,)  # one agent per (mitigator, seed), all trained together in one process
     strengths: tuple[float, ...] = ()  # a grid: one agent per strength for each mitigator that has one
     steps: int = 100_000  # env (agent) steps; each covers `action_repeat` simulator control steps
-    out: str = ""  # run directory, one folder <mitigator>-s<seed> per agent in it; "" = runs/<env>
+    out: str = ""  # run directory, one folder <mitigator>-seed<seed> per agent in it; "" = runs/<env>
     device: str = "cpu"  # torch device: cpu, cuda, cuda:1, ...
     threads: int = 0  # torch.set_num_threads (0 = leave torch's default)
     cuda_graphs: bool = True  # on CUDA, replay each block of RR updates (sampling included) as one CUDA graph
@@ -195,10 +196,9 @@ class Config:
         return out
 
     def agent_name(self, agent: Agent) -> str:
-        """The agent's folder: ``<mitigator>-s<seed>``, with the strength between when ``strengths`` is a grid."""
-        if self.strengths and agent.strength is not None:
-            return f"{agent.mitigator}-{agent.strength:g}-s{agent.seed}"
-        return f"{agent.mitigator}-s{agent.seed}"
+        """The agent's folder (:func:`specopt.results.run_name`, as continual names its runs):
+        ``<mitigator>-seed<seed>``, or ``<mitigator>-s<strength>-seed<seed>`` when ``strengths`` is a grid."""
+        return run_name(agent.mitigator, agent.strength if self.strengths else None, agent.seed)
 
     def agent_dict(self, agent: Agent) -> dict:
         """One agent's settings as a single run's config.json (``mitigator``, ``seed`` and its strength field

@@ -11,33 +11,33 @@ from pathlib import Path
 import numpy as np
 
 from specopt.experiment import mean_pm, mean_se, read_csv, save_figure
-from specopt.results import packed_runs, run_configs
+from specopt.results import RUN_ROWS, packed_runs, run_configs
 
 
 def read_agent(folder: Path) -> tuple[dict, list[dict[str, str]]]:
-    """(an agent's config.json, its metrics.csv rows) — from its folder, or from its run folder's pack
+    """(an agent's config.json, its results.csv rows) — from its folder, or from its run folder's pack
     (``python -m rl pack``: the finished agents of a run as one rows.csv + runs.jsonl)."""
     folder = Path(folder)
     if (folder / "config.json").is_file():
-        return json.loads((folder / "config.json").read_text()), read_csv(folder / "metrics.csv")
+        return json.loads((folder / "config.json").read_text()), read_csv(folder / RUN_ROWS)
     packed = packed_runs(folder.parent).get(folder.name)
     if packed is None:
-        raise FileNotFoundError(f"no agent (config.json + metrics.csv, or packed) at {folder}")
+        raise FileNotFoundError(f"no agent (config.json + results.csv, or packed) at {folder}")
     return packed
 
 
 def agent_folders(root: Path) -> list[Path]:
     """The agent folders at or below ``root`` (an agent's folder, a run's, or a folder of runs): each agent's own
-    folder with its config.json and metrics.csv, or its place in a packed run; ``[]`` when there are none."""
+    folder with its config.json and results.csv, or its place in a packed run; ``[]`` when there are none."""
     root = Path(root)
     if not root.exists() and not packed_runs(root.parent).get(root.name):
         return []
     return [folder for folder, cfg in run_configs(root) if "mitigator" in cfg
-            and ((folder / "metrics.csv").is_file() or not (folder / "config.json").is_file())]
+            and ((folder / RUN_ROWS).is_file() or not (folder / "config.json").is_file())]
 
 
 def find_runs(paths: list[str]) -> list[Path]:
-    """The agents (run directories holding config.json and metrics.csv, or packed) among ``paths`` and, recursively,
+    """The agents (run directories holding config.json and results.csv, or packed) among ``paths`` and, recursively,
     below them."""
     runs: list[Path] = []
     for p in map(Path, paths):
@@ -46,7 +46,7 @@ def find_runs(paths: list[str]) -> list[Path]:
             raise FileNotFoundError(f"no such run directory: {p}")
         runs += found
     if not runs:
-        raise FileNotFoundError(f"no runs (config.json + metrics.csv) under {', '.join(paths)}")
+        raise FileNotFoundError(f"no runs (config.json + results.csv) under {', '.join(paths)}")
     return runs
 
 
@@ -124,7 +124,7 @@ def last_fraction_returns(agents: list[Path], fraction: float = 0.1
                           ) -> dict[str, dict[tuple, tuple[float, float, int]]]:
     r"""{env: {(form, strength) of an agent (("adam", 0.0) for ``none``): (mean, s.e., seeds)}} of the mean
     evaluation return over the evaluations in the last ``fraction`` of env steps (step ≥ (1 − fraction)·steps), per
-    agent, then over seeds — the measure of docs/strength.md. ``agents``: agent folders (their metrics.csv and the
+    agent, then over seeds — the measure of docs/strength.md. ``agents``: agent folders (their results.csv and the
     agent's own config.json); unfinished agents (last row before ``steps``) are left out."""
     per: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
     for agent in agents:

@@ -29,6 +29,7 @@ from typing import Any
 
 from specopt import runs as engine
 from specopt.experiment import changed_settings, mean_pm, ratio_pm
+from specopt.results import RUN_ROWS
 
 from .config import RESUMABLE_OVERRIDES, Config
 from .sweep import EXECUTE, run_in_temp_folder, status
@@ -93,7 +94,7 @@ def run_study(name: str, out: Path, overrides: Mapping[str, Any] | None = None, 
     say = print if progress else (lambda *a, **k: None)
     say(f"study {name}: {len(cfgs)} processes, {len(cfgs) - len(todo)} finished, {len(todo)} to run ({backend})",
         flush=True)
-    jobs = [engine.Job(Path(c.out).name, dataclasses.asdict(c), EXECUTE, "metrics.csv") for c in todo]
+    jobs = [engine.Job(Path(c.out).name, dataclasses.asdict(c), EXECUTE, RUN_ROWS) for c in todo]
 
     def done(job: engine.Job) -> None:
         say(f"{job.name}: done", flush=True)

@@ -15,15 +15,17 @@ writes ``summary.md`` (:func:`rl.plot.plot`'s table over every group) and ``retu
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, write_text
-from specopt.results import pack_tree, run_rows
+from specopt.experiment import claim_folder, write_csv, write_text
+from specopt.results import PACKED_ROWS, PACKED_RUNS, RUN_ROWS, pack_tree, packed_runs, run_name, run_rows
 
 from .config import Config
 
@@ -43,12 +45,12 @@ def plan(cfg: Config, seeds_per_process: int) -> list[Config]:
 def status(cfg: Config) -> str:
     """"finished" (every agent has its last evaluation, the one at the last multiple of ``eval_interval``),
     "partial" (the folder holds the run's config: resume it, from its checkpoint if it has one) or "new"."""
-    from .train import METRICS, agent_dir
+    from .train import agent_dir
 
     last = cfg.steps - cfg.steps % cfg.eval_interval
     done = []
     for agent in cfg.agents:
-        rows = run_rows(agent_dir(cfg, agent), METRICS)  # its metrics.csv, or packed (python -m rl pack)
+        rows = run_rows(agent_dir(cfg, agent), RUN_ROWS)  # its results.csv, or packed (python -m rl pack)
         done.append(bool(rows) and int(rows[-1]["step"]) >= last)
     if all(done):
         return "finished"
@@ -57,7 +59,7 @@ def status(cfg: Config) -> str:
 
 def pack(root: Path) -> list[str]:
     """Pack every run at or below ``root`` (:func:`specopt.results.pack_tree`): each finished agent's folder — its
-    config.json and metrics.csv, complete to its last evaluation — becomes lines of the run folder's ``rows.csv`` and
+    config.json and results.csv, complete to its last evaluation — becomes lines of the run folder's ``rows.csv`` and
     ``runs.jsonl``. Unfinished agents stay folders; ``status``, ``rl plot``, the studies' tables and
     docs/strength.md's tables read packed agents as they read folders. ``python -m rl pack``."""
 
@@ -65,7 +67,69 @@ def pack(root: Path) -> list[str]:
         last = config["steps"] - config["steps"] % config["eval_interval"]
         return "replay_ratio" in config and bool(rows) and int(rows[-1]["step"]) >= last
 
-    return pack_tree(root, "metrics.csv", finished, "rl run")
+    return pack_tree(root, RUN_ROWS, finished, "rl run")
+
+
+def _new_name(old: str, config: dict[str, Any]) -> str:
+    """An agent folder's name under :func:`specopt.results.run_name` from its name before it
+    (``<mitigator>-s<seed>``, ``<mitigator>-<strength>-s<seed>``); a name already new is kept."""
+    m, seed = config["mitigator"], config["seed"]
+    if old == f"{m}-s{seed}":
+        return run_name(m, None, seed)
+    middle = old[len(m) + 1:-len(f"-s{seed}")] if old.startswith(f"{m}-") and old.endswith(f"-s{seed}") else ""
+    try:
+        return run_name(m, float(middle), seed)
+    except ValueError:
+        return old
+
+
+def _migrate_run(run: Path, legacy_rows: str) -> list[str]:
+    """:func:`migrate` for one run folder: its agent folders, then its pack."""
+    moved = []
+    for rows in sorted(run.glob(f"*/{legacy_rows}")):
+        agent = rows.parent
+        if not (agent / "config.json").is_file() or (agent / RUN_ROWS).exists():
+            continue
+        new = agent.with_name(_new_name(agent.name, json.loads((agent / "config.json").read_text())))
+        if new != agent and new.exists():
+            raise ValueError(f"cannot rename {agent} to {new}: it exists already")
+        rows.rename(agent / RUN_ROWS)
+        agent.rename(new)
+        moved.append(f"{agent} → {new}")
+    packed = packed_runs(run)
+    names = {old: _new_name(old, config) for old, (config, _) in packed.items()}
+    names = {old: new for old, new in names.items() if new != old}
+    if names:
+        with open(run / PACKED_ROWS, newline="") as f:
+            header = next(csv.reader(f))
+        entries = [json.loads(line) for line in (run / PACKED_RUNS).read_text().splitlines() if line.strip()]
+        for e in entries:
+            e["run"] = names.get(e["run"], e["run"])
+        rows = [{"run": names.get(name, name), **r} for name, (_, rs) in packed.items() for r in rs]
+        write_csv(run / PACKED_ROWS, rows, header)
+        write_text(run / PACKED_RUNS, "".join(json.dumps(e, sort_keys=False) + "\n" for e in entries))
+        moved += [f"{run / old} → {run / new} (packed)" for old, new in names.items()]
+    return moved
+
+
+def migrate(root: Path) -> list[str]:
+    """Rename the agents of rl runs at or below ``root`` written before both packages named runs alike: each agent
+    folder ``<mitigator>-s<seed>`` → ``<mitigator>-seed<seed>`` (``<mitigator>-<strength>-s<seed>`` →
+    ``<mitigator>-s<strength>-seed<seed>``) with its ``metrics.csv`` → ``results.csv``, and the same names inside
+    packs (``rows.csv``'s ``run`` column, ``runs.jsonl``). Rows and configs are otherwise untouched; running it
+    twice changes nothing. Returns the old → new paths. ``python -m rl migrate``."""
+    from .train import LEGACY_ROWS
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root} is not a folder: give an rl run's --out, or a folder of runs")
+    runs = {p.parent.parent for p in root.rglob(LEGACY_ROWS)}
+    runs |= {p.parent for p in root.rglob(PACKED_RUNS) if any("env" in c for c, _ in packed_runs(p.parent).values())}
+    moved = []
+    for run in sorted(runs):
+        with claim_folder(run, "rl run"):  # not under a process still writing it
+            moved += _migrate_run(run, LEGACY_ROWS)
+    return moved
 
 
 def execute(config: dict[str, Any], threads: int = 1) -> int:
@@ -104,7 +168,7 @@ def sweep(cfg: Config, seeds_per_process: int = 1, workers: int | None = None, t
         todo = [g for g in groups if status(g) != "finished"]
         say(f"sweep: {len(groups)} processes of {len(cfg.agents)} agents in {out}: {len(groups) - len(todo)} "
             f"finished, {len(todo)} to run ({backend})", flush=True)
-        jobs = [engine.Job(Path(g.out).name, dataclasses.asdict(g), EXECUTE, "metrics.csv") for g in todo]
+        jobs = [engine.Job(Path(g.out).name, dataclasses.asdict(g), EXECUTE, RUN_ROWS) for g in todo]
         t0 = time.time()
 
         def done(job: engine.Job) -> None:

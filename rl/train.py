@@ -7,7 +7,7 @@ Checkpoints are taken only at episode boundaries (the first one at or after ever
 steps, and at the end of a run that ends on one). There the environment's whole state is its task's RandomState,
 so a resumed run continues *exactly* as the uninterrupted one would have: same transitions, same updates, same
 metrics rows (all columns but ``wall_time_s``). A killed run resumes from its last checkpoint and recomputes the
-steps after it; rows of metrics.csv past the checkpoint are dropped first.
+steps after it; rows of an agent's results.csv past the checkpoint are dropped first.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import Tensor
 from specopt.experiment import (PROVENANCE, add_version, append_csv, changed_settings, claim_folder, load_checkpoint,
                                 log_scalars, progress_bar, read_csv, save_checkpoint, saved_provenance,
                                 tensorboard_writer, write_csv, write_json)
+from specopt.results import RUN_ROWS
 
 from . import streams
 from .buffer import ReplayBuffer
@@ -35,8 +36,8 @@ from .envs import VectorEnv, make_env
 from .sac import SAC, per_agent_norm
 
 CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.csv"
 CONFIG = "config.json"
+LEGACY_ROWS = "metrics.csv"  # an agent's rows file before runs of both packages were named alike
 CONVERT_COMMAND = "python -m rl convert-checkpoint --trust {out}"
 """How a user converts a checkpoint they trust that needs more than ``weights_only`` (docs/security.md)."""
 
@@ -146,6 +147,9 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
         return cfg
     if not (out / CONFIG).exists():
         raise ValueError(f"nothing to resume in {out} (no {CONFIG})")
+    if any(out.glob(f"*/{LEGACY_ROWS}")):
+        raise ValueError(f"{out} holds agent folders of an older version (<mitigator>-s<seed>/{LEGACY_ROWS}): run "
+                         f"`python -m rl migrate {out}` once, then resume")
     saved = Config.from_dict(json.loads((out / CONFIG).read_text()))
     given = cfg.to_dict()
     explicit = set(given) if explicit is None else explicit
@@ -159,14 +163,14 @@ def resolve_config(cfg: Config, resume: bool, explicit: set[str] | None = None) 
 
 
 def metrics_before(cfg: Config, step: int) -> list[list[dict[str, str]]]:
-    """Each agent's metrics.csv rows up to env step ``step`` (a checkpoint's), checked: one complete row at every
+    """Each agent's results.csv rows up to env step ``step`` (a checkpoint's), checked: one complete row at every
     evaluation step (multiples of ``eval_interval``) up to ``step``. Rows past it are dropped (a resumed run
     recomputes them). A missing, emptied, truncated or garbled file is a one-line ``ValueError`` naming it: those rows
     exist nowhere else."""
     expected = list(range(cfg.eval_interval, step + 1, cfg.eval_interval))
     out = []
     for a in cfg.agents:
-        path, kept = agent_dir(cfg, a) / METRICS, []
+        path, kept = agent_dir(cfg, a) / RUN_ROWS, []
         try:
             for r in read_csv(path):  # the complete rows up to the checkpoint; what follows is recomputed
                 if None in r.values() or None in r or int(r["step"]) > step:
@@ -184,8 +188,8 @@ def metrics_before(cfg: Config, step: int) -> list[list[dict[str, str]]]:
 
 # --- the run ----------------------------------------------------------------------------------------------------
 def agent_dir(cfg: Config, agent: Agent) -> Path:
-    """Where one agent's config.json and metrics.csv live: ``<out>/<mitigator>-s<seed>`` (with a strength grid,
-    ``<out>/<mitigator>-<strength>-s<seed>``)."""
+    """Where one agent's config.json and results.csv live: ``<out>/<mitigator>-seed<seed>`` (with a strength grid,
+    ``<out>/<mitigator>-s<strength>-seed<seed>``; :meth:`Config.agent_name`)."""
     return Path(cfg.out) / cfg.agent_name(agent)
 
 
@@ -200,7 +204,7 @@ def env_workers(cfg: Config) -> int:
 
 def train(cfg: Config, resume: bool = False, explicit: set[str] | None = None) -> list[dict[str, str]]:
     """Run (or resume) the agents ``cfg.agents`` together in ``cfg.out``; returns every agent's metrics rows (agent
-    by agent in ``cfg.agents`` order, then by step; as each ``<out>/<agent>/metrics.csv`` holds them, so a resumed
+    by agent in ``cfg.agents`` order, then by step; as each ``<out>/<agent>/results.csv`` holds them, so a resumed
     run's rows are the uninterrupted run's). ``explicit``: the settings given on the command line, the ones a
     ``resume`` may not change (all when None)."""
     cfg.validate()
@@ -232,7 +236,7 @@ def _train_in(cfg: Config, resume: bool, explicit: set[str] | None) -> list[dict
     train_ids, eval_ids = list(range(n)), list(range(n, 2 * n))
     with VectorEnv(specs, env_workers(cfg)) as envs:
         _loop(cfg, ck, device, envs, train_ids, eval_ids)
-    return [row for a in agents for row in read_csv(agent_dir(cfg, a) / METRICS)]
+    return [row for a in agents for row in read_csv(agent_dir(cfg, a) / RUN_ROWS)]
 
 
 def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, train_ids: list[int],
@@ -268,7 +272,7 @@ def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, t
             r.extend(saved)
         obs = np.stack(envs.reset(train_ids))  # at an episode boundary the next reset is the saved one's
     for d, kept in zip(dirs, metrics_before(cfg, step)):  # rows past the checkpoint are recomputed
-        write_csv(d / METRICS, kept)
+        write_csv(d / RUN_ROWS, kept)
 
     def checkpoint() -> None:
         state = {"agent": agent.state_dict(), "buffer": buffer.state_dict(), "env_rng": env_rng, "step": step,
@@ -316,7 +320,7 @@ def _loop(cfg: Config, ck: dict | None, device: torch.device, envs: VectorEnv, t
                        "resets": agent.resets[i], "episodes": episodes,
                        "train_return_recent": float(np.mean(recent[i])) if recent[i] else float("nan"),
                        **evals[i], **measured[i], "wall_time_s": wall}
-                append_csv(d / METRICS, row)
+                append_csv(d / RUN_ROWS, row)
                 if boards:
                     log_scalars(boards[i], row, step)
             if cfg.progress:

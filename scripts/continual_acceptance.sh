@@ -77,7 +77,7 @@ list() {
 
 run_one() {  # variant mitigator seed...
   local v=$1 m=$2; shift 2
-  local name="$m-s$(echo "$@" | tr ' ' '-')"
+  local name="$m-seed$(echo "$@" | tr ' ' '-')"
   local dir="$out/$v/$name"
   local extra=()
   [ "$v" = ln ] && extra+=(--layernorm)

@@ -9,7 +9,7 @@
 #     stay); then the figure and the table.
 #
 # What comes back in $OUT (at most 8 files): speed.md, train.log, table.md, cheetah-run.png and rows.tar.gz (every
-# agent's config.json + metrics.csv; `tar xzf rows.tar.gz -C results/rl/...` to commit them).
+# agent's config.json + results.csv; `tar xzf rows.tar.gz -C results/rl/...` to commit them).
 #
 # Prepare here, once:    bash scripts/device_wheels.sh        # .whl/: slim dm-control, mujoco, gymnasium (31 MiB)
 # Run on the device:     device run, command "bash scripts/device_rl.sh", carry [".whl"], timeout_s 570

@@ -27,7 +27,7 @@ commands=()
 for env in $ENVS; do for buffer in $BUFFERS; do
   # one process per (environment, buffer): every mitigator × seed agent of it trained together (rl/sac.py)
   dir="$OUT/$env/buf$buffer"
-  first="$dir/${MITIGATORS%% *}-s${SEEDS%% *}/metrics.csv"
+  first="$dir/${MITIGATORS%% *}-seed${SEEDS%% *}/results.csv"
   if [[ -f "$first" ]] && [[ "$(tail -n 1 "$first" | cut -d, -f4)" == "$STEPS" ]]; then
     continue  # finished
   fi

@@ -1,4 +1,4 @@
-"""One metrics.csv column per agent and env step, as a markdown table, from rl run folders (committed rows only).
+"""One results.csv column per agent and env step, as a markdown table, from rl run folders (committed rows only).
 
     python scripts/rl_run_table.py results/rl/short-cheetah                          # evaluation return
     python scripts/rl_run_table.py results/rl/short-cheetah --column sigma1_critic_mean --steps 7500 10000 20000
@@ -16,8 +16,8 @@ from rl.plot import agent_folders, read_agent
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("root", type=Path, help="a folder of rl runs (its agents: <agent>/metrics.csv, or packed)")
-    p.add_argument("--column", default="eval_return_mean", help="the metrics.csv column (default eval_return_mean)")
+    p.add_argument("root", type=Path, help="a folder of rl runs (its agents: <agent>/results.csv, or packed)")
+    p.add_argument("--column", default="eval_return_mean", help="the results.csv column (default eval_return_mean)")
     p.add_argument("--steps", type=int, nargs="+", help="env steps to show (default: all)")
     p.add_argument("--digits", type=int, default=1)
     p.add_argument("--columns", nargs="+", metavar="COLUMN:DIGITS",
@@ -31,7 +31,7 @@ def table(args: argparse.Namespace, root: Path) -> str:
     ``--columns`` one row per column and one cell per agent instead."""
     agents = agent_folders(root)
     if not agents:
-        raise SystemExit(f"rl_run_table: no agents (metrics.csv, or packed) under {root}")
+        raise SystemExit(f"rl_run_table: no agents (results.csv, or packed) under {root}")
     tables = {a.relative_to(root): {int(r["step"]): r for r in read_agent(a)[1]} for a in agents}
     first = next(iter(tables.values()))
     columns = [c.partition(":") for c in args.columns or [f"{args.column}:{args.digits}"]]

@@ -17,4 +17,4 @@ run() {  # NAME EXTRA_FLAGS...
 }
 run none-spectral1 --mitigator none spectral --strength 1 --seeds 0 1
 run spectral0.1 --mitigator spectral --strength 0.1 --seeds 0
-echo "started 2 processes (5 agents) under $OUT; progress: tail -n 1 $OUT/*/*/metrics.csv"
+echo "started 2 processes (5 agents) under $OUT; progress: tail -n 1 $OUT/*/*/results.csv"

@@ -4,7 +4,7 @@ benefit (the Fashion-MNIST random-label benchmark) for every spectral strength m
     python scripts/strength_tradeoff.py                       # table to stdout, docs/figures/strength_tradeoff.png
 
 Rows read:
-  results/strength-sac/<run>/<agent>/metrics.csv           python -m rl train ... --strengths ... (docs/strength.md);
+  results/strength-sac/<run>/<agent>/results.csv           python -m rl train ... --strengths ... (docs/strength.md);
                                                            runs of one env (config.json's env) pool their seeds
   results/strength-supervised/fashion-mnist-mlp/ (a packed sweep: rows.csv)
   results/studies/tuned/{noln,ln}/spectral/ (packed)       the tuned-baselines study (2 seeds × 20 tasks)
@@ -170,7 +170,7 @@ def continual_reference(variant: str) -> tuple[tuple[float, float, int], str]:
     if variant in plastic.get(("spectral", 1.0), {}):
         return plastic[("spectral", 1.0)][variant], "this study's λ = 1 run"
     per = []
-    for path in sorted((ROOT / "results/acceptance" / variant).glob("spectral-s*.csv")):
+    for path in sorted((ROOT / "results/acceptance" / variant).glob("spectral-seed*.csv")):
         by_seed: dict[str, list[float]] = defaultdict(list)
         for r in read_csv(path):
             if r["mitigator"] == "spectral":

@@ -21,13 +21,22 @@ from typing import Any
 
 from .experiment import claim_folder, read_csv, write_csv, write_text
 
-__all__ = ["PACKED_ROWS", "PACKED_RUNS", "pack_runs", "pack_tree", "packed_runs", "run_configs", "run_rows"]
+__all__ = ["PACKED_ROWS", "PACKED_RUNS", "RUN_ROWS", "pack_runs", "pack_tree", "packed_runs", "run_configs",
+           "run_name", "run_rows"]
 
 
+RUN_ROWS = "results.csv"  # a run folder's rows, continual's and rl's alike: one row per task / evaluation
 PACKED_ROWS = "rows.csv"
 PACKED_RUNS = "runs.jsonl"
 
 _PACK_FILES = ("config.json", "checkpoint.pt")  # besides the rows file: what a packed run folder may hold
+
+
+def run_name(mitigator: str, strength: float | None, seed: int) -> str:
+    """A run folder's name, in both packages: ``<mitigator>-s<strength>-seed<seed>`` (``s`` the strength, printed
+    with ``:g``), or ``<mitigator>-seed<seed>`` where the name need not carry a strength (a mitigator without one;
+    an rl run with no ``--strengths`` grid, whose config.json holds the strength)."""
+    return f"{mitigator}-seed{seed}" if strength is None else f"{mitigator}-s{strength:g}-seed{seed}"
 
 
 def _pack_entries(folder: Path) -> list[dict[str, Any]]:

@@ -137,7 +137,7 @@ def test_rl_resume_refuses_a_hostile_checkpoint_in_one_line(rl_run, tmp_path, ca
     assert str(out / "checkpoint.pt") in line and "io.open" in line
     assert f"python -m rl convert-checkpoint --trust {out}" in line
     assert not marker.exists()
-    assert folder_bytes(out) == before  # config.json not rewritten, metrics.csv not trimmed
+    assert folder_bytes(out) == before  # config.json not rewritten, results.csv not trimmed
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])

@@ -146,7 +146,7 @@ def test_two_continual_runs_started_together_on_one_out_one_is_refused(tmp_path)
 @pytest.mark.parametrize("damage", ["deleted", "emptied", "truncated", "garbage"])
 def test_rl_resume_with_a_damaged_metrics_file_is_refused(rl_run, tmp_path, capsys, damage):
     out = copy(rl_run, tmp_path)
-    metrics = out / "none-s0" / "metrics.csv"
+    metrics = out / "none-seed0" / "results.csv"
     data = metrics.read_bytes()
     if damage == "deleted":
         metrics.unlink()
@@ -332,7 +332,7 @@ def test_an_rl_env_worker_killed_mid_run_is_one_line(tmp_path):
     driver = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
-        while not (out / "none-s0" / "metrics.csv").exists():  # the workers are stepping the environments
+        while not (out / "none-seed0" / "results.csv").exists():  # the workers are stepping the environments
             assert time.time() < deadline and driver.poll() is None, driver.stderr.read() if driver.poll() else ""
             time.sleep(0.2)
         workers = [pid for pid in children(driver.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]

@@ -43,7 +43,7 @@ def test_rl_config_records_the_process_in_the_run_and_every_agent_folder(tmp_pat
     out = tmp_path / "run"
     assert rl_main(RL + ["--steps", "250", "--out", str(out)]) == 0
     (entry,) = provenance(out)
-    assert provenance(out / "none-s0") == [entry] and entry["torch"] == torch.__version__
+    assert provenance(out / "none-seed0") == [entry] and entry["torch"] == torch.__version__
     assert rl_main(RL + ["--out", str(out), "--resume", "--steps", "375"]) == 0  # the same code resumes: one entry
     assert provenance(out) == [entry]
     config = json.loads((out / "config.json").read_text())

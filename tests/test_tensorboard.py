@@ -23,7 +23,7 @@ def test_continual_run_logs_each_task_row(tmp_path):
     with open(tmp_path / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     for mitigator in ("none", "spectral"):
-        logged = scalars(tmp_path / "tensorboard" / f"{mitigator}-s0")
+        logged = scalars(tmp_path / "tensorboard" / f"{mitigator}-seed0")
         for row in (r for r in rows if r["mitigator"] == mitigator):
             step = int(row["task"])
             assert logged["train_accuracy"][step] == pytest.approx(float(row["train_accuracy"]), rel=1e-6)
@@ -39,7 +39,7 @@ def test_rl_train_logs_each_agents_rows(tmp_path):
     cfg = Config(out=str(tmp_path), **{**TINY, "steps": 250, "mitigators": ("none", "spectral"), "tensorboard": True})
     train(cfg)
     for agent in (Agent("none", 0, None), Agent("spectral", 0, 1.0)):
-        with open(agent_dir(cfg, agent) / "metrics.csv", newline="") as f:
+        with open(agent_dir(cfg, agent) / "results.csv", newline="") as f:
             rows = list(csv.DictReader(f))
         logged = scalars(agent_dir(cfg, agent) / "tensorboard")
         for row in rows:

@@ -26,7 +26,7 @@ def test_acceptance_script_runs_every_variant_and_reports(tmp_path):
     out = tmp_path / "accept"
     first = run_script("2", str(out), env=env)
     assert first.returncode == 0, first.stdout + first.stderr
-    names = {"none-s0", "spectral-s0", "redo-s0"}
+    names = {"none-seed0", "spectral-seed0", "redo-seed0"}
     for variant, layernorm in (("noln", "0"), ("ln", "1")):
         assert {p.name for p in (out / variant).iterdir()} == names
         for name in names:

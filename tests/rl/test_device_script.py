@@ -27,6 +27,6 @@ def test_device_rl_script_rehearsal(tmp_path):
     assert "| cheetah-run | none" in table and "| cheetah-run | spectral" in table
     with tarfile.open(out / "rows.tar.gz") as tar:
         names = set(tar.getnames())
-    for agent in ("none-s0", "none-s1", "spectral-s0", "spectral-s1"):
-        assert f"./{agent}/metrics.csv" in names and f"./{agent}/config.json" in names
+    for agent in ("none-seed0", "none-seed1", "spectral-seed0", "spectral-seed1"):
+        assert f"./{agent}/results.csv" in names and f"./{agent}/config.json" in names
     assert not any(n.endswith("checkpoint.pt") for n in names)

@@ -21,7 +21,7 @@ GRID = ["--mitigator", "none", "spectral", "--strengths", "0.5", "--seeds", "0",
 
 def metrics(folder: Path) -> dict[str, list[dict[str, str]]]:
     """Every agent's metrics rows under ``folder`` (a run or a sweep), by agent folder name."""
-    return {p.parent.name: read_csv(p) for p in sorted(folder.rglob("metrics.csv"))}
+    return {p.parent.name: read_csv(p) for p in sorted(folder.rglob("results.csv"))}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_local_sweep_splits_seeds_over_processes_with_every_agent_of_the_grid(on
     printed = capsys.readouterr().out
     assert "2 processes of 4 agents" in printed and "| cheetah-run |" in printed
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["seeds-0", "seeds-1"]
-    assert sorted(p.name for p in (out / "seeds-0").iterdir() if p.is_dir()) == ["none-s0", "spectral-0.5-s0"]
+    assert sorted(p.name for p in (out / "seeds-0").iterdir() if p.is_dir()) == ["none-seed0", "spectral-s0.5-seed0"]
     split, whole = metrics(out), metrics(one_process)
     assert split.keys() == whole.keys() and len(split) == 4
     for agent, rows in whole.items():  # the same evaluations (the returns differ: another batch of agents rounds

@@ -23,14 +23,14 @@ from .conftest import TINY
 # Two mitigators × two seeds; the resets agents reset every 100 updates (after updates 100, 200, 300). The
 # environments are stepped in this process (test_vectorized covers worker processes).
 RUN = dict(TINY, steps=375, mitigators=("spectral", "resets"), seeds=(0, 1), reset_interval=100, env_workers=0)
-AGENTS = ("spectral-s0", "spectral-s1", "resets-s0", "resets-s1")  # mitigator-major
+AGENTS = ("spectral-seed0", "spectral-seed1", "resets-seed0", "resets-seed1")  # mitigator-major
 
 
 def rows(run_dir):
     """Every agent's metrics rows without wall_time_s, by agent folder."""
     out = {}
     for name in AGENTS:
-        with open(run_dir / name / "metrics.csv", newline="") as f:
+        with open(run_dir / name / "results.csv", newline="") as f:
             out[name] = [{k: v for k, v in r.items() if k != "wall_time_s"} for r in csv.DictReader(f)]
     return out
 
@@ -70,7 +70,7 @@ def full_run(tmp_path_factory):
 
 
 def test_run_table_script_reads_every_agents_column_at_each_step(full_run):
-    """scripts/rl_run_table.py: one row per agent, one cell per evaluation step, the values of metrics.csv."""
+    """scripts/rl_run_table.py: one row per agent, one cell per evaluation step, the values of results.csv."""
     import subprocess
     import sys
     from pathlib import Path
@@ -82,7 +82,7 @@ def test_run_table_script_reads_every_agents_column_at_each_step(full_run):
     lines = done.stdout.splitlines()
     assert len(lines) == 2 + len(AGENTS)
     for agent in AGENTS:
-        rows = list(csv.DictReader(open(full_run / agent / "metrics.csv")))
+        rows = list(csv.DictReader(open(full_run / agent / "results.csv")))
         [line] = [x for x in lines if x.startswith(f"| {agent} |")]
         assert line.strip("| ").split(" | ")[1:] == [f"{float(r['eval_return_mean']):.3f}" for r in rows]
     bad = subprocess.run([sys.executable, str(root / "scripts" / "rl_run_table.py"), str(full_run), "--column", "nope"],
@@ -105,12 +105,12 @@ def test_tiny_run_writes_metrics_and_config(full_run):
                 "wall_time_s"}
     tables = rows(full_run)
     for name, table in tables.items():
-        mitigator, seed = name.split("-s")
+        mitigator, seed = name.split("-seed")
         one = json.loads((full_run / name / "config.json").read_text())  # a single run's config.json
         assert one["mitigator"] == mitigator and one["seed"] == int(seed)
         assert "mitigators" not in one and "seeds" not in one and "strengths" not in one
         assert without(one, "mitigator", "seed") == without(cfg, "mitigators", "seeds", "strengths")
-        with open(full_run / name / "metrics.csv", newline="") as f:
+        with open(full_run / name / "results.csv", newline="") as f:
             assert required <= set(csv.DictReader(f).fieldnames)
         assert [int(r["step"]) for r in table] == [100, 200, 300]
         assert all(r["mitigator"] == mitigator and int(r["seed"]) == int(seed) for r in table)
@@ -122,7 +122,7 @@ def test_tiny_run_writes_metrics_and_config(full_run):
         assert [int(r["resets"]) for r in table] == expected_resets
         assert all(math.isfinite(float(r[k])) for r in table for k in ("eval_return_mean", "q_overestimation"))
     # the agents are different agents: different seeds, different mitigators
-    for a, b in (("spectral-s0", "spectral-s1"), ("spectral-s0", "resets-s0")):
+    for a, b in (("spectral-seed0", "spectral-seed1"), ("spectral-seed0", "resets-seed0")):
         assert [r["param_norm_critic"] for r in tables[a]] != [r["param_norm_critic"] for r in tables[b]]
 
 
@@ -166,8 +166,8 @@ def test_resume_after_a_crash_drops_rows_past_the_checkpoint_and_recomputes_them
     returned = train(Config(out=str(out), **RUN), resume=True)
     assert rows(out) == rows(full_run)
     assert_same_state(checkpoint(out), checkpoint(full_run))
-    # train returns the rows: every agent's, kept and recomputed, as its metrics.csv holds them
-    assert returned == [r for name in AGENTS for r in csv.DictReader(open(out / name / "metrics.csv", newline=""))]
+    # train returns the rows: every agent's, kept and recomputed, as its results.csv holds them
+    assert returned == [r for name in AGENTS for r in csv.DictReader(open(out / name / "results.csv", newline=""))]
     assert [(r["mitigator"], r["seed"], r["step"]) for r in returned] == \
         [(m, s, step) for m in ("spectral", "resets") for s in "01" for step in ("100", "200", "300")]
 
@@ -251,7 +251,7 @@ def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
     tables = rows(full_run)
     spectral = f"spectral λ={specopt.DEFAULT_STRENGTH:g} buffer 1k RR1"
     for mitigator, name in (("spectral", spectral), ("resets", "resets buffer 1k RR1")):
-        y = np.array([float(tables[f"{mitigator}-s{s}"][-1]["eval_return_mean"]) for s in (0, 1)])
+        y = np.array([float(tables[f"{mitigator}-seed{s}"][-1]["eval_return_mean"]) for s in (0, 1)])
         assert f"| cheetah-run | {name} | 2 | 300 | {y.mean():.1f} |" in out  # 2 seeds: no standard error
 
 
@@ -259,10 +259,10 @@ def test_plot_standard_error_over_seeds(tmp_path):
     from rl.plot import load, over_seeds
 
     for seed, returns in ((0, [1.0, 3.0, 7.0]), (1, [3.0, 5.0])):  # seed 1 stopped after two evaluations
-        d = tmp_path / f"none-s{seed}"
+        d = tmp_path / f"none-seed{seed}"
         d.mkdir()
         (d / "config.json").write_text(json.dumps(Config().agent_dict(Agent("none", seed, None))))
-        (d / "metrics.csv").write_text("step,eval_return_mean\n" + "".join(f"{(i + 1) * 10},{r}\n" for i, r in enumerate(returns)))
+        (d / "results.csv").write_text("step,eval_return_mean\n" + "".join(f"{(i + 1) * 10},{r}\n" for i, r in enumerate(returns)))
     [(env, curves)] = load([str(tmp_path)]).items()
     assert env == "cheetah-run" and list(curves) == ["none RR16"]
     steps, mean, se, n = over_seeds(curves["none RR16"])
@@ -317,7 +317,7 @@ def test_ctrl_c_stops_a_run_with_env_workers_in_one_line(tmp_path):
                              "--env-workers", "2", "--steps", "100000", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not (out / "none-s0" / "metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not (out / "none-seed0" / "results.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGUSR1)
     time.sleep(1)
@@ -338,7 +338,7 @@ def test_ctrl_c_stops_a_run_with_env_workers_in_one_line(tmp_path):
 
 
 def test_pack_folds_finished_agents_into_the_runs_rows_file_and_readers_read_them_alike(full_run, tmp_path, capsys):
-    """``python -m rl pack``: every finished agent's config.json and metrics.csv become lines of the run folder's
+    """``python -m rl pack``: every finished agent's config.json and results.csv become lines of the run folder's
     rows.csv + runs.jsonl (exactly the files' contents), and the plot table, the sweep's status and the docs'
     last-10% measure read the packed run as they read the folders."""
     import shutil
@@ -349,7 +349,7 @@ def test_pack_folds_finished_agents_into_the_runs_rows_file_and_readers_read_the
 
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
-    before = {a: (json.loads((run / a / "config.json").read_text()), list(csv.DictReader(open(run / a / "metrics.csv"))))
+    before = {a: (json.loads((run / a / "config.json").read_text()), list(csv.DictReader(open(run / a / "results.csv"))))
               for a in AGENTS}
     table = plot([str(run)], str(tmp_path / "a.png"))
     measure = last_fraction_returns(agent_folders(run))
@@ -363,6 +363,51 @@ def test_pack_folds_finished_agents_into_the_runs_rows_file_and_readers_read_the
     assert plot([str(run)], str(tmp_path / "b.png")) == table
     assert last_fraction_returns(agent_folders(run)) == measure and status(cfg) == "finished"
     assert main(["pack", str(run)]) == 0 and "0 finished agents packed" in capsys.readouterr().out
+
+
+def test_migrate_renames_agents_of_the_old_scheme_folders_and_packs_alike(full_run, tmp_path, capsys):
+    """A run written before rl named its agents as continual names its runs (``<mitigator>-s<seed>/metrics.csv``;
+    with a strength grid ``<mitigator>-<strength>-s<seed>``) is refused by ``--resume`` in one line naming the
+    command; ``python -m rl migrate`` renames its agent folders and row files, and the names inside a pack, leaving
+    every row and config as it was; a second migrate changes nothing, and the migrated run resumes."""
+    import shutil
+
+    from rl.sweep import migrate
+    from specopt.results import packed_runs
+
+    loose, packed = tmp_path / "loose" / "run", tmp_path / "packed" / "run"
+    for run in (loose, packed):
+        shutil.copytree(full_run, run)
+    expected = {a: (json.loads((full_run / a / "config.json").read_text()),
+                    list(csv.DictReader(open(full_run / a / "results.csv")))) for a in AGENTS}
+    old = {a: a.replace("-seed", "-s") for a in AGENTS}  # the old scheme, written out by hand
+    assert main(["pack", str(packed)]) == 0
+    lines = (packed / "runs.jsonl").read_text()
+    table = (packed / "rows.csv").read_text()
+    for new_name, old_name in old.items():
+        (loose / new_name / "results.csv").rename(loose / new_name / "metrics.csv")
+        (loose / new_name).rename(loose / old_name)
+        lines = lines.replace(f'"run": "{new_name}"', f'"run": "{old_name}"')
+        table = table.replace(f"\n{new_name},", f"\n{old_name},")
+    (packed / "runs.jsonl").write_text(lines)
+    (packed / "rows.csv").write_text(table)
+    assert set(packed_runs(packed)) == set(old.values())
+    capsys.readouterr()
+
+    assert main(["train", "--out", str(loose), "--resume", "--steps", "500"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"python -m rl migrate {loose}" in err, err
+    assert main(["migrate", str(tmp_path)]) == 0 and "8 agents renamed" in capsys.readouterr().out
+    assert {a: (json.loads((loose / a / "config.json").read_text()), list(csv.DictReader(open(loose / a / "results.csv"))))
+            for a in AGENTS} == expected
+    assert packed_runs(packed) == expected
+    assert migrate(tmp_path) == []
+    assert main(["train", "--resume", "--out", str(loose), "--steps", "375", "--no-progress"]) == 0
+    assert Config(mitigators=("spectral",), strengths=(0.5,)).agent_name(Agent("spectral", 3, 0.5)) == \
+        "spectral-s0.5-seed3"
+    from rl.sweep import _new_name
+    assert _new_name("spectral-0.5-s3", {"mitigator": "spectral", "seed": 3}) == "spectral-s0.5-seed3"
+    assert _new_name("l2-init-1e-05-s0", {"mitigator": "l2-init", "seed": 0}) == "l2-init-s1e-05-seed0"
 
 
 def test_strength_mapping_script_reads_adams_second_moments_from_the_checkpoint(full_run, tmp_path):
@@ -384,5 +429,5 @@ def test_strength_mapping_script_reads_adams_second_moments_from_the_checkpoint(
     rms = torch.cat([(st["exp_avg_sq"][0] / (1 - 0.999 ** float(st["step"][0]))).sqrt().flatten()
                      for st in state if st["exp_avg_sq"].ndim == 3])
     median = float(torch.quantile(rms, 0.5))
-    [critic0] = [x for x in lines if x.startswith("| spectral-s0 |") and "| critic |" in x]
+    [critic0] = [x for x in lines if x.startswith("| spectral-seed0 |") and "| critic |" in x]
     assert f"{median:.2e}" in critic0 and f"{1e-4 / median:.3g}" in critic0

@@ -91,14 +91,14 @@ def test_a_vectorized_run_writes_each_agent_as_its_single_run(tmp_path, workers)
         single = Config(out=str(tmp_path / f"alone-{m}"), **{**run, "mitigators": (m,), "seeds": (s,), "env_workers": 0})
         train(single)
         agent = Agent(m, s, 1.0 if m == "spectral" else None)
-        a, b = rows(agent_dir(together, agent) / "metrics.csv"), rows(agent_dir(single, agent) / "metrics.csv")
+        a, b = rows(agent_dir(together, agent) / "results.csv"), rows(agent_dir(single, agent) / "results.csv")
         assert [r["step"] for r in a] == ["100", "200"] and len(a) == len(b)
         for ra, rb in zip(a, b):
             assert ra["mitigator"] == m and ra["seed"] == str(s)
             bad = {k: (ra[k], rb[k]) for k in ra if not close(ra[k], rb[k])}
             assert not bad, f"{m}: {bad}"
-    first = rows(agent_dir(together, Agent("none", 0, None)) / "metrics.csv")
-    other = rows(agent_dir(together, Agent("none", 1, None)) / "metrics.csv")
+    first = rows(agent_dir(together, Agent("none", 0, None)) / "results.csv")
+    other = rows(agent_dir(together, Agent("none", 1, None)) / "results.csv")
     assert first[0]["eval_return_mean"] != other[0]["eval_return_mean"]  # seeds differ
 
 
@@ -108,11 +108,11 @@ def test_a_killed_vectorized_run_resumes_every_agent_exactly(tmp_path):
     train(full)
     split = Config(out=str(tmp_path / "split"), **{**run, "steps": 250})
     train(split)  # stops at the checkpoint of step 250, as a killed run would have left it
-    with open(agent_dir(split, Agent("spectral", 1, 1.0)) / "metrics.csv", "a") as f:
+    with open(agent_dir(split, Agent("spectral", 1, 1.0)) / "results.csv", "a") as f:
         f.write("spectral,1.0,1,300,garbage\n")  # a row written after the checkpoint by the killed process
     train(Config(out=str(tmp_path / "split"), **run), resume=True, explicit={"steps"})
     for a in full.agents:
-        assert rows(agent_dir(full, a) / "metrics.csv") == rows(agent_dir(split, a) / "metrics.csv"), a
+        assert rows(agent_dir(full, a) / "results.csv") == rows(agent_dir(split, a) / "results.csv"), a
 
 
 def test_a_strength_grid_makes_one_agent_per_strength(tmp_path):
@@ -125,6 +125,6 @@ def test_a_strength_grid_makes_one_agent_per_strength(tmp_path):
     a = SAC(OBS, ACT, cfg)
     assert a.strength.tolist() == pytest.approx([0, 0, 0.01, 0.01, 1, 1, 0, 0, 0, 0])
     assert a.l2.tolist() == pytest.approx([0, 0, 0, 0, 0, 0, 0.01, 0.01, 1, 1])
-    assert cfg.agent_name(cfg.agents[4]) == "spectral-1-s0" and cfg.agent_name(cfg.agents[0]) == "none-s0"
+    assert cfg.agent_name(cfg.agents[4]) == "spectral-s1-seed0" and cfg.agent_name(cfg.agents[0]) == "none-seed0"
     assert cfg.agent_dict(cfg.agents[2])["spectral_strength"] == 0.01
     assert cfg.agent_dict(cfg.agents[8])["l2_strength"] == 1.0
