@@ -7,9 +7,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
-from specopt.experiment import mean_pm, mean_se, save_figure
+from specopt.curves import Curve, draw, over_seeds, seed_count
+from specopt.experiment import mean_pm
 from specopt.results import PACKED_RUNS, RUN_ROWS, packed_runs
 
 from .diagnostics import DIAGNOSTICS
@@ -87,25 +87,19 @@ def label(row: dict[str, str]) -> str:
     return f"{row['mitigator']} ({float(row['strength']):g}{options}){ln}"
 
 
-def curves(rows: list[dict[str, str]], metric: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, int, int]]:
-    """label → (tasks, mean, standard error, seeds, seeds at the last task) of ``metric`` across seeds."""
-    by: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+def curves(rows: list[dict[str, str]], metric: str) -> dict[str, Curve]:
+    """label → ``metric`` against task, over seeds (:func:`specopt.curves.over_seeds`; a missing value is NaN; a seed
+    given twice, by two runs of one label, counts twice)."""
+    by: dict[str, dict[tuple[str, int], tuple[list[int], list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: ([], [])))
     for r in rows:
-        value = float(r[metric]) if r.get(metric) not in (None, "") else math.nan
-        by[label(r)][int(r["task"])].append(value)
-    out = {}
-    for name, per_task in by.items():
-        tasks = np.array(sorted(per_task))
-        stats = [mean_se(per_task[t]) for t in tasks]
-        mean, sem = np.array([m for m, _ in stats]), np.array([s for _, s in stats])
-        counts = [len(per_task[t]) for t in tasks]
-        out[name] = (tasks, mean, sem, max(counts), counts[-1])
-    return out
-
-
-def seed_count(seeds: int, at_last: int) -> str:
-    """How many seeds a curve has: "3", or "2 of 3" when only 2 of the 3 started seeds reached its last task."""
-    return f"{seeds}" if at_last == seeds else f"{at_last} of {seeds}"
+        per_seed, task, again = by[label(r)], int(r["task"]), 0
+        while task in per_seed[(r["seed"], again)][0]:  # the same seed from another run: a sample of its own
+            again += 1
+        tasks, values = per_seed[(r["seed"], again)]
+        tasks.append(task)
+        values.append(float(r[metric]) if r.get(metric) not in (None, "") else math.nan)
+    return {name: over_seeds(per_seed.values()) for name, per_seed in by.items()}
 
 
 def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
@@ -114,10 +108,9 @@ def table(rows: list[dict[str, str]], metric: str = "train_accuracy") -> str:
     "k of n": k seeds reached the last task."""
     lines = ["| mitigator | seeds | tasks | first task | last task | mean of last 5 tasks |",
              "|---|---|---|---|---|---|"]
-    for name, (tasks, mean, sem, seeds, at_last) in sorted(curves(rows, metric).items()):
-        last5 = mean[-5:].mean()
-        lines.append(f"| {name} | {seed_count(seeds, at_last)} | {len(tasks)} | {mean[0]:.3f} "
-                     f"| {mean_pm(mean[-1], sem[-1], at_last)} | {last5:.3f} |")
+    for name, c in sorted(curves(rows, metric).items()):
+        lines.append(f"| {name} | {seed_count(c.seeds, c.at_last)} | {len(c.x)} | {c.mean[0]:.3f} "
+                     f"| {mean_pm(c.mean[-1], c.se[-1], c.at_last)} | {c.mean[-5:].mean():.3f} |")
     return "\n".join(lines)
 
 
@@ -165,34 +158,10 @@ def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per
     per-seed table after it with ``per_seed``, the per-task table of seed ``per_task`` with that)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid names are {', '.join(METRICS)}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
     rows = read_rows(run_dirs)
-    lines = sorted(curves(rows, metric).items())
-    fig, ax = plt.subplots(figsize=(7 + 2.5 * (len(lines) > 3), 4))
-    colors = plt.get_cmap("tab10")  # ten distinct colours; curves 11-20 reuse them dashed
-    for i, (name, (tasks, mean, sem, seeds, at_last)) in enumerate(lines):
-        color = colors(i % 10)
-        ax.plot(tasks, mean, color=color, ls="-" if i < 10 else "--",
-                lw=2.2 if name.split(" ")[0] in ("none", "spectral") else 1.2,
-                label=f"{name}, {seed_count(seeds, at_last)} seed{'s' if seeds > 1 else ''}")
-        ax.fill_between(tasks, mean - sem, mean + sem, color=color, alpha=0.2)
     r = rows[0]
     ln = " + LayerNorm" if all(x.get("layernorm") == "1" for x in rows) else ""
-    ax.set_title(f"{r['dataset']}, {r['nonstationarity']}, {r['model']}{ln}")
-    ax.set_xlabel("task")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks are whole numbers: no tick at 2.5
-    ax.set_ylabel(metric.replace("_", " ") + " at task end")
-    if len(lines) > 3:  # many curves: the legend goes beside the axes, not over them
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    else:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, output)
-    plt.close(fig)
+    draw({f"{r['dataset']}, {r['nonstationarity']}, {r['model']}{ln}": curves(rows, metric)}, output, xlabel="task",
+         ylabel=metric.replace("_", " ") + " at task end", integer_x=True, emphasize=("none", "spectral"))
     return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "") + (
         "\n\n" + per_task_table(rows, per_task, metric) if per_task is not None else "")

@@ -4,13 +4,13 @@ table of the last evaluation. ``python -m rl plot runs/A runs/B ... -o fig.png``
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from specopt.experiment import mean_pm, mean_se, read_csv, save_figure
+from specopt.curves import draw, over_seeds
+from specopt.experiment import mean_pm, mean_se, read_csv
 from specopt.results import RUN_ROWS, packed_runs, run_configs
 
 
@@ -72,52 +72,20 @@ def load(paths: list[str]) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndar
     return groups
 
 
-def over_seeds(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per evaluation step: mean, standard error (:func:`specopt.experiment.mean_se`) and n, over the seeds that
-    reached that step (a stopped or still-running seed ends its contribution early)."""
-    steps = np.array(sorted({int(s) for st, _ in curves for s in st}))
-    mean, se, n = (np.zeros(len(steps)) for _ in range(3))
-    for i, step in enumerate(steps):
-        y = [r[st == step][0] for st, r in curves if (st == step).any()]
-        (mean[i], se[i]), n[i] = mean_se(y), len(y)
-    return steps, mean, se, n
-
-
 def plot(paths: list[str], output: str) -> str:
     """Draw the figure to ``output`` and return the markdown table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = load(paths)
-    envs = sorted(groups)
-    cols = min(len(envs), 4)
-    rows_n = math.ceil(len(envs) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.4 * rows_n), squeeze=False)
     table = ["| env | mitigator | seeds | env steps | return (mean ± s.e.) |", "|---|---|---|---|---|"]
     # one row per curve, at its last evaluation; "seeds" = how many seeds reached that step
-    for ax, env in zip(axes.flat, envs):
-        for name in sorted(groups[env]):
-            steps, mean, se, n = over_seeds(groups[env][name])
-            ax.plot(steps, mean, label=f"{name} (seeds={len(groups[env][name])})")
-            ax.fill_between(steps, mean - se, mean + se, alpha=0.25)
-            cell = mean_pm(mean[-1], se[-1], int(n[-1]), 1)
-            table.append(f"| {env} | {name} | {int(n[-1])} | {steps[-1]} | {cell} |")
-        ax.set_title(env)
-        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")
-        ax.set_xlabel("env steps")
-        ax.set_ylabel("evaluation return")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(envs):]:
-        ax.axis("off")
-    fig.tight_layout()
-    save_figure(fig, output)
-    plt.close(fig)
+    panels = {env: {name: over_seeds(groups[env][name]) for name in groups[env]} for env in sorted(groups)}
+    for env, curves in panels.items():
+        for name, c in sorted(curves.items()):
+            table.append(f"| {env} | {name} | {c.at_last} | {int(c.x[-1])} | {mean_pm(c.mean[-1], c.se[-1], c.at_last, 1)} |")
+    draw(panels, output, xlabel="env steps", ylabel="evaluation return", thousands_x=True)
     return "\n".join(table)
 
 
-__all__ = ["agent_folders", "find_runs", "load", "over_seeds", "plot", "read_agent"]
+__all__ = ["agent_folders", "find_runs", "load", "plot", "read_agent"]
 
 
 def last_fraction_returns(agents: list[Path], fraction: float = 0.1

@@ -256,7 +256,8 @@ def test_plot_draws_figure_and_prints_table(full_run, tmp_path, capsys):
 
 
 def test_plot_standard_error_over_seeds(tmp_path):
-    from rl.plot import load, over_seeds
+    from rl.plot import load
+    from specopt.curves import over_seeds
 
     for seed, returns in ((0, [1.0, 3.0, 7.0]), (1, [3.0, 5.0])):  # seed 1 stopped after two evaluations
         d = tmp_path / f"none-seed{seed}"
