@@ -13,8 +13,9 @@ study          what it runs (SAC as people run it: twin critics, no LayerNorm, r
 =============  ==================================================================================================
 strength-sac   Adam against the spectral strengths 1, 0.01 and 0.001 on cheetah-run and walker-walk, 5 seeds
                (3 for λ = 1), into results/strength-sac (the trade-off table of docs/strength.md)
-forms-sac      Adam against the preconditioned pull at λ = 1e-3, 5 seeds per env, into results/strength-forms/sac
-               (docs/strength.md, "Forms of the pull")
+forms-sac      Adam against the preconditioned pull at λ = 1e-3, 5 seeds per env, and on cheetah-run the output
+               layer exempt and the one-sided pull at λ = 1, into results/strength-forms/sac (docs/strength.md,
+               "Forms of the pull")
 =============  ==================================================================================================
 """
 
@@ -49,8 +50,12 @@ STUDIES: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
           for env in ENVS),
     ]),
     "forms-sac": ("strength-forms/sac", [
-        (f"{env}-precondition", dict(env=env, mitigators=("none", "spectral"), strengths=(1e-3,),
-                                     spectral_precondition=True, seeds=(0, 1, 2, 3, 4))) for env in ENVS
+        *((f"{env}-precondition", dict(env=env, mitigators=("none", "spectral"), strengths=(1e-3,),
+                                       spectral_precondition=True, seeds=(0, 1, 2, 3, 4))) for env in ENVS),
+        ("cheetah-run-no-heads", dict(env="cheetah-run", mitigators=("spectral",), strengths=(1.0,),
+                                      spectral_heads=False, seeds=(0, 1, 2, 3, 4))),
+        ("cheetah-run-one-sided", dict(env="cheetah-run", mitigators=("spectral",), strengths=(1.0,),
+                                       spectral_pull="one-sided", seeds=(0, 1, 2, 3, 4))),
     ]),
 }
 """Each study: its folder below ``--out`` and its processes (folder, settings beyond :data:`DROP_IN`)."""
