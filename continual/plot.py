@@ -79,12 +79,24 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
     return rows
 
 
-def label(row: dict[str, str]) -> str:
+NAMING = ("epochs", "width", "lr", "batch_size", "train_size")
+"""Settings that name a curve when they differ among the rows of one table (a study that varies them)."""
+
+
+def label(row: dict[str, str], varying: tuple[str, ...] = ()) -> str:
+    """A curve's name: the mitigator, its strength and options, +LN, and each setting of ``varying``
+    (:func:`varying`) as ``name=value``."""
     ln = " +LN" if row.get("layernorm") == "1" else ""
     options = f" {row['options']}" if row.get("options") else ""
+    settings = "".join(f" {k}={row[k]}" for k in varying)
     if row["mitigator"] in NO_STRENGTH:
-        return f"{row['mitigator']}{options}{ln}"
-    return f"{row['mitigator']} ({float(row['strength']):g}{options}){ln}"
+        return f"{row['mitigator']}{options}{settings}{ln}"
+    return f"{row['mitigator']} ({float(row['strength']):g}{options}){settings}{ln}"
+
+
+def varying(rows: list[dict[str, str]]) -> tuple[str, ...]:
+    """The :data:`NAMING` settings that take more than one value among ``rows``."""
+    return tuple(k for k in NAMING if len({r.get(k) for r in rows}) > 1)
 
 
 def curves(rows: list[dict[str, str]], metric: str) -> dict[str, Curve]:
@@ -92,8 +104,9 @@ def curves(rows: list[dict[str, str]], metric: str) -> dict[str, Curve]:
     given twice, by two runs of one label, counts twice)."""
     by: dict[str, dict[tuple[str, int], tuple[list[int], list[float]]]] = defaultdict(
         lambda: defaultdict(lambda: ([], [])))
+    names = varying(rows)
     for r in rows:
-        per_seed, task, again = by[label(r)], int(r["task"]), 0
+        per_seed, task, again = by[label(r, names)], int(r["task"]), 0
         while task in per_seed[(r["seed"], again)][0]:  # the same seed from another run: a sample of its own
             again += 1
         tasks, values = per_seed[(r["seed"], again)]
@@ -118,8 +131,9 @@ def per_seed_table(rows: list[dict[str, str]], metric: str = "train_accuracy") -
     """One line per (mitigator, seed): ``metric`` at the first and last task, and the :data:`PER_SEED` diagnostics
     at the last task."""
     by: dict[tuple[str, int], dict[int, dict[str, str]]] = defaultdict(dict)
+    names = varying(rows)
     for r in rows:
-        by[(label(r), int(r["seed"]))][int(r["task"])] = r
+        by[(label(r, names), int(r["seed"]))][int(r["task"])] = r
     cols = " | ".join(f"{d} (last)" for d in PER_SEED)
     lines = [f"| mitigator | seed | tasks | first task | last task | {cols} |", "|---" * (5 + len(PER_SEED)) + "|"]
 
@@ -138,9 +152,10 @@ def per_task_table(rows: list[dict[str, str]], seed: int, metric: str = "train_a
     """One line per mitigator: ``metric`` at every task end of seed ``seed`` (2 decimals), ``chunk`` tasks a
     column."""
     by: dict[str, dict[int, float]] = defaultdict(dict)
+    names = varying(rows)
     for r in rows:
         if int(r["seed"]) == seed:
-            by[label(r)][int(r["task"])] = float(r[metric])
+            by[label(r, names)][int(r["task"])] = float(r[metric])
     if not by:
         raise ValueError(f"no rows of seed {seed}")
     last = max(t for tasks in by.values() for t in tasks)

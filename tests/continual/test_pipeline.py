@@ -267,6 +267,23 @@ def test_plot_table_says_how_many_seeds_reached_the_last_task():
     assert f"| none | 3 | 2 | 0.500 | 0.400 ± {0.2 / 3 ** 0.5:.3f} |" in table(three)
 
 
+def test_plot_table_names_curves_by_the_settings_that_differ_and_counts_a_seed_run_twice_twice():
+    """Runs that differ in epochs or width (a study that varies them) are separate curves named by those settings;
+    settings shared by every row stay out of the names; one seed from two runs of one setting is two samples."""
+    from continual.plot import table
+
+    def row(seed: int, task: int, acc: float, epochs: int = 40, width: int = 256) -> dict[str, str]:
+        return {"mitigator": "crelu", "strength": "", "layernorm": "0", "seed": str(seed), "task": str(task),
+                "train_accuracy": str(acc), "epochs": str(epochs), "width": str(width)}
+
+    rows = [row(0, 1, 0.9), row(0, 1, 0.5, epochs=120), row(0, 1, 0.3, width=334)]
+    out = table(rows)
+    assert "| crelu epochs=40 width=256 | 1 | 1 | 0.900 |" in out and "| crelu epochs=120 width=256 | 1 | 1 | 0.500 |" in out
+    assert "| crelu epochs=40 width=334 | 1 | 1 | 0.300 |" in out
+    assert "| crelu | 1 | 1 | 0.900 |" in table(rows[:1])
+    assert "| crelu | 2 | 1 | 0.700 |" in table([row(0, 1, 0.9), row(0, 1, 0.5)])  # seed 0 twice: mean of both
+
+
 def test_plot_legend_counts_seeds_like_the_table(tmp_path, monkeypatch):
     import matplotlib.figure
 
