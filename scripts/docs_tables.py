@@ -22,7 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- generated: (?P<command>[^\n]*?) -->\n)(?P<body>.*?)(\n<!-- end generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (?P<command>[^\n]*?) -->\n)(?P<body>(?:(?!<!-- generated: ).)*?)"
+                   r"(\n?<!-- end generated -->)", re.S)
+"""A generated block: its marker line, its body (empty in a new block; never another block's marker), its end."""
 
 
 def _script(name: str):
@@ -171,7 +173,7 @@ def regenerate(text: str, page: str) -> tuple[str, list[str]]:
         new = "\n" + generate(command, page).strip("\n") + "\n"  # blank lines: a table after the marker renders
         if new != match.group("body"):
             changed.append(command)
-        return match.group(1) + new + match.group(4)
+        return match.group(1) + new + "\n<!-- end generated -->"  # a new, empty block gains its blank line
 
     return BLOCK.sub(body, text), changed
 

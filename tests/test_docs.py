@@ -52,3 +52,21 @@ def test_a_stale_generated_table_is_found(tmp_path):
     assert edited != page
     assert module.regenerate(edited, "strength.md")[1] == [
         "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)"]
+
+
+def test_a_new_empty_block_is_filled_and_leaves_the_next_block_alone():
+    """A block written with no body yet (marker, then end) gets its table; the block after it is not swallowed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "scripts" / "docs_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    command = "python scripts/strength_tradeoff.py (forms table)"
+    page = (ROOT / "docs" / "strength.md").read_text()
+    start = page.index(f"<!-- generated: {command} -->")
+    end = page.index("<!-- end generated -->", start)
+    emptied = page[:start] + f"<!-- generated: {command} -->\n" + page[end:]
+    prose = "\nText between two blocks stays.\n\n"
+    filled, changed = module.regenerate(emptied + prose + page[start:end] + "<!-- end generated -->\n", "x.md")
+    assert changed == [command]
+    assert filled == page + prose + page[start:end] + "<!-- end generated -->\n"
