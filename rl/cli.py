@@ -91,17 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(plot(args["runs"], args["output"]))
             return 0
-        if command == "pack":
-            from .sweep import pack
+        if command in ("pack", "migrate"):
+            from .sweep import migrate, pack
 
+            act, done = (pack, "finished agents packed") if command == "pack" else (migrate, "agents renamed")
             for folder in args["folders"]:
-                print(f"{folder}: {len(pack(Path(folder)))} finished agents packed")
-            return 0
-        if command == "migrate":
-            from .sweep import migrate
-
-            for folder in args["folders"]:
-                print(f"{folder}: {len(migrate(Path(folder)))} agents renamed")
+                print(f"{folder}: {len(act(Path(folder)))} {done}")
             return 0
         if command == "sweep":
             return _sweep(args)
