@@ -7,7 +7,6 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-
 from specopt.curves import Curve, draw, over_seeds, seed_count
 from specopt.experiment import mean_pm
 from specopt.results import PACKED_RUNS, RUN_ROWS, packed_runs
