@@ -198,7 +198,7 @@ def bars(rl_rows: dict, plastic: dict, kept: dict, sup: dict) -> list[str]:
                 ref, where = continual_reference(variant)
                 r = plastic[key][variant][0] / ref[0]
                 worst = min(kept[key][variant])
-                checks.append(f"plasticity {variant} {r:.2f}× λ = 1's {ref[0]:.3f} ({where}) "
+                checks.append(f"plasticity {variant} {ratio(plastic[key][variant], ref)} λ = 1's {ref[0]:.3f} ({where}) "
                               f"{'≥' if r >= 0.9 else '<'} 0.9×, worst seed's last / first {worst:.2f} "
                               f"{'≥' if worst >= 0.9 else '<'} 0.9")
         lines.append(f"- **{key[0]} λ = {key[1]:g}**: " + ("; ".join(checks) or "nothing finished yet"))
