@@ -15,7 +15,6 @@ writes ``summary.md`` (:func:`rl.plot.plot`'s table over every group) and ``retu
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -24,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, write_csv, write_text
-from specopt.results import PACKED_ROWS, PACKED_RUNS, RUN_ROWS, pack_tree, packed_runs, run_name, run_rows
+from specopt.experiment import claim_folder, write_text
+from specopt.results import PACKED_RUNS, RUN_ROWS, pack_tree, packed_runs, rename_packed, run_name, run_rows
 
 from .config import Config
 
@@ -100,14 +99,7 @@ def _migrate_run(run: Path, legacy_rows: str) -> list[str]:
     names = {old: _new_name(old, config) for old, (config, _) in packed.items()}
     names = {old: new for old, new in names.items() if new != old}
     if names:
-        with open(run / PACKED_ROWS, newline="") as f:
-            header = next(csv.reader(f))
-        entries = [json.loads(line) for line in (run / PACKED_RUNS).read_text().splitlines() if line.strip()]
-        for e in entries:
-            e["run"] = names.get(e["run"], e["run"])
-        rows = [{"run": names.get(name, name), **r} for name, (_, rs) in packed.items() for r in rs]
-        write_csv(run / PACKED_ROWS, rows, header)
-        write_text(run / PACKED_RUNS, "".join(json.dumps(e, sort_keys=False) + "\n" for e in entries))
+        rename_packed(run, names)
         moved += [f"{run / old} → {run / new} (packed)" for old, new in names.items()]
     return moved
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from .experiment import claim_folder, read_csv, write_csv, write_text
 
-__all__ = ["PACKED_ROWS", "PACKED_RUNS", "RUN_ROWS", "pack_runs", "pack_tree", "packed_runs", "run_configs",
-           "run_name", "run_rows"]
+__all__ = ["PACKED_ROWS", "PACKED_RUNS", "RUN_ROWS", "pack_runs", "pack_tree", "packed_runs", "rename_packed",
+           "run_configs", "run_name", "run_rows"]
 
 
 RUN_ROWS = "results.csv"  # a run folder's rows, continual's and rl's alike: one row per task / evaluation
@@ -51,6 +51,12 @@ def _pack_entries(folder: Path) -> list[dict[str, Any]]:
     except ValueError:
         raise ValueError(f"{folder / PACKED_RUNS} is damaged (not the lines pack writes): restore it from "
                          "git") from None
+
+
+def _write_pack(folder: Path, rows: list[dict[str, Any]], header: list[str], entries: list[dict[str, Any]]) -> None:
+    """Write ``folder``'s :data:`PACKED_ROWS` and :data:`PACKED_RUNS` (each atomically)."""
+    write_csv(folder / PACKED_ROWS, rows, header)
+    write_text(folder / PACKED_RUNS, "".join(json.dumps(e, sort_keys=False) + "\n" for e in entries))
 
 
 def packed_runs(folder: str | os.PathLike) -> dict[str, tuple[dict[str, Any], list[dict[str, str]]]]:
@@ -100,14 +106,25 @@ def pack_runs(folder: str | os.PathLike, rows_file: str,
     entries += [{"run": name, "columns": columns, "config": config} for name, (config, _, columns) in new.items()]
     all_rows += [{"run": name, **r} for name, (_, rows, _) in new.items() for r in rows]
     header = ["run", *dict.fromkeys(c for e in entries for c in e["columns"])]
-    write_csv(folder / PACKED_ROWS, all_rows, header)
-    write_text(folder / PACKED_RUNS, "".join(json.dumps(e, sort_keys=False) + "\n" for e in entries))
+    _write_pack(folder, all_rows, header, entries)
     for name in new:
         for file in (*_PACK_FILES, rows_file):
             (folder / name / file).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             (folder / name).rmdir()  # only if nothing else is left in it
     return list(new)
+
+
+def rename_packed(folder: str | os.PathLike, names: dict[str, str]) -> None:
+    """Rename runs packed in ``folder`` (old name → new name), in its :data:`PACKED_ROWS` ``run`` column and its
+    :data:`PACKED_RUNS` entries alike; rows, columns and configs stay as they are."""
+    folder = Path(folder)
+    packed = packed_runs(folder)  # read whole before anything is rewritten
+    with open(folder / PACKED_ROWS, newline="") as f:
+        header = next(csv.reader(f))
+    entries = [{**e, "run": names.get(e["run"], e["run"])} for e in _pack_entries(folder)]
+    rows = [{"run": names.get(name, name), **r} for name, (_, rs) in packed.items() for r in rs]
+    _write_pack(folder, rows, header, entries)
 
 
 def pack_tree(root: str | os.PathLike, rows_file: str,
