@@ -82,12 +82,12 @@ NAMING = ("epochs", "width", "lr", "batch_size", "train_size")
 """Settings that name a curve when they differ among the rows of one table (a study that varies them)."""
 
 
-def label(row: dict[str, str], varying: tuple[str, ...] = ()) -> str:
-    """A curve's name: the mitigator, its strength and options, +LN, and each setting of ``varying``
-    (:func:`varying`) as ``name=value``."""
+def label(row: dict[str, str], naming: tuple[str, ...] = ()) -> str:
+    """A curve's name: the mitigator, its strength and options, +LN, and each setting of ``naming`` (the table's
+    :func:`varying` settings) as ``name=value``."""
     ln = " +LN" if row.get("layernorm") == "1" else ""
     options = f" {row['options']}" if row.get("options") else ""
-    settings = "".join(f" {k}={row[k]}" for k in varying)
+    settings = "".join(f" {k}={row[k]}" for k in naming)
     if row["mitigator"] in NO_STRENGTH:
         return f"{row['mitigator']}{options}{settings}{ln}"
     return f"{row['mitigator']} ({float(row['strength']):g}{options}){settings}{ln}"
