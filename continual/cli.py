@@ -1,11 +1,12 @@
-"""Command line: ``python -m continual {run,sweep,plot,demo}``.
+"""Command line: ``python -m continual {run,sweep,study,report,plot,pack,convert-checkpoint,demo}``.
 
     python -m continual run --dataset fashion-mnist --nonstationarity random-labels --model mlp \\
         --mitigator none spectral --tasks 30 --epochs 40 --batch-size 512 --train-size 12800 --seeds 0 1 2 \\
         --out runs/fmnist
     python -m continual run --preset fmnist-random-labels --mitigator spectral --out runs/fmnist-spectral
     python -m continual sweep --mitigator none l2 spectral --strengths 1e-5 1e-4 1e-3 --seeds 0 1 2 --out runs/sw
-    python -m continual plot runs/fmnist [runs/sw ...] -o fig.png    # run folders, or folders of them (a sweep)
+    python -m continual report runs/fmnist [runs/sw ...] --out runs/report   # table, report.md/.json, figures
+    python -m continual plot runs/fmnist [runs/sw ...] -o fig.png    # the figure (and table) alone
     python -m continual demo
 """
 
@@ -141,16 +142,26 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="a declared study of docs/results.md (continual.studies): its sweeps, resumable, "
                                       "local or on Ray, then its report.md and figures")
     add_study_flags(st)
-    pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table")
-    pl.add_argument("runs", nargs="+", type=Path,
-                    help="run folders (results.csv), results.csv files, or folders of run folders (a sweep's --out)")
-    pl.add_argument("-o", "--output", type=Path, required=True)
-    pl.add_argument("--metric", default="train_accuracy", choices=METRICS, metavar="NAME",
-                    help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")
-    pl.add_argument("--per-seed", action="store_true",
-                    help="also print one line per mitigator and seed (first/last task, last-task diagnostics)")
-    pl.add_argument("--per-task", type=int, metavar="SEED",
-                    help="also print a table of the metric at every task end of seed SEED")
+    rp = sub.add_parser("report", help="the summary table of any runs (sweeps: each best strength marked) and the "
+                        "code versions they mix; with --out, report.md, report.json, curves.png and sensitivity.png")
+    pl = sub.add_parser("plot", help="accuracy versus task per mitigator, and a markdown table (report's figure alone)")
+    for parser in (rp, pl):
+        parser.add_argument("runs", nargs="+", type=Path, help="run folders (results.csv), results.csv files, or "
+                            "folders of run folders (a sweep's or a study's --out), packed or not")
+        if parser is pl:
+            parser.add_argument("-o", "--output", type=Path, required=True, help="the figure (png)")
+        else:
+            parser.add_argument("--out", type=Path, help="the folder to write the report and figures into "
+                                "(default: print the report only)")
+            parser.add_argument("--train-test", action="store_true",
+                                help="sweep runs: train and test accuracy side by side (the shift study's table)")
+            parser.add_argument("--title", help="the sensitivity figure's title")
+        parser.add_argument("--metric", default="train_accuracy", choices=METRICS, metavar="NAME",
+                            help=f"the column to draw and tabulate: one of {', '.join(METRICS)}")
+        parser.add_argument("--per-seed", action="store_true",
+                            help="also print one line per mitigator and seed (first/last task, last-task diagnostics)")
+        parser.add_argument("--per-task", type=int, metavar="SEED",
+                            help="also print a table of the metric at every task end of seed SEED")
     pk = sub.add_parser("pack", help="fold the finished run folders of sweeps into one rows.csv + runs.jsonl per "
                         "sweep (the committed form of results/; checkpoints of finished runs are removed)")
     pk.add_argument("folders", nargs="+", type=Path, help="sweep folders, or folders of sweeps (results/studies)")
@@ -209,6 +220,14 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import CONVERT_COMMAND
 
             print(convert_checkpoint(args.path, args.trust, CONVERT_COMMAND.format(out=args.path)))
+        elif args.command == "report":
+            from .report import report
+
+            text, note = report(args.runs, args.out, args.metric, args.train_test, args.per_seed, args.per_task,
+                                args.title)
+            print(f"{text}\n\n{note}")
+            if args.out is not None:
+                print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}; figures in {args.out}")
         elif args.command == "plot":
             from .plot import plot
 

@@ -166,16 +166,33 @@ def per_task_table(rows: list[dict[str, str]], seed: int, metric: str = "train_a
     return "\n".join(lines)
 
 
-def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per_seed: bool = False,
-         per_task: int | None = None) -> str:
-    """Draw ``metric`` versus task for every mitigator in ``run_dirs`` into ``output``; return the table (and the
-    per-seed table after it with ``per_seed``, the per-task table of seed ``per_task`` with that)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid names are {', '.join(METRICS)}")
-    rows = read_rows(run_dirs)
+def figure(rows: list[dict[str, str]], output: Path, metric: str = "train_accuracy") -> None:
+    """Draw ``metric`` versus task, one curve per :func:`label` (mean ± standard error over seeds), into ``output``."""
     r = rows[0]
     ln = " + LayerNorm" if all(x.get("layernorm") == "1" for x in rows) else ""
     draw({f"{r['dataset']}, {r['nonstationarity']}, {r['model']}{ln}": curves(rows, metric)}, output, xlabel="task",
          ylabel=metric.replace("_", " ") + " at task end", integer_x=True, emphasize=("none", "spectral"))
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; valid names are {', '.join(METRICS)}")
+
+
+def tables(rows: list[dict[str, str]], metric: str = "train_accuracy", per_seed: bool = False,
+           per_task: int | None = None) -> str:
+    """:func:`table`, then with ``per_seed`` :func:`per_seed_table`, with ``per_task`` the seed's
+    :func:`per_task_table`."""
     return table(rows, metric) + ("\n\n" + per_seed_table(rows, metric) if per_seed else "") + (
         "\n\n" + per_task_table(rows, per_task, metric) if per_task is not None else "")
+
+
+def plot(run_dirs: list[Path], output: Path, metric: str = "train_accuracy", per_seed: bool = False,
+         per_task: int | None = None) -> str:
+    """Draw ``metric`` versus task for every mitigator in ``run_dirs`` into ``output``; return the table (and the
+    per-seed table after it with ``per_seed``, the per-task table of seed ``per_task`` with that). The figure and
+    first table of ``python -m continual report`` (:func:`continual.report.report`), alone."""
+    check_metric(metric)
+    rows = read_rows(run_dirs)
+    figure(rows, output, metric)
+    return tables(rows, metric, per_seed, per_task)

@@ -1,17 +1,19 @@
-"""Tables of finished sweep runs: the table of a study or of any folder of sweeps (each mitigator's best strength
-marked by :data:`continual.sweep.BEST_RULE`), and the train-and-test table of the shift study. Used by ``python -m
-continual study``, ``scripts/study_report.py`` and the documentation's generated tables (scripts/docs_tables.py)."""
+"""``python -m continual report``: the summary table, report.md + report.json and the figures of any set of runs; and
+the tables it is made of — the table of finished sweep runs (each mitigator's best strength marked by
+:data:`continual.sweep.BEST_RULE`), the train-and-test table of the shift study. Used by ``python -m continual
+report`` and ``study`` and the documentation's generated tables (scripts/docs_tables.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from specopt.curves import curve_entries
 from specopt.experiment import mean_pm, mean_se, versions_text
 from specopt.results import run_configs
 
 from .config import RunConfig
-from .plot import label, run_results
-from .sweep import SweepRun, aggregate, best_strengths, run_scores
+from .plot import check_metric, curves, figure, label, per_seed_table, per_task_table, read_rows, run_results, tables
+from .sweep import BEST_RULE, SweepRun, aggregate, best_strengths, run_scores, sensitivity_plot
 
 REPORT_ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink-perturb", "redo", "wasserstein", "ewc",
          "cbp", "crelu"]
@@ -64,6 +66,11 @@ def table(root: Path, train_test: bool = False) -> tuple[str, list[dict]]:
     runs, _ = finished_runs(root)
     if not runs:
         raise ValueError(f"no finished run under {root}")
+    return runs_table(runs, root, train_test)
+
+
+def runs_table(runs: list[SweepRun], root: Path, train_test: bool = False) -> tuple[str, list[dict]]:
+    """:func:`table` of ``runs`` (their names relative to ``root``)."""
     rank = {m: i for i, m in enumerate(REPORT_ORDER)}
     if train_test:
         return "\n".join(train_test_table(runs, root, rank)), []
@@ -116,4 +123,58 @@ def versions(root: Path) -> str:
     return f"Code versions (commit, from config.json): {versions_text(configs)}."
 
 
-__all__ = ["REPORT_ORDER", "finished_runs", "options_table", "table", "train_test_table", "versions"]
+def report(paths: list[Path], out: Path | None = None, metric: str = "train_accuracy", train_test: bool = False,
+           per_seed: bool = False, per_task: int | None = None, title: str | None = None) -> tuple[str, str]:
+    """The report of the runs in ``paths`` (run folders, sweeps, folders of sweeps, packed or not; results.csv files):
+    (its text, a note for the reader). The text is the summary table, then the code versions of its runs: for sweep
+    runs (one mitigator and one seed each) :func:`table` — each mitigator's best strength in bold — or with
+    ``train_test`` its train-and-test form; for other runs (or another ``metric``) the accuracy-per-task table of
+    ``python -m continual plot``, with ``per_seed`` / ``per_task`` its per-seed and per-task tables after it.
+
+    With ``out``, writes there (:func:`specopt.curves.write_report`) report.md (the text and the note), report.json
+    (the same numbers: the sweep entries and best strengths, every curve, the versions) and the figures:
+    curves.png (``metric`` against task) and, for sweep runs with a strength, sensitivity.png (``title`` above it).
+    """
+    from specopt.curves import write_report
+
+    check_metric(metric)
+    paths = [Path(p) for p in paths]
+    rows = read_rows(paths)
+    runs, unfinished, configs = [], 0, []
+    for p in paths:
+        if p.suffix == ".csv":
+            continue
+        found, left = finished_runs(p)
+        runs += [SweepRun(str(p / r.name), r.mitigator, r.strength, r.seed, r.config) for r in found]
+        unfinished += left
+        names = {str(p / r.name) for r in found}
+        configs += [c for folder, c in run_configs(p) if str(folder) in names or not found]
+    sweep_table = bool(runs) and (metric == "train_accuracy" or train_test)
+    if train_test and not runs:
+        raise ValueError("--train-test needs sweep runs (one mitigator and one seed per run folder)")
+    if sweep_table:
+        summary, entries = runs_table(runs, Path("."), train_test)
+        summary += ("\n\n" + per_seed_table(rows, metric) if per_seed else "") + (
+            "\n\n" + per_task_table(rows, per_task, metric) if per_task is not None else "")
+    else:
+        summary, entries = tables(rows, metric, per_seed, per_task), []
+    made_by = versions_text(configs) or "not recorded (results.csv files without their config.json)"
+    text = f"{summary}\n\nCode versions (commit, from config.json): {made_by}."
+    bold = "the best test accuracy over the last 5 tasks" if train_test else f"each mitigator's best strength ({BEST_RULE})"
+    note = (f"Bold: {bold}. Unfinished runs left out of the table: {unfinished}." if sweep_table else
+            "A run still going counts with the tasks it has finished.")
+    if out is not None:
+        out = Path(out)
+        figure(rows, out / "curves.png", metric)
+        if entries and any(e["strength"] is not None for e in entries):
+            sensitivity_plot(entries, out / "sensitivity.png", title)
+        write_report(out, f"{text}\n\n{note}\n", dict(
+            metric=metric, table="train-test" if train_test else "sweep" if sweep_table else "curves",
+            rule=BEST_RULE if sweep_table else None, best=best_strengths(entries), entries=entries,
+            unfinished=unfinished, versions=made_by,
+            curves=curve_entries({"curves": curves(rows, metric)})))
+    return text, note
+
+
+__all__ = ["REPORT_ORDER", "finished_runs", "options_table", "report", "runs_table", "table", "train_test_table",
+           "versions"]

@@ -1,4 +1,4 @@
-"""Command line: ``python -m rl {train,sweep,study,plot,envs,convert-checkpoint}``. Bad flags or settings → one
+"""Command line: ``python -m rl {train,sweep,study,report,plot,pack,migrate,envs,convert-checkpoint}``. Bad flags or settings → one
 line on stderr, exit status 2."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
                      choices={"mitigators": MITIGATORS})
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     sw = sub.add_parser("sweep", help="the same grid split over processes (groups of seeds), local or on Ray; "
-                                      "resumable; writes summary.md and returns.png",
+                                      "resumable; ends with its report (report.md, report.json, returns.png)",
                         argument_default=argparse.SUPPRESS)
     add_config_flags(sw, Config, names={"mitigators": ("--mitigator", "--mitigators"), "seeds": ("--seeds", "--seed"),
                                         "spectral_strength": ("--strength", "--spectral-strength")},
@@ -51,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--backend", choices=("local", "ray"), default="local")
     st.add_argument("--ray-address", help="the Ray cluster to join (default: a local Ray)")
     st.add_argument("--no-progress", action="store_true", help="no progress lines")
-    pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds")
+    rp = sub.add_parser("report", help="the table of any agents at their last evaluation and the code versions they "
+                        "mix; with --out, report.md, report.json and returns.png")
+    rp.add_argument("runs", nargs="+", help="run directories (or directories holding runs: sweeps, studies)")
+    rp.add_argument("--out", help="the folder to write the report and figure into (default: print the report only)")
+    pl = sub.add_parser("plot", help="return vs env steps per mitigator, mean ± standard error over seeds (report's "
+                        "figure alone)")
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")
     pl.add_argument("-o", "--output", default="fig.png", help="figure path (fig.png)")
     pk = sub.add_parser("pack", help="fold the finished agents of runs into one rows.csv + runs.jsonl per run (the "
@@ -85,6 +90,15 @@ def main(argv: list[str] | None = None) -> int:
             from .train import CONVERT_COMMAND
 
             print(convert_checkpoint(args["path"], args["trust"], CONVERT_COMMAND.format(out=args["path"])))
+            return 0
+        if command == "report":
+            from .plot import report
+
+            text, note = report(args["runs"], args["out"])
+            print(f"{text}\n\n{note}")
+            if args["out"]:
+                print(f"report: {Path(args['out']) / 'report.md'}, {Path(args['out']) / 'report.json'}, "
+                      f"{Path(args['out']) / 'returns.png'}")
             return 0
         if command == "plot":
             from .plot import plot

@@ -1,5 +1,6 @@
 """Return vs env steps per (environment, mitigator): mean over seeds with a standard-error band, plus a markdown
-table of the last evaluation. ``python -m rl plot runs/A runs/B ... -o fig.png``."""
+table of the last evaluation. ``python -m rl report runs/A runs/B ... --out DIR`` (the table, report.md + report.json
+and returns.png, :func:`report`); ``python -m rl plot runs/A ... -o fig.png`` (the figure and table alone)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specopt.curves import draw, over_seeds
-from specopt.experiment import mean_pm, mean_se, read_csv
+from specopt.curves import Curve, curve_entries, draw, over_seeds, write_report
+from specopt.experiment import mean_pm, mean_se, read_csv, versions_text
 from specopt.results import RUN_ROWS, packed_runs, run_configs
 
 
@@ -62,30 +63,68 @@ def label(cfg: dict) -> str:
 
 def load(paths: list[str]) -> dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]:
     """{env: {label: [(steps, returns) per seed]}}"""
+    return _load(find_runs(paths))[0]
+
+
+def _load(runs: list[Path]) -> tuple[dict[str, dict[str, list]], list[dict]]:
+    """(:func:`load`'s groups of ``runs``, their configs)."""
     groups: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for run in find_runs(paths):
+    configs = []
+    for run in runs:
         cfg, rows = read_agent(run)
+        configs.append(cfg)
         if rows:
             steps = np.array([int(r["step"]) for r in rows])
             returns = np.array([float(r["eval_return_mean"]) for r in rows])
             groups[cfg["env"]][label(cfg)].append((steps, returns))
-    return groups
+    return groups, configs
 
 
-def plot(paths: list[str], output: str) -> str:
-    """Draw the figure to ``output`` and return the markdown table."""
-    groups = load(paths)
+def _panels(groups: dict[str, dict[str, list]]) -> dict[str, dict[str, Curve]]:
+    return {env: {name: over_seeds(groups[env][name]) for name in groups[env]} for env in sorted(groups)}
+
+
+def _table(panels: dict[str, dict[str, Curve]]) -> str:
+    """One row per curve, at its last evaluation; "seeds" = how many seeds reached that step."""
     table = ["| env | mitigator | seeds | env steps | return (mean ± s.e.) |", "|---|---|---|---|---|"]
-    # one row per curve, at its last evaluation; "seeds" = how many seeds reached that step
-    panels = {env: {name: over_seeds(groups[env][name]) for name in groups[env]} for env in sorted(groups)}
     for env, curves in panels.items():
         for name, c in sorted(curves.items()):
             table.append(f"| {env} | {name} | {c.at_last} | {int(c.x[-1])} | {mean_pm(c.mean[-1], c.se[-1], c.at_last, 1)} |")
-    draw(panels, output, xlabel="env steps", ylabel="evaluation return", thousands_x=True)
     return "\n".join(table)
 
 
-__all__ = ["agent_folders", "find_runs", "load", "plot", "read_agent"]
+def _draw(panels: dict[str, dict[str, Curve]], output: str | Path) -> None:
+    draw(panels, output, xlabel="env steps", ylabel="evaluation return", thousands_x=True)
+
+
+def plot(paths: list[str], output: str) -> str:
+    """Draw the figure to ``output`` and return the markdown table (:func:`report`'s figure and table alone)."""
+    panels = _panels(load(paths))
+    _draw(panels, output)
+    return _table(panels)
+
+
+def report(paths: list[str], out: str | Path | None = None) -> tuple[str, str]:
+    """The report of the agents at or below ``paths`` (agents, runs, sweeps, studies; packed or not): (its text, a
+    note for the reader). The text is the table of :func:`plot` — each curve at its last evaluation — then the code
+    versions of its agents (:func:`specopt.experiment.versions_text`). With ``out``, writes there
+    (:func:`specopt.curves.write_report`) report.md, report.json (every row of the table, every curve, the versions)
+    and returns.png."""
+    groups, configs = _load(find_runs([str(p) for p in paths]))
+    panels = _panels(groups)
+    text = f"{_table(panels)}\n\nCode versions (commit, from config.json): {versions_text(configs)}."
+    note = "Each curve at its last evaluation; seeds: the agents that reached it (an agent still going counts too)."
+    if out is not None:
+        out = Path(out)
+        _draw(panels, out / "returns.png")
+        entries = [dict(env=env, label=name, seeds=c.at_last, step=int(c.x[-1]), mean=float(c.mean[-1]),
+                        se=float(c.se[-1])) for env, curves in panels.items() for name, c in sorted(curves.items())]
+        write_report(out, f"{text}\n\n{note}\n", dict(entries=entries, versions=versions_text(configs),
+                                                        curves=curve_entries(panels)))
+    return text, note
+
+
+__all__ = ["agent_folders", "find_runs", "load", "plot", "read_agent", "report"]
 
 
 def last_fraction_returns(agents: list[Path], fraction: float = 0.1

@@ -10,7 +10,7 @@ whichever process it shares; the batched update of another group of agents round
 which reinforcement learning amplifies, so a grid split otherwise gives other returns for the same seed (compare
 seeds as samples; the same grouping gives the same rows). Every process resumes from its checkpoint: running the
 same sweep again finishes it. At the end the sweep
-writes ``summary.md`` (:func:`rl.plot.plot`'s table over every group) and ``returns.png``.
+writes its report (:func:`rl.plot.report` over every group: report.md, report.json, returns.png).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, write_text
+from specopt.experiment import claim_folder
 from specopt.results import PACKED_RUNS, RUN_ROWS, pack_tree, packed_runs, rename_packed, run_name, run_rows
 
 from .config import Config
@@ -143,7 +143,7 @@ def run_in_temp_folder(config: dict[str, Any], files: dict[str, bytes], threads:
 def sweep(cfg: Config, seeds_per_process: int = 1, workers: int | None = None, threads: int = 1,
           backend: str = "local", ray_address: str | None = None, progress: bool = True) -> str:
     """Run every process of ``cfg``'s grid (:func:`plan`) into ``cfg.out``, skipping finished ones and resuming the
-    others; write ``summary.md`` and ``returns.png`` there and return the summary. ``progress``: a line per process
+    others; write the report there (:func:`rl.plot.report`: report.md, report.json, returns.png) and return its text. ``progress``: a line per process
     (the processes themselves show no bars)."""
     if backend not in ("local", "ray"):
         raise ValueError(f"unknown backend {backend!r}; valid names are local, ray")
@@ -170,10 +170,9 @@ def sweep(cfg: Config, seeds_per_process: int = 1, workers: int | None = None, t
             engine.run_local(jobs, workers or os.cpu_count() or 1, threads, done)
         else:
             engine.run_ray(jobs, workers, threads, ray_address, done, body=run_in_temp_folder)
-        from .plot import plot
+        from .plot import report
 
-        text = plot([Path(g.out) for g in groups], out / "returns.png")
-        write_text(out / "summary.md", f"# rl sweep\n\n{text}\n")
+        text, _ = report([Path(g.out) for g in groups], out)
     return text
 
 

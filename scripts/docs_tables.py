@@ -1,9 +1,9 @@
 """Regenerate the documentation's generated tables from the committed rows, or check that they are current.
 
 A generated table sits between ``<!-- generated: COMMAND -->`` and ``<!-- end generated -->`` in a page under docs/;
-COMMAND is what a reader runs to print it — ``python scripts/study_report.py ROOT [--train-test]``, ``python -m
-continual plot PATHS [--metric M] [--per-seed | --per-task SEED]`` (then: that table only), ``python -m rl plot
-PATHS``, ``python scripts/rl_run_table.py ROOT [--column C --steps S... --digits D]`` (paths relative to the
+COMMAND is what a reader runs to print it — ``python -m continual report PATHS [--train-test]`` (the table and
+its code versions), ``python -m continual plot PATHS [--metric M] [--per-seed | --per-task SEED]`` (then: that table
+only), ``python -m rl report PATHS`` or ``python -m rl plot PATHS`` (the table alone), ``python scripts/rl_run_table.py ROOT [--column C --steps S... --digits D]`` (paths relative to the
 repository, globs expanded) — or one of :data:`FIXED`.
 Nothing between the markers is written by hand.
 
@@ -68,16 +68,20 @@ def _paths(patterns: list[str]) -> list[Path]:
     return out
 
 
-def _study_report(argv: list[str]) -> str:
+def _continual_report(argv: list[str]) -> str:
+    from continual.plot import METRICS
+    from continual.report import report
+
     parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("root")
+    parser.add_argument("runs", nargs="+")
     parser.add_argument("--train-test", action="store_true")
-    parser.add_argument("-o", "--output")  # figure options: the table does not depend on them
+    parser.add_argument("--metric", default="train_accuracy", choices=METRICS)
+    parser.add_argument("--per-seed", action="store_true")
+    parser.add_argument("--per-task", type=int)
+    parser.add_argument("--out")  # where the files go: the printed report does not depend on it
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    from continual.report import table, versions
-
-    return table(ROOT / args.root, args.train_test)[0] + "\n\n" + versions(ROOT / args.root)
+    return report(_paths(args.runs), None, args.metric, args.train_test, args.per_seed, args.per_task)[0]
 
 
 def _continual_plot(argv: list[str]) -> str:
@@ -112,6 +116,15 @@ def _rl_plot(argv: list[str]) -> str:
         return plot([str(p) for p in _paths(args.runs)], str(Path(tmp) / "fig.png"))
 
 
+def _rl_report(argv: list[str]) -> str:
+    from rl.plot import report
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--out")  # where the files go: the printed report does not depend on it
+    return report([str(p) for p in _paths(parser.parse_args(argv).runs)])[0]
+
+
 def _rl_run_table(argv: list[str]) -> str:
     return _script("rl_run_table").table(_script("rl_run_table").parser().parse_args(
         [str(ROOT / argv[0]), *argv[1:]]), ROOT / argv[0])
@@ -143,7 +156,8 @@ COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
     ("python", "scripts/penalty_ratio.py"): _penalty_ratio,
     ("python", "scripts/strength_mechanism.py"): _mechanism,
     ("python", "scripts/sweep_report.py"): _sweep_report,
-    ("python", "scripts/study_report.py"): _study_report,
+    ("python", "-m", "continual", "report"): _continual_report,
+    ("python", "-m", "rl", "report"): _rl_report,
     ("python", "-m", "continual", "plot"): _continual_plot,
     ("python", "-m", "rl", "plot"): _rl_plot,
     ("python", "scripts/rl_run_table.py"): _rl_run_table,

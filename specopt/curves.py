@@ -1,9 +1,10 @@
 """What every experiment's report computes and draws, whatever the package: a metric against progress (continual's
 task, rl's env step), mean ± standard error over seeds, one curve per setting, panels side by side.
 
-``python -m continual plot`` and ``python -m rl plot`` each read their own rows (:mod:`specopt.results`) and name
-their own curves, then hand them here: :func:`over_seeds` makes a curve from seeds, :func:`draw` the figure,
-:func:`seed_count` the seed cell of a table. Like :mod:`specopt.experiment`, outside the optimizer's import path.
+``python -m continual report`` and ``python -m rl report`` each read their own rows (:mod:`specopt.results`) and
+name their own curves, then hand them here: :func:`over_seeds` makes a curve from seeds, :func:`draw` the figure,
+:func:`seed_count` the seed cell of a table, :func:`write_report` the report's two files (the one report contract of
+both packages). Like :mod:`specopt.experiment`, outside the optimizer's import path.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .experiment import mean_se, save_figure
+from .experiment import mean_se, save_figure, write_text
 
-__all__ = ["Curve", "draw", "over_seeds", "seed_count"]
+__all__ = ["Curve", "REPORT_FILES", "curve_entries", "draw", "over_seeds", "seed_count", "write_report"]
+
+REPORT_FILES = ("report.md", "report.json")
+"""What ``report --out DIR`` writes into DIR in both packages, beside its figures: the markdown summary (the table a
+reader sees, the code versions under it) and the same numbers machine-readable."""
 
 
 class Curve(NamedTuple):
@@ -104,3 +109,35 @@ def draw(panels: Mapping[str, Mapping[str, Curve]], output: str | os.PathLike, *
     fig.tight_layout()
     save_figure(fig, output)
     plt.close(fig)
+
+
+def curve_entries(panels: Mapping[str, Mapping[str, Curve]]) -> list[dict]:
+    """The curves of ``panels`` machine-readable: one entry per (panel, label) with its x, mean and standard error
+    and its seed counts."""
+    return [dict(panel=panel, label=label, seeds=c.seeds, at_last=c.at_last, x=c.x.tolist(), mean=c.mean.tolist(),
+                 se=c.se.tolist()) for panel, curves in panels.items() for label, c in sorted(curves.items())]
+
+
+def _plain(obj):
+    """``obj`` with every non-finite float as None (JSON has no NaN) and tuples as lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def write_report(out: str | os.PathLike, text: str, data: Mapping) -> list[str]:
+    """Write :data:`REPORT_FILES` into the folder ``out`` (made if missing; each file atomically): ``text`` as
+    report.md and ``data`` as report.json (a non-finite number as null). Returns their paths."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md, js = (out / name for name in REPORT_FILES)
+    write_text(md, text if text.endswith("\n") else text + "\n")
+    write_text(js, json.dumps(_plain(data), indent=1, allow_nan=False) + "\n")
+    return [str(md), str(js)]

@@ -47,19 +47,6 @@ def test_strength_sweep_and_its_report_run_on_idx_files(tmp_path):
     assert figure.stat().st_size > 0 and all(v in table for v in ("none", "coupled:1e-4", "decoupled:1"))
 
 
-def test_study_report_prints_the_table_of_a_sweep_folder(tmp_path):
-    out = tmp_path / "sweep"
-    from continual.cli import main
-
-    assert main(["sweep", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--train-size", "64",
-                 "--batch-size", "32", "--width", "16", "--no-diagnostics", "--mitigator", "none", "l2",
-                 "--strengths", "1e-3", "--seeds", "0", "--workers", "1", "--no-progress", "--out", str(out)]) == 0
-    figure = tmp_path / "s.png"
-    table = script("scripts/study_report.py", out, "-o", figure).stdout
-    assert "| l2 | 0.001 | 1 | 2 |" in table and "| none | – | 1 | 2 |" in table and figure.stat().st_size > 0
-    assert "| mitigator | seeds |" in script("scripts/study_report.py", out, "--train-test").stdout
-
-
 def test_every_script_is_in_the_index_and_every_shell_script_parses():
     """scripts/README.md lists every script (what it does, who uses it); the shell recipes that need a GPU or hours
     (device_*.sh, rl_*.sh) at least parse."""

@@ -460,3 +460,33 @@ def test_penalty_ratio_script_measures_the_coupled_gradients(tmp_path, monkeypat
     before = out.read_text()
     assert script.main(argv) == 0 and out.read_text() == before  # finished pairs are skipped
     assert "| l2 | 0.01 | no | 1 |" in script.report(out)
+
+
+def test_report_writes_the_sweep_table_its_json_and_figures_with_the_code_version(tmp_path, capsys):
+    """``python -m continual report``: the sweep table (the best strength in bold) with the commit its runs were made
+    by, and --out writes report.md, report.json (the numbers, checked against the rows by hand) and the figures."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--dataset", "digits", "--tasks", "2", "--epochs", "1", "--train-size", "64",
+                 "--batch-size", "32", "--width", "16", "--no-diagnostics", "--mitigator", "none", "l2",
+                 "--strengths", "1e-3", "1e-2", "--seeds", "0", "--workers", "1", "--no-progress", "--out",
+                 str(out)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    printed = capsys.readouterr().out
+    assert "| l2 | 0.001 | 1 | 2 |" in printed and "| none | – | 1 | 2 |" in printed
+    commit = json.loads((out / "none-seed0" / "config.json").read_text())["provenance"][0]["commit"]
+    assert f"Code versions (commit, from config.json): {str(commit)[:7]}" in printed
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    for e in report["entries"]:  # last-5-task mean of 2 tasks = the mean of both rows' train accuracy
+        name = "none-seed0" if e["mitigator"] == "none" else f"l2-s{e['strength']:g}-seed0"
+        with open(out / name / "results.csv", newline="") as f:
+            accs = [float(r["train_accuracy"]) for r in csv.DictReader(f)]
+        assert e["last5"] == pytest.approx(np.mean(accs)) and e["last"] == pytest.approx(accs[-1])
+    best = max((e for e in report["entries"] if e["strength"] is not None), key=lambda e: (e["last5"], -e["strength"]))
+    assert report["best"] == {"l2": best["strength"]} and f"| l2 | {best['strength']:g} | 1 | 2 | **" in printed
+    assert (tmp_path / "report" / "report.md").read_text().startswith("| mitigator | strength |")
+    assert all((tmp_path / "report" / f).stat().st_size > 0 for f in ("curves.png", "sensitivity.png"))
+    assert main(["report", str(out), "--train-test"]) == 0
+    assert "| mitigator | seeds | train: first |" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -43,8 +43,14 @@ def test_local_sweep_splits_seeds_over_processes_with_every_agent_of_the_grid(on
     for agent, rows in whole.items():  # the same evaluations (the returns differ: another batch of agents rounds
         assert [r["step"] for r in split[agent]] == [r["step"] for r in rows]  # differently, and RL amplifies it)
         assert {r["mitigator"] for r in split[agent]} == {r["mitigator"] for r in rows}
-    assert (out / "summary.md").read_text().startswith("# rl sweep") and (out / "returns.png").stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())  # the report of every group, as `rl report` writes it
+    assert sorted(e["label"] for e in report["entries"]) == ["none buffer 1k RR1", "spectral λ=0.5 buffer 1k RR1"]
+    assert all(e["seeds"] == 2 for e in report["entries"]) and (out / "returns.png").stat().st_size > 0
+    assert (out / "report.md").read_text().startswith("| env | mitigator |")
     assert folder_kind(out) == "rl sweep" and folder_kind(out / "seeds-0") == "rl run"
+    capsys.readouterr()
+    assert main(["report", str(out / "seeds-0"), str(out / "seeds-1")]) == 0  # any runs: the same table and versions
+    assert capsys.readouterr().out.startswith((out / "report.md").read_text().split("\n\nEach curve")[0])
     assert main(["sweep", *GRID, "--workers", "2", "--out", str(out)]) == 0
     assert "2 finished, 0 to run" in capsys.readouterr().out
     assert main(["train", *GRID, "--out", str(out)]) == 2  # a sweep's folder is not an rl run's

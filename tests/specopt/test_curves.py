@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from specopt.curves import draw, over_seeds, seed_count
+from specopt.curves import REPORT_FILES, curve_entries, draw, over_seeds, seed_count, write_report
 
 seeds = st.lists(st.tuples(st.integers(1, 6), st.lists(st.floats(-1e3, 1e3), min_size=6, max_size=6)),
                  min_size=1, max_size=5)
@@ -45,3 +47,14 @@ def test_draw_writes_one_panel_per_title(tmp_path):
          emphasize=("none",))
     draw({"one": {"x": c}}, tmp_path / "g.png", xlabel="env steps", ylabel="return", thousands_x=True)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_write_report_writes_both_files_and_a_nan_as_null(tmp_path):
+    c = over_seeds([([1, 2], [0.5, float("nan")]), ([1, 2], [0.7, 0.9])])
+    written = write_report(tmp_path / "r", "| a |", {"curves": curve_entries({"p": {"x": c}}), "se": float("nan")})
+    assert written == [str(tmp_path / "r" / name) for name in REPORT_FILES]
+    assert (tmp_path / "r" / "report.md").read_text() == "| a |\n"
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    (curve,) = data["curves"]
+    assert data["se"] is None and curve["x"] == [1, 2] and curve["label"] == "x" and curve["panel"] == "p"
+    assert curve["mean"][0] == pytest.approx(0.6) and curve["mean"][1] is None  # seed 0's NaN at x = 2: no mean
