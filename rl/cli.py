@@ -59,12 +59,13 @@ def _parser() -> argparse.ArgumentParser:
                         "figure alone)")
     pl.add_argument("runs", nargs="+", help="run directories (or directories holding runs)")
     pl.add_argument("-o", "--output", default="fig.png", help="figure path (fig.png)")
-    pk = sub.add_parser("pack", help="fold the finished agents of runs into one rows.csv + runs.jsonl per run (the "
-                        "committed form of results/)")
-    pk.add_argument("folders", nargs="+", help="run directories, or directories holding runs")
-    mg = sub.add_parser("migrate", help="rename the agents of runs written before rl named its runs as continual "
-                        "does (<mitigator>-s<seed>/metrics.csv → <mitigator>-seed<seed>/results.csv), packed or not")
-    mg.add_argument("folders", nargs="+", help="run directories, or directories holding runs")
+    for name, text in (("pack", "fold the finished agents of runs into one rows.csv + runs.jsonl per run (the "
+                                "committed form of results/)"),
+                       ("migrate", "rename the agents of runs written before rl named its runs as continual does "
+                                   "(<mitigator>-s<seed>/metrics.csv → <mitigator>-seed<seed>/results.csv), packed "
+                                   "or not")):
+        sub.add_parser(name, help=text).add_argument("folders", nargs="+",
+                                                     help="run directories, or directories holding runs")
     sub.add_parser("envs", help="list the DMC tasks and the paper7 preset")
     cc = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint from before checkpoints were plain "
                                                   "tensors (docs/security.md); resume reads only plain ones")
