@@ -78,8 +78,9 @@ def read_rows(run_dirs: list[Path]) -> list[dict[str, str]]:
     return rows
 
 
-NAMING = ("epochs", "width", "lr", "batch_size", "train_size")
-"""Settings that name a curve when they differ among the rows of one table (a study that varies them)."""
+NAMING = ("dataset", "model", "nonstationarity", "epochs", "width", "lr", "batch_size", "train_size")
+"""Settings that name a curve when they differ among the rows of one table (a study that varies them; runs of several
+models or streams shown together)."""
 
 
 def label(row: dict[str, str], naming: tuple[str, ...] = ()) -> str:

@@ -268,7 +268,8 @@ def test_plot_table_says_how_many_seeds_reached_the_last_task():
 
 
 def test_plot_table_names_curves_by_the_settings_that_differ_and_counts_a_seed_run_twice_twice():
-    """Runs that differ in epochs or width (a study that varies them) are separate curves named by those settings;
+    """Runs that differ in epochs or width (a study that varies them) or in model are separate curves named by those
+    settings;
     settings shared by every row stay out of the names; one seed from two runs of one setting is two samples."""
     from continual.plot import table
 
@@ -282,6 +283,8 @@ def test_plot_table_names_curves_by_the_settings_that_differ_and_counts_a_seed_r
     assert "| crelu epochs=40 width=334 | 1 | 1 | 0.300 |" in out
     assert "| crelu | 1 | 1 | 0.900 |" in table(rows[:1])
     assert "| crelu | 2 | 1 | 0.700 |" in table([row(0, 1, 0.9), row(0, 1, 0.5)])  # seed 0 twice: mean of both
+    mixed = table([{**row(0, 1, 0.9), "model": "resnet18"}, {**row(0, 1, 0.2), "model": "vit-tiny"}])  # GPU runs
+    assert "| crelu model=resnet18 | 1 | 1 | 0.900 |" in mixed and "| crelu model=vit-tiny | 1 | 1 | 0.200 |" in mixed
 
 
 def test_plot_legend_counts_seeds_like_the_table(tmp_path, monkeypatch):
