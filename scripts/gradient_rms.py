@@ -2,9 +2,11 @@
 
 Under Adam the coupled penalty's step is ≈ lr·λ_c·∇R/√v̂, the decoupled one lr·λ_d·∇R, so λ_d ≈ λ_c / √v̂.
 Trains the Fashion-MNIST random-label MLP (no LayerNorm) with plain Adam for a few tasks and prints the median and
-mean of √v̂ over each weight matrix's entries at each task end.
+mean of √v̂ over each weight matrix's entries at each task end; ``--out`` also writes them as rows (one per task and
+weight matrix, with the code version), ``--report`` prints the table of the last task of such rows (docs/strength.md).
 
-    python scripts/gradient_rms.py --tasks 3 --epochs 40
+    python scripts/gradient_rms.py --tasks 2 --epochs 20 --out results/strength-mapping/gradient-rms.csv
+    python scripts/gradient_rms.py --report results/strength-mapping/gradient-rms.csv
 """
 
 import argparse
@@ -16,6 +18,18 @@ from torch import nn
 
 from continual.data import DEBIAN_FMNIST, read_idx
 from continual.models import MLP
+from specopt.experiment import code_version, read_csv, write_csv
+
+
+def report(path: Path) -> str:
+    """The table of the last task of ``path``'s rows: each weight matrix, its shape, median and mean √v̂."""
+    rows = read_csv(path)
+    last = max(int(r["task"]) for r in rows)
+    lines = ["| layer | shape | median √v̂ | mean √v̂ |", "|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['shape']} | {float(r['median_rms']):.1e} | {float(r['mean_rms']):.1e} |"
+              for r in rows if int(r["task"]) == last]
+    commits = sorted({r["commit"][:7] + ("+dirty" if r["commit"].endswith("+dirty") else "") for r in rows})
+    return "\n".join(lines) + f"\n\nAt the end of task {last}; code version: {', '.join(commits)}."
 
 
 def main() -> None:
@@ -25,7 +39,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-dir", type=Path, default=DEBIAN_FMNIST, help="Fashion-MNIST's IDX files")
     p.add_argument("--train-size", type=int, default=12800)
+    p.add_argument("--out", type=Path, help="also write the rows (CSV) here")
+    p.add_argument("--report", type=Path, metavar="CSV", help="train nothing: print the table of these rows")
     args = p.parse_args()
+    if args.report:
+        print(report(args.report))
+        return
+    version = code_version()
+    commit = f"{version['commit']}{'+dirty' if version['dirty'] else ''}"
+    out_rows = []
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = read_idx(args.data_dir / "train-images-idx3-ubyte.gz")[: args.train_size]
@@ -49,7 +71,14 @@ def main() -> None:
             st = opt.state[param]
             vhat = st["exp_avg_sq"] / (1 - 0.999 ** float(st["step"]))
             rms.append((name, vhat.sqrt().median().item(), vhat.sqrt().mean().item()))
+            out_rows.append(dict(task=task + 1, layer=name, shape="×".join(map(str, param.shape[::-1])),
+                                 median_rms=rms[-1][1], mean_rms=rms[-1][2], epochs=args.epochs,
+                                 train_size=args.train_size, commit=commit, torch=version["torch"],
+                                 cpu=version["cpu"]))
         print(f"task {task + 1}: " + ", ".join(f"{n} median {m:.2e} mean {a:.2e}" for n, m, a in rms), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(args.out, out_rows)
 
 
 if __name__ == "__main__":
