@@ -144,6 +144,12 @@ def _sweep_report(argv: list[str]) -> str:
     return _script("sweep_report").table(_paths(parser.parse_args(argv).csv))
 
 
+def _gradient_rms(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--report", required=True)
+    return _script("gradient_rms").report(ROOT / parser.parse_args(argv).report)
+
+
 def _penalty_ratio(argv: list[str]) -> str:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--report", required=True)
@@ -154,6 +160,7 @@ def _penalty_ratio(argv: list[str]) -> str:
 
 COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
     ("python", "scripts/penalty_ratio.py"): _penalty_ratio,
+    ("python", "scripts/gradient_rms.py"): _gradient_rms,
     ("python", "scripts/strength_mechanism.py"): _mechanism,
     ("python", "scripts/sweep_report.py"): _sweep_report,
     ("python", "-m", "continual", "report"): _continual_report,

@@ -3,7 +3,7 @@
 Under Adam the coupled penalty's step is ≈ lr·λ_c·∇R/√v̂, the decoupled one lr·λ_d·∇R, so λ_d ≈ λ_c / √v̂.
 Trains the Fashion-MNIST random-label MLP (no LayerNorm) with plain Adam for a few tasks and prints the median and
 mean of √v̂ over each weight matrix's entries at each task end; ``--out`` also writes them as rows (one per task and
-weight matrix, with the code version), ``--report`` prints the table of the last task of such rows (docs/strength.md).
+weight matrix, with the code version), ``--report`` prints the table of such rows (docs/strength.md).
 
     python scripts/gradient_rms.py --tasks 2 --epochs 20 --out results/strength-mapping/gradient-rms.csv
     python scripts/gradient_rms.py --report results/strength-mapping/gradient-rms.csv
@@ -22,14 +22,13 @@ from specopt.experiment import code_version, read_csv, write_csv
 
 
 def report(path: Path) -> str:
-    """The table of the last task of ``path``'s rows: each weight matrix, its shape, median and mean √v̂."""
+    """The table of ``path``'s rows: each task end and weight matrix, its shape (in × out), median and mean √v̂."""
     rows = read_csv(path)
-    last = max(int(r["task"]) for r in rows)
-    lines = ["| layer | shape | median √v̂ | mean √v̂ |", "|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['shape']} | {float(r['median_rms']):.1e} | {float(r['mean_rms']):.1e} |"
-              for r in rows if int(r["task"]) == last]
+    lines = ["| task | layer | shape | median √v̂ | mean √v̂ |", "|---|---|---|---|---|"]
+    lines += [f"| {r['task']} | {r['layer']} | {r['shape']} | {float(r['median_rms']):.1e} | {float(r['mean_rms']):.1e} |"
+              for r in rows]
     commits = sorted({r["commit"][:7] + ("+dirty" if r["commit"].endswith("+dirty") else "") for r in rows})
-    return "\n".join(lines) + f"\n\nAt the end of task {last}; code version: {', '.join(commits)}."
+    return "\n".join(lines) + f"\n\nCode version: {', '.join(commits)}; {rows[0]['epochs']} epochs per task."
 
 
 def main() -> None:

@@ -413,12 +413,19 @@ def test_gradient_rms_script_runs_on_idx_files(tmp_path):
     rng = np.random.default_rng(0)
     write_idx(tmp_path / "train-images-idx3-ubyte", rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), True)
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, str(root / "scripts" / "gradient_rms.py"), "--tasks", "2", "--epochs", "1",
-                           "--data-dir", str(tmp_path), "--train-size", "64"], capture_output=True, text=True,
-                          timeout=300)
+    script = [sys.executable, str(root / "scripts" / "gradient_rms.py")]
+    done = subprocess.run([*script, "--tasks", "2", "--epochs", "1", "--data-dir", str(tmp_path), "--train-size", "64",
+                           "--out", str(tmp_path / "rms.csv")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["task 1", "task 2"] and "head.weight median" in lines[-1]
+    with open(tmp_path / "rms.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["task"], r["layer"]) for r in rows][-1] == ("2", "head.weight") and len(rows) == 10
+    assert f"head.weight median {float(rows[-1]['median_rms']):.2e}" in lines[-1]  # the rows hold what was printed
+    table = subprocess.run([*script, "--report", str(tmp_path / "rms.csv")], capture_output=True, text=True,
+                           timeout=300).stdout
+    assert f"| 2 | head.weight | 256×10 | {float(rows[-1]['median_rms']):.1e} |" in table
 
 
 def test_penalty_ratio_script_measures_the_coupled_gradients(tmp_path, monkeypatch):
