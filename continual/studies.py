@@ -13,6 +13,9 @@ by :func:`continual.sweep.summarize`), never a markdown table:
 =========  =====================================================================================================
 study      what it runs
 =========  =====================================================================================================
+acceptance every mitigator at its default strength, 3 seeds (0–2) × 30 tasks, without and with LayerNorm (its
+           criteria: :func:`acceptance_criteria`; the committed rows of 2026-11-25/26, results/acceptance, were made
+           by the script this declaration replaced, one CSV per mitigator and seed)
 tuned      every mitigator over its grid (:data:`GRIDS`), 2 seeds (0, 1) × 20 tasks, without and with LayerNorm
 confirm    each mitigator at its tuned best (``tuned``'s summary.json), 3 seeds (0–2) × 30 tasks; one at its default
            strength is left to the acceptance runs (results/acceptance), which ran exactly that
@@ -36,6 +39,7 @@ from typing import Any
 
 from .config import RunConfig
 from .mitigators import DEFAULT_STRENGTHS, NO_STRENGTH
+from .plot import read_rows
 
 BENCHMARK: dict[str, Any] = dict(dataset="fashion-mnist", model="mlp", epochs=40, batch_size=512, train_size=12800,
                                  lr=1e-3)
@@ -100,6 +104,47 @@ class Context:
 
 def _ln(variant: str) -> dict[str, Any]:
     return {"layernorm": variant == "ln"}
+
+
+def acceptance(ctx: Context) -> list[Sweep]:
+    return [Sweep(f"{v}/{m}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=[m], **_ln(v)))
+            for v in ctx.variants for m in ctx.only]
+
+
+def acceptance_criteria(rows: Mapping[str, list[dict[str, str]]]) -> str:
+    """The acceptance criteria table: one column per variant of ``rows`` (variant → its runs of ``none`` and
+    ``spectral``; other mitigators ignored), each cell every seed's numbers and the verdict — unregularized Adam's
+    last-task train accuracy below 0.2 on every seed; spectral's last task within 10% of its first (≥ 0.9 × first)
+    on every seed."""
+    def ends(per: dict[tuple[str, str], dict[int, float]], mitigator: str) -> tuple[list[float], list[float]]:
+        seeds = sorted(s for m, s in per if m == mitigator)
+        if not seeds:
+            raise ValueError(f"no rows of {mitigator}")
+        return ([per[(mitigator, s)][min(per[(mitigator, s)])] for s in seeds],
+                [per[(mitigator, s)][max(per[(mitigator, s)])] for s in seeds])
+
+    def cell(values: list[float]) -> str:
+        return " / ".join(f"{v:.3f}" for v in values)
+
+    adam_cells, spectral_cells, seeds = [], [], set()
+    for variant_rows in rows.values():
+        per: dict[tuple[str, str], dict[int, float]] = {}
+        for r in variant_rows:
+            per.setdefault((r["mitigator"], r["seed"]), {})[int(r["task"])] = float(r["train_accuracy"])
+        (a_first, a_last), (s_first, s_last) = ends(per, "none"), ends(per, "spectral")
+        seeds |= {len(a_last), len(s_last)}
+        adam_cells.append(f"{cell(a_last)} (first task {cell(a_first)}): "
+                          f"{'**met**' if all(v < 0.2 for v in a_last) else '**not met**'}")
+        verdict = ("**above** it" if all(l > f for f, l in zip(s_first, s_last)) else "**within 10%**"
+                   if all(l >= 0.9 * f for f, l in zip(s_first, s_last)) else "**not met**")
+        spectral_cells.append(f"{cell(s_last)} vs {cell(s_first)}: {verdict}")
+    n = "/".join(map(str, sorted(seeds)))
+    names = {"noln": "without LayerNorm", "ln": "with LayerNorm"}
+    return "\n".join([
+        "| criterion | " + " | ".join(names.get(v, v) for v in rows) + " |", "|---" * (1 + len(rows)) + "|",
+        f"| unregularized Adam's last-task train accuracy < 0.2 ({n} seeds) | " + " | ".join(adam_cells) + " |",
+        f"| spectral (`continual`'s default λ = 1, `specopt.CONTINUAL_STRENGTH`): last task within 10% of its first "
+        f"task ({n} seeds) | " + " | ".join(spectral_cells) + " |"])
 
 
 def tuned(ctx: Context) -> list[Sweep]:
@@ -216,6 +261,8 @@ class Study:
 
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
+    Study("acceptance", acceptance, tables=VARIANTS, figures=False, overview=lambda out, v: acceptance_criteria(
+        {v: read_rows([out / "acceptance" / v])})),
     Study("tuned", tuned, tables=VARIANTS),
     Study("confirm", confirm, tables=VARIANTS, overview=confirm_table),
     Study("heldout", heldout, tables=VARIANTS),
@@ -276,7 +323,8 @@ def report(name: str, out: Path) -> str:
     if study.options is not None and any(finished_runs(root / f)[0] for f in study.options[1] if (root / f).is_dir()):
         parts += [f"## every {study.options[0]}", "", study.options_table(out), ""]
     for variant in (study.tables if study.overview is not None else ()):
-        parts += [f"## {variant}: every mitigator", "", study.overview(out, variant), ""]
+        if (root / variant).is_dir():
+            parts += [f"## {variant}: every mitigator", "", study.overview(out, variant), ""]
     for folder in study.tables:
         where = root / folder
         runs, unfinished = finished_runs(where) if where.is_dir() else ([], 0)
@@ -292,4 +340,5 @@ def report(name: str, out: Path) -> str:
     return text
 
 
-__all__ = ["BENCHMARK", "GRIDS", "STUDIES", "Study", "Sweep", "configs", "confirm_table", "report", "run_study"]
+__all__ = ["BENCHMARK", "GRIDS", "STUDIES", "Study", "Sweep", "acceptance_criteria", "configs", "confirm_table", "report",
+           "run_study"]

@@ -46,7 +46,16 @@ def _confirm_table(variant: str) -> str:
     return confirm_table(ROOT / "results/studies", variant)
 
 
+def _acceptance_criteria() -> str:
+    from continual.plot import read_rows
+    from continual.studies import acceptance_criteria
+
+    return acceptance_criteria({v: read_rows(sorted((ROOT / "results/acceptance" / v).glob("*.csv")))
+                                for v in ("noln", "ln")})
+
+
 FIXED: dict[str, Callable[[], str]] = {
+    "continual.studies.acceptance_criteria of results/acceptance/{noln,ln}/*.csv": _acceptance_criteria,
     "python -m continual study confirm --report (its noln overview)": lambda: _confirm_table("noln"),
     "python -m continual study confirm --report (its ln overview)": lambda: _confirm_table("ln"),
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":

@@ -1,5 +1,5 @@
 """Every script under scripts/ that docs/ tells a user to run runs end to end at a tiny size (the ones tested
-elsewhere: docs_tables, gradient_rms, penalty_ratio, rl_run_table, strength_tradeoff, continual_acceptance,
+elsewhere: docs_tables, gradient_rms, penalty_ratio, rl_run_table, strength_tradeoff,
 device_rl; rl_strength_mapping in tests/rl/test_train.py), so none can rot: each is run as a user runs it, from
 the repository root, and its output checked."""
 

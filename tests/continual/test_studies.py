@@ -109,3 +109,32 @@ def test_k_study_runs_spectral_once_per_exponent(tmp_path):
             assert {r["options"] for r in csv.DictReader(fh)} == {"" if k == 2 else f"k={k}"}
     report = (tmp_path / "k" / "report.md").read_text()
     assert all(f"## k{k}" in report for k in (1, 2, 4, 8)) and not list((tmp_path / "k").glob("*.png"))
+
+
+def test_acceptance_study_declares_the_committed_acceptance_runs():
+    """The acceptance study plans exactly the (variant, mitigator, strength, seed) runs whose rows results/acceptance
+    holds (made by the shell script it replaced, one CSV per mitigator and seed), on the same benchmark."""
+    committed = set()
+    for variant in ("noln", "ln"):
+        for path in (ROOT / "results" / "acceptance" / variant).glob("*.csv"):
+            with open(path, newline="") as f:
+                for r in csv.DictReader(f):
+                    assert (r["dataset"], r["nonstationarity"], r["model"]) == ("fashion-mnist", "random-labels", "mlp")
+                    strength = None if r["mitigator"] in ("none", "crelu") else float(r["strength"])
+                    committed.add((r["layernorm"] == "1", r["mitigator"], strength, int(r["seed"]), int(r["task"])))
+    planned = {(r.config.layernorm, r.mitigator, r.strength, r.seed, task)
+               for cfg, grid in configs("acceptance", RESULTS) for r in plan(cfg, list(grid) if grid else None)
+               for task in range(1, r.config.tasks + 1)}
+    assert planned == committed and len(planned) == 2 * 11 * 3 * 30
+
+
+def test_acceptance_study_reports_its_criteria(tmp_path):
+    done = study("acceptance", "--only", "none", "spectral", "--variants", "noln", "--out", str(tmp_path), *TINY)
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / "acceptance" / "report.md").read_text()
+    lasts = []
+    for seed in (0, 1, 2):
+        with open(tmp_path / "acceptance" / "noln" / "none" / f"none-seed{seed}" / "results.csv", newline="") as f:
+            lasts.append(f"{[float(r['train_accuracy']) for r in csv.DictReader(f)][-1]:.3f}")
+    assert f"| unregularized Adam's last-task train accuracy < 0.2 (3 seeds) | {' / '.join(lasts)} (first task" \
+        in report
