@@ -182,14 +182,15 @@ def saved_provenance(config_path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def versions_text(configs: Iterable[Mapping[str, Any]]) -> str:
     """Which code versions made a set of runs, from their config.json :data:`PROVENANCE`: each distinct history
-    (short commits, ``+dirty`` for uncommitted changes, ``then`` between the versions of a resumed run) with its
-    number of runs; ``not recorded`` for runs from before provenance was written. A report prints it under a table so
-    a reader sees whether the table mixes versions."""
+    (short commits, ``+dirty`` for uncommitted changes, ``commit unknown`` for an entry recorded without one, ``then``
+    between the versions of a resumed run) with its number of runs; ``not recorded`` for runs from before provenance
+    was written. A report prints it under a table so a reader sees whether the table mixes versions."""
     counts: dict[str, int] = {}
     for config in configs:
         history = config.get(PROVENANCE) or []
-        key = " then ".join(f"{str(v.get('commit') or '?')[:7]}{'+dirty' if v.get('dirty') else ''}"
-                            for v in history if isinstance(v, Mapping)) or "not recorded"
+        key = " then ".join(f"{str(v['commit'])[:7] if v.get('commit') else 'commit unknown'}"
+                            f"{'+dirty' if v.get('dirty') else ''}" for v in history if isinstance(v, Mapping)
+                            ) or "not recorded"
         counts[key] = counts.get(key, 0) + 1
     return "; ".join(f"{key} ({n} run{'s' if n != 1 else ''})" for key, n in sorted(counts.items()))
 

@@ -168,6 +168,7 @@ def test_versions_text_counts_each_code_history_so_a_table_shows_what_it_mixes()
 
     a = {"commit": "a" * 40, "dirty": False, "torch": "2.14.1"}
     b = {"commit": "b" * 40, "dirty": True, "torch": "2.14.1"}
-    configs = [{PROVENANCE: [a]}, {PROVENANCE: [a]}, {PROVENANCE: [a, b]}, {}, {PROVENANCE: []}]
+    configs = [{PROVENANCE: [a]}, {PROVENANCE: [a]}, {PROVENANCE: [a, b]}, {}, {PROVENANCE: []},
+               {PROVENANCE: [{"commit": None, "gpu": "H100", "recorded": "afterwards"}]}]
     assert versions_text(configs) == ("aaaaaaa (2 runs); aaaaaaa then bbbbbbb+dirty (1 run); "
-                                      "not recorded (2 runs)")
+                                      "commit unknown (1 run); not recorded (2 runs)")
