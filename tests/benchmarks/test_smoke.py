@@ -94,3 +94,15 @@ def test_rl_update_speed_benchmark_prints_the_vectorized_ratio_last():
     for contender in ("vectorized (N = 2)", "sequential (2 × N = 1)", "cleanrl-style (1 agent)"):
         assert re.search(rf"\| {re.escape(contender)} \| [0-9.]+ \|", out), out
     assert re.fullmatch(r"vectorized / sequential: [0-9.]+×", out.strip().splitlines()[-1]), out
+
+
+def test_one_pass_prototype_computes_spectraladams_step_and_prints_its_ratio():
+    """benchmarks/one_pass_prototype.py (issue #31): at a tiny size, the prototype's step agrees with SpectralAdam's
+    to float32 rounding, and every contender gets a row with its ratio to compiled Adam."""
+    out = run("one_pass_prototype.py", "--tiny")
+    diffs = [float(x) for x in re.findall(r"largest \|Δθ\| = ([0-9.e+-]+)", out)]
+    assert len(diffs) == 2 and all(d < 1e-6 for d in diffs), out
+    for size in ("mlp", "resnet18"):
+        for name in ("Adam", "SpectralAdam", "one pass", "one pass, no mat-vecs"):
+            assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \|",
+                             out), out

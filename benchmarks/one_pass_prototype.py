@@ -1,0 +1,179 @@
+"""Issue #31's prototype: Adam and the whole spectral step written as one pass over each tensor, compiled, against
+Adam compiled the same way — what a fused ``SpectralAdam`` step could cost on a CPU before it is built into the
+product.
+
+Contenders, each on its own copy of the parameter set, alternating in rounds (machine noise hits them alike), one
+thread, only the optimizer step timed (gradients filled once):
+
+* ``Adam``: ``torch.optim.Adam`` compiled by ``specopt.compile_step`` (the baseline).
+* ``SpectralAdam``: the product today (``specopt.param_groups(model)``: matrices, biases and scales by name, as in
+  optimizer_step.py), compiled by ``specopt.compile_step``.
+* ``one pass``: the prototype — per tensor, Adam's moments and update, the rank-one correction −α u vᵀ of a matrix,
+  the pull of a bias toward 0 or of a scale toward 1, all in one out-of-place expression written back once; the
+  correction's factors are indexed from a flat ``arange`` (``u[i // n]·v[i % n]``) so Inductor keeps one 1-D loop
+  (a broadcast ``u[:, None] * v[None, :]`` splits it into a 1-D and a 2-D loop with a full-size buffer between).
+  The power iteration (plain order: Wᵀu, then W v, on the pre-step weights) runs before it, as in the product.
+* ``one pass, no mat-vecs``: the same with u, v and σ̂ kept from the previous step — the floor of the fused write.
+
+Before timing, one eager and one compiled step of the prototype are checked against ``SpectralAdam`` from the same
+state (the largest absolute difference of any parameter is printed; it must be at float32 rounding).
+
+    python benchmarks/one_pass_prototype.py [--sets mlp,resnet18] [--rounds 15] [--threads 1] [--tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import specopt
+from specopt import kernel as K
+
+from optimizer_step import mlp, resnet18, tiny_convnet  # noqa: E402  (benchmarks/ is the script's folder)
+
+LR, BETAS, EPS, STRENGTH, EXPONENT = 1e-3, (0.9, 0.999), 1e-8, specopt.DEFAULT_STRENGTH, 2
+OPTIONS = {"realize_opcount_threshold": 4}  # specopt.COMPILE_OPTIONS: scalars computed once, not per element
+
+
+class OnePass:
+    """The prototype optimizer: its state (Adam's moments and step, a matrix's u and v) and its step."""
+
+    def __init__(self, model: nn.Module, matvecs: bool = True) -> None:
+        self.params, self.roles, self.states = [], [], []
+        for _, p, role in specopt.named_roles(model):
+            self.params.append(p)
+            self.roles.append(role)
+            st = {"m": torch.zeros_like(p), "v": torch.zeros_like(p), "step": torch.zeros(())}
+            if role == "matrix":
+                st["u"], st["vv"] = K.initial_vectors(p.shape[0], p[0].numel(), p.device)
+                st["sigma"] = torch.zeros(())
+            self.states.append(st)
+        self.matvecs = matvecs
+        self.compiled = torch.compile(self._step, fullgraph=True, options=OPTIONS)
+        self.first = True
+
+    def step(self) -> None:
+        with torch.no_grad():
+            if self.first:  # as compile_step: the first step (16 power iterations) runs eagerly
+                self.first = False
+                self._step(self.params, self.states, specopt.optim.DEFAULT_INIT_ITERATIONS, True)
+            else:
+                self.compiled(self.params, self.states, 1, self.matvecs)
+
+    def _step(self, params: list[torch.Tensor], states: list[dict], iterations: int, matvecs: bool) -> None:
+        b1, b2 = BETAS
+        for p, role, st in zip(params, self.roles, states):
+            g = p.grad
+            st["step"] += 1
+            step_size = LR / (1 - b1 ** st["step"])
+            c2 = (1 - b2 ** st["step"]).sqrt()
+            m = torch.lerp(st["m"], g, 1 - b1)
+            v = st["v"] * b2 + g * g * (1 - b2)
+            new = p - step_size * m / (v.sqrt() / c2 + EPS)
+            if role == "matrix":
+                rows, cols = p.shape[0], p[0].numel()
+                w = p.view(rows, cols)
+                u, vv = st["u"], st["vv"]
+                if matvecs:
+                    for _ in range(iterations):  # the plain order: on the pre-step weights
+                        t = (u.unsqueeze(0) @ w).squeeze(0)
+                        vv = t / t.norm().clamp_min(1e-30)
+                        s = (w @ vv.unsqueeze(1)).squeeze(1)
+                        sigma = s.norm()
+                        u = s / sigma.clamp_min(1e-30)
+                    st["u"].copy_(u)
+                    st["vv"].copy_(vv)
+                    st["sigma"].copy_(sigma)
+                alpha = K.matrix_step(st["sigma"], EXPONENT, LR * STRENGTH)
+                i = torch.arange(rows * cols, device=p.device)
+                new = new - ((alpha * u)[i // cols] * vv[i % cols]).view(p.shape)
+            elif role in ("bias", "scale"):
+                x = p if role == "bias" else p - 1.0
+                c = (2.0 * EXPONENT) * p.square().sum().pow(EXPONENT - 1) if role == "bias" else torch.tensor(2.0)
+                new = new - K.vector_fraction(c, LR * STRENGTH) * x
+            p.copy_(new)
+            st["m"].copy_(m)
+            st["v"].copy_(v)
+
+
+def agreement(build: Callable[[], nn.Module]) -> float:
+    """The largest absolute parameter difference between the prototype and SpectralAdam after an eager and a
+    compiled step from the same weights and gradients."""
+    torch.manual_seed(0)
+    a = build()
+    b = copy.deepcopy(a)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        pa.grad = torch.randn_like(pa) * 1e-3
+        pb.grad = pa.grad.clone()
+    ref = specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(a), lr=LR, betas=BETAS, eps=EPS))
+    proto = OnePass(b)
+    for _ in range(2):
+        ref()
+        proto.step()
+    return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> None:
+    runners: list[tuple[str, Callable[[], None]]] = []
+    for label in ("Adam", "SpectralAdam", "one pass", "one pass, no mat-vecs"):
+        torch.manual_seed(0)
+        model = build()
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        if label == "Adam":
+            runners.append((label, specopt.compile_step(torch.optim.Adam(model.parameters(), lr=LR, foreach=True))))
+        elif label == "SpectralAdam":
+            runners.append((label, specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(model), lr=LR))))
+        else:
+            runners.append((label, OnePass(model, matvecs=label == "one pass").step))
+    size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+    first = []
+    for _, run in runners:
+        t0 = time.perf_counter()
+        for _ in range(3):
+            run()
+        first.append(time.perf_counter() - t0)
+    times: list[list[float]] = [[] for _ in runners]
+    for _ in range(rounds):
+        for t, (_, run) in zip(times, runners):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                run()
+            t.append((time.perf_counter() - t0) / steps)
+    medians = [statistics.median(t) for t in times]
+    for (label, _), med, f in zip(runners, medians, first):
+        print(f"| {name} | {size} | {label} | {med * 1e3:.3f} | {f:.2f} | {med / medians[0]:.2f}× |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sets", default="mlp,resnet18", help="parameter sets, comma-separated: mlp, resnet18")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tiny", action="store_true", help="tiny models (the tests' rehearsal)")
+    args = p.parse_args()
+    sets = {"mlp": (lambda: mlp(16, 32)) if args.tiny else mlp,
+            "resnet18": tiny_convnet if args.tiny else resnet18}
+    chosen = [s.strip() for s in args.sets.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in sets]
+    if bad or not chosen:
+        raise SystemExit(f"one_pass_prototype: unknown set {bad[0] if bad else '(none)'!r}; valid: mlp, resnet18")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds\n")
+    for name in chosen:
+        print(f"{name}: prototype vs SpectralAdam after an eager and a compiled step, largest |Δθ| = "
+              f"{agreement(sets[name]):.2e}")
+    print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam |\n|---|---|---|---|---|---|")
+    for name in chosen:
+        steps = 2 if args.tiny else (20 if name == "mlp" else 3)
+        race(name, sets[name], steps, 2 if args.tiny else args.rounds)
+
+
+if __name__ == "__main__":
+    main()
