@@ -77,3 +77,14 @@ def changed_settings(saved: dict[str, Any], config: dict[str, Any]) -> list[str]
     saved = {**saved, "options": asdict(MitigatorOptions.from_dict(saved.get("options")))}
     config = {**config, "options": asdict(MitigatorOptions.from_dict(config.get("options")))}
     return experiment.changed_settings(saved, config, defaults, ignore=LOCATION_SETTINGS)
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One run of a sweep (:func:`continual.sweep.plan`): one mitigator, strength and seed, its finished config."""
+
+    name: str  # the run folder's name under the sweep's --out
+    mitigator: str
+    strength: float | None  # None: the mitigator has no strength
+    seed: int
+    config: RunConfig

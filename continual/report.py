@@ -1,19 +1,134 @@
 """``python -m continual report``: the summary table, report.md + report.json and the figures of any set of runs; and
 the tables it is made of — the table of finished sweep runs (each mitigator's best strength marked by
-:data:`continual.sweep.BEST_RULE`), the train-and-test table of the shift study. Used by ``python -m continual
+:data:`BEST_RULE`), the train-and-test table of the shift study. Used by ``python -m continual
 report`` and ``study`` and the documentation's generated tables (scripts/docs_tables.py)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from specopt.curves import curve_entries
-from specopt.experiment import mean_pm, mean_se, versions_text
+from specopt.experiment import mean_pm, mean_se, save_figure, versions_text, write_text
 from specopt.results import run_configs
 
-from .config import RunConfig
+from .config import RunConfig, SweepRun
 from .plot import check_metric, curves, figure, label, per_seed_table, per_task_table, read_rows, run_results, tables
-from .sweep import BEST_RULE, SweepRun, aggregate, best_strengths, run_scores, sensitivity_plot
+
+# ----------------------------------------------------------------------------------------------------------------
+# a sweep's summary.md, summary.json and sensitivity.png
+
+BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
+             "to the smaller strength")
+
+
+def run_scores(rows: list[dict[str, str]], metric: str = "train_accuracy") -> tuple[float, float]:
+    """(mean of ``metric`` over the last 5 tasks, ``metric`` at the last task) of one run's rows."""
+    values = [float(r[metric]) for r in sorted(rows, key=lambda r: int(r["task"]))]
+    tail = values[-5:]
+    return sum(tail) / len(tail), values[-1]
+
+
+def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
+    """One entry per (mitigator, strength) in sweep order: seeds, tasks, and mean ± standard error over seeds of
+    the last-5-task mean and the last task of train accuracy. Runs without results are left out."""
+    groups: dict[tuple[str, float | None], list[tuple[float, float, int]]] = {}
+    for run in runs:
+        rows = run_results(out / run.name)
+        if rows:
+            groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
+    entries = []
+    for (mitigator, strength), scores in groups.items():
+        last5, last_se = mean_se([s[0] for s in scores]), mean_se([s[1] for s in scores])
+        entries.append(dict(mitigator=mitigator, strength=strength, seeds=len(scores),
+                            tasks=min(s[2] for s in scores), last5=last5[0], last5_se=last5[1],
+                            last=last_se[0], last_se=last_se[1]))
+    return entries
+
+
+def best_strengths(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Each mitigator's best strength by :data:`BEST_RULE` (mitigators with a strength only)."""
+    best: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        if e["strength"] is None:
+            continue
+        b = best.get(e["mitigator"])
+        if b is None or e["last5"] > b["last5"] or (e["last5"] == b["last5"] and e["strength"] < b["strength"]):
+            best[e["mitigator"]] = e
+    return {m: e["strength"] for m, e in best.items()}
+
+
+def summary_markdown(entries: list[dict[str, Any]], base: RunConfig | None = None) -> str:
+    best = best_strengths(entries)
+    lines = ["# Sweep summary", ""]
+    if base is not None:
+        ln = " + LayerNorm" if base.layernorm else ""
+        lines += [f"{base.dataset}, {base.nonstationarity}, {base.model}{ln}; {base.tasks} tasks × {base.epochs} "
+                  f"epochs, batch size {base.batch_size}, lr {base.lr:g}.", ""]
+    lines += ["Train accuracy at task end: mean (± standard error over seeds, from 3 seeds on) of each run's mean "
+              "over its last 5 tasks, and of its last task. Strength – : the mitigator has none.", "",
+              "| mitigator | strength | seeds | tasks | last-5-task mean | last task | best |",
+              "|---|---|---|---|---|---|---|"]
+    for e in entries:
+        strength = "–" if e["strength"] is None else f"{e['strength']:g}"
+        mark = "best" if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"] else ""
+        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | "
+                     f"{mean_pm(e['last5'], e['last5_se'], e['seeds'], 4)} | "
+                     f"{mean_pm(e['last'], e['last_se'], e['seeds'], 4)} | {mark} |")
+    lines += ["", f"Best strength per mitigator: {BEST_RULE}.", ""]
+    lines += [f"* {m}: {s:g}" for m, s in best.items()] or ["* (no mitigator with a strength in this sweep)"]
+    return "\n".join(lines) + "\n"
+
+
+def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | None = None) -> None:
+    """Last-5-task mean train accuracy against strength (log x), one line per mitigator with standard-error bars;
+    mitigators without a strength (none, crelu) as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.get_cmap("tab10")
+    mitigators = list(dict.fromkeys(e["mitigator"] for e in entries))
+    for i, m in enumerate(mitigators):
+        points = sorted((e for e in entries if e["mitigator"] == m), key=lambda e: e["strength"] or 0.0)
+        color = colors(i % 10)
+        if points[0]["strength"] is None:
+            e = points[0]
+            ax.axhline(e["last5"], color=color, ls="--" if m != "none" else "-", lw=1.5, label=f"{m} (no strength)")
+            if e["last5_se"] > 0:
+                ax.axhspan(e["last5"] - e["last5_se"], e["last5"] + e["last5_se"], color=color, alpha=0.15)
+            continue
+        ax.errorbar([e["strength"] for e in points], [e["last5"] for e in points],
+                    yerr=[e["last5_se"] for e in points], color=color, marker="o", capsize=3, label=m)
+    if any(e["strength"] is not None for e in entries):
+        ax.set_xscale("log")
+    ax.set_xlabel("strength")
+    ax.set_ylabel("train accuracy, mean of last 5 tasks")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, output)
+    plt.close(fig)
+
+
+def summarize(runs: list[SweepRun], out: Path) -> str:
+    entries = aggregate(runs, out)
+    if not entries:
+        raise ValueError(f"no results in {out}")
+    text = summary_markdown(entries, runs[0].config)
+    write_text(out / "summary.md", text)
+    best = best_strengths(entries)  # the machine-readable summary a later study reads (continual.studies)
+    write_text(out / "summary.json", json.dumps({"rule": BEST_RULE, "best": best, "entries": entries}, indent=1) + "\n")
+    c = runs[0].config
+    title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
+    sensitivity_plot(entries, out / "sensitivity.png", title)
+    return text
+
 
 REPORT_ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink-perturb", "redo", "wasserstein", "ewc",
          "cbp", "crelu"]
@@ -176,5 +291,6 @@ def report(paths: list[Path], out: Path | None = None, metric: str = "train_accu
     return text, note
 
 
-__all__ = ["REPORT_ORDER", "finished_runs", "options_table", "report", "runs_table", "table", "train_test_table",
+__all__ = ["BEST_RULE", "REPORT_ORDER", "aggregate", "best_strengths", "finished_runs", "options_table", "report",
+           "run_scores", "runs_table", "sensitivity_plot", "summarize", "summary_markdown", "table", "train_test_table",
            "versions"]

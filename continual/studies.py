@@ -8,7 +8,7 @@ a study again after an interruption, on this machine or on a Ray cluster, finish
 ``<out>/<study>/report.md`` (every variant's table, :func:`report`) and one sensitivity figure per variant.
 
 A study that depends on another reads the other's machine-readable summary (``summary.json`` of each sweep, written
-by :func:`continual.sweep.summarize`), never a markdown table:
+by :func:`continual.report.summarize`), never a markdown table:
 
 =========  =====================================================================================================
 study      what it runs
@@ -26,7 +26,7 @@ shift      the other non-stationarities: none, spectral and the two best tuned b
            3 seeds × 20 tasks, train and test accuracy
 =========  =====================================================================================================
 
-The best strength of a sweep is :data:`continual.sweep.BEST_RULE`'s, fixed before any confirmation ran.
+The best strength of a sweep is :data:`continual.report.BEST_RULE`'s, fixed before any confirmation ran.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def confirm_table(out: Path, variant: str) -> str:
     from specopt.experiment import mean_pm, mean_se, read_csv
 
     from .report import finished_runs
-    from .sweep import aggregate
+    from .report import aggregate
 
     lines = []
     for m in ORDER:
@@ -315,7 +315,7 @@ def report(name: str, out: Path) -> str:
     from specopt.experiment import write_text
 
     from .report import finished_runs, table, versions
-    from .sweep import BEST_RULE, sensitivity_plot
+    from .report import BEST_RULE, sensitivity_plot
 
     study = STUDIES[name]
     root = out / name

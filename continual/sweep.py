@@ -6,7 +6,8 @@ Every run is one call of :func:`continual.run` with one mitigator and one seed, 
 experiment in a temporary folder on its worker, seeded with the run folder's files, and returns the folder's files
 as bytes, which the driver writes (atomically) under ``out`` — so results come back from other machines, and a run
 begun on one machine resumes on another. Running the same sweep again skips finished runs and resumes the others
-from their checkpoints. At the end :func:`summarize` writes ``summary.md`` and ``sensitivity.png``.
+from their checkpoints. At the end :func:`continual.report.summarize` writes ``summary.md``, ``summary.json`` and
+``sensitivity.png``.
 :func:`pack` (``python -m continual pack``) folds finished run folders into the sweep's ``rows.csv`` and
 ``runs.jsonl``, the committed form; a packed run counts as finished and reads as its folder did.
 """
@@ -17,32 +18,20 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from specopt import runs as engine
-from specopt.experiment import claim_folder, mean_pm, mean_se, save_figure, write_text
+from specopt.experiment import claim_folder
 from specopt.results import PACKED_RUNS, RUN_ROWS, pack_tree, packed_runs, run_name
 
-from .config import LOCATION_SETTINGS, RunConfig, changed_settings
+from .config import LOCATION_SETTINGS, RunConfig, SweepRun, changed_settings
 from .data import DataError
 from .mitigators import NO_STRENGTH, strength_or_default
 from .plot import run_results
+from .report import summarize
 from . import runner
-
-BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
-             "to the smaller strength")
-
-
-@dataclass(frozen=True)
-class SweepRun:
-    name: str  # the run folder's name under the sweep's --out
-    mitigator: str
-    strength: float | None  # None: the mitigator has no strength
-    seed: int
-    config: RunConfig
-
 
 def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
     """The runs of a sweep: every mitigator of ``base`` × (``strengths``, or its default strength; once for
@@ -191,113 +180,3 @@ def pack(root: Path) -> list[str]:
             config["seeds"])
 
     return pack_tree(root, RUN_ROWS, finished, "continual sweep")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# summary.md and sensitivity.png
-
-
-def run_scores(rows: list[dict[str, str]], metric: str = "train_accuracy") -> tuple[float, float]:
-    """(mean of ``metric`` over the last 5 tasks, ``metric`` at the last task) of one run's rows."""
-    values = [float(r[metric]) for r in sorted(rows, key=lambda r: int(r["task"]))]
-    tail = values[-5:]
-    return sum(tail) / len(tail), values[-1]
-
-
-def aggregate(runs: Iterable[SweepRun], out: Path) -> list[dict[str, Any]]:
-    """One entry per (mitigator, strength) in sweep order: seeds, tasks, and mean ± standard error over seeds of
-    the last-5-task mean and the last task of train accuracy. Runs without results are left out."""
-    groups: dict[tuple[str, float | None], list[tuple[float, float, int]]] = {}
-    for run in runs:
-        rows = run_results(out / run.name)
-        if rows:
-            groups.setdefault((run.mitigator, run.strength), []).append((*run_scores(rows), len(rows)))
-    entries = []
-    for (mitigator, strength), scores in groups.items():
-        last5, last_se = mean_se([s[0] for s in scores]), mean_se([s[1] for s in scores])
-        entries.append(dict(mitigator=mitigator, strength=strength, seeds=len(scores),
-                            tasks=min(s[2] for s in scores), last5=last5[0], last5_se=last5[1],
-                            last=last_se[0], last_se=last_se[1]))
-    return entries
-
-
-def best_strengths(entries: list[dict[str, Any]]) -> dict[str, float]:
-    """Each mitigator's best strength by :data:`BEST_RULE` (mitigators with a strength only)."""
-    best: dict[str, dict[str, Any]] = {}
-    for e in entries:
-        if e["strength"] is None:
-            continue
-        b = best.get(e["mitigator"])
-        if b is None or e["last5"] > b["last5"] or (e["last5"] == b["last5"] and e["strength"] < b["strength"]):
-            best[e["mitigator"]] = e
-    return {m: e["strength"] for m, e in best.items()}
-
-
-def summary_markdown(entries: list[dict[str, Any]], base: RunConfig | None = None) -> str:
-    best = best_strengths(entries)
-    lines = ["# Sweep summary", ""]
-    if base is not None:
-        ln = " + LayerNorm" if base.layernorm else ""
-        lines += [f"{base.dataset}, {base.nonstationarity}, {base.model}{ln}; {base.tasks} tasks × {base.epochs} "
-                  f"epochs, batch size {base.batch_size}, lr {base.lr:g}.", ""]
-    lines += ["Train accuracy at task end: mean (± standard error over seeds, from 3 seeds on) of each run's mean "
-              "over its last 5 tasks, and of its last task. Strength – : the mitigator has none.", "",
-              "| mitigator | strength | seeds | tasks | last-5-task mean | last task | best |",
-              "|---|---|---|---|---|---|---|"]
-    for e in entries:
-        strength = "–" if e["strength"] is None else f"{e['strength']:g}"
-        mark = "best" if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"] else ""
-        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | "
-                     f"{mean_pm(e['last5'], e['last5_se'], e['seeds'], 4)} | "
-                     f"{mean_pm(e['last'], e['last_se'], e['seeds'], 4)} | {mark} |")
-    lines += ["", f"Best strength per mitigator: {BEST_RULE}.", ""]
-    lines += [f"* {m}: {s:g}" for m, s in best.items()] or ["* (no mitigator with a strength in this sweep)"]
-    return "\n".join(lines) + "\n"
-
-
-def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | None = None) -> None:
-    """Last-5-task mean train accuracy against strength (log x), one line per mitigator with standard-error bars;
-    mitigators without a strength (none, crelu) as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    colors = plt.get_cmap("tab10")
-    mitigators = list(dict.fromkeys(e["mitigator"] for e in entries))
-    for i, m in enumerate(mitigators):
-        points = sorted((e for e in entries if e["mitigator"] == m), key=lambda e: e["strength"] or 0.0)
-        color = colors(i % 10)
-        if points[0]["strength"] is None:
-            e = points[0]
-            ax.axhline(e["last5"], color=color, ls="--" if m != "none" else "-", lw=1.5, label=f"{m} (no strength)")
-            if e["last5_se"] > 0:
-                ax.axhspan(e["last5"] - e["last5_se"], e["last5"] + e["last5_se"], color=color, alpha=0.15)
-            continue
-        ax.errorbar([e["strength"] for e in points], [e["last5"] for e in points],
-                    yerr=[e["last5_se"] for e in points], color=color, marker="o", capsize=3, label=m)
-    if any(e["strength"] is not None for e in entries):
-        ax.set_xscale("log")
-    ax.set_xlabel("strength")
-    ax.set_ylabel("train accuracy, mean of last 5 tasks")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, output)
-    plt.close(fig)
-
-
-def summarize(runs: list[SweepRun], out: Path) -> str:
-    entries = aggregate(runs, out)
-    if not entries:
-        raise ValueError(f"no results in {out}")
-    text = summary_markdown(entries, runs[0].config)
-    write_text(out / "summary.md", text)
-    best = best_strengths(entries)  # the machine-readable summary a later study reads (continual.studies)
-    write_text(out / "summary.json", json.dumps({"rule": BEST_RULE, "best": best, "entries": entries}, indent=1) + "\n")
-    c = runs[0].config
-    title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
-    sensitivity_plot(entries, out / "sensitivity.png", title)
-    return text
