@@ -21,6 +21,8 @@ confirm    each mitigator at its tuned best (``tuned``'s summary.json), 3 seeds 
            strength is left to the acceptance runs (results/acceptance), which ran exactly that
 heldout    the held-out confirmation (issue #29): every mitigator at its tuned best, decoupled spectral also one grid
            step either side, on seeds 3–5 that no tuning run used, 30 tasks, both variants — one code version
+long       the paper's 50 tasks (issue #29): none, spectral (decoupled and coupled) and the best baseline without
+           LayerNorm (:data:`LONG_MITIGATORS`), each at its tuned best, on the held-out seeds 3–5, no LayerNorm
 k          spectral's exponent k ∈ {1, 2, 4, 8} at its default strength, 3 seeds × 30 tasks, no LayerNorm
 shift      the other non-stationarities: none, spectral and the two best tuned baselines (:data:`SHIFT_BASELINES`),
            3 seeds × 20 tasks, train and test accuracy
@@ -223,6 +225,20 @@ def heldout(ctx: Context) -> list[Sweep]:
     return sweeps
 
 
+LONG_MITIGATORS = ("none", "spectral", "spectral-coupled", "crelu")
+"""The 50-task study's mitigators: Adam, both forms of spectral regularization and CReLU, the best baseline without
+LayerNorm in the tuned and confirm studies."""
+
+
+def long(ctx: Context) -> list[Sweep]:
+    sweeps = []
+    for m in LONG_MITIGATORS:
+        best = ctx.best("noln", m)
+        sweeps.append(Sweep(f"noln/{m}", dict(nonstationarity="random-labels", tasks=50, seeds=list(HELDOUT_SEEDS),
+                                              mitigators=[m], layernorm=False), None if best is None else (best,)))
+    return sweeps
+
+
 def k_ablation(ctx: Context) -> list[Sweep]:
     return [Sweep(f"k{k}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
                                 layernorm=False, options={"spectral": {"k": k}})) for k in (1, 2, 4, 8)]
@@ -266,6 +282,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("tuned", tuned, tables=VARIANTS),
     Study("confirm", confirm, tables=VARIANTS, overview=confirm_table),
     Study("heldout", heldout, tables=VARIANTS),
+    Study("long", long, variants=False, tables=("noln",)),
     Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False,
           options=("k", {"k1": "1", "k2": "2", "k4": "4", "k8": "8"}, "2")),
     Study("shift", shift, variants=False, train_test=True, tables=SHIFTS),

@@ -138,3 +138,14 @@ def test_acceptance_study_reports_its_criteria(tmp_path):
             lasts.append(f"{[float(r['train_accuracy']) for r in csv.DictReader(f)][-1]:.3f}")
     assert f"| unregularized Adam's last-task train accuracy < 0.2 (3 seeds) | {' / '.join(lasts)} (first task" \
         in report
+
+
+def test_long_study_plans_the_papers_50_tasks_on_held_out_seeds_at_the_tuned_bests():
+    """Issue #29 item 4: none, both forms of spectral and CReLU (the best baseline without LayerNorm), 50 tasks, the
+    held-out seeds, each at the best strength the tuned study's summary.json names."""
+    runs = [r for cfg, grid in configs("long", RESULTS) for r in plan(cfg, list(grid) if grid else None)]
+    assert {r.seed for r in runs} == set(HELDOUT_SEEDS) and len(runs) == 4 * len(HELDOUT_SEEDS)
+    assert all(r.config.tasks == 50 and not r.config.layernorm and r.config.epochs == 40 for r in runs)
+    for r in runs:
+        best = json.loads((RESULTS / "tuned" / "noln" / r.mitigator / "summary.json").read_text())["best"]
+        assert r.strength == best.get(r.mitigator)  # None for none and crelu, which have no strength
