@@ -50,18 +50,19 @@ def test_tuned_study_runs_one_resumable_sweep_per_mitigator_and_variant_then_rep
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("name, runs, new", [("tuned", 196, 20), ("confirm", 30, 3), ("k", 12, 0), ("shift", 36, 0)])
+@pytest.mark.parametrize("name, runs, new", [("tuned", 208, 8), ("confirm", 27, 6), ("k", 12, 0), ("shift", 36, 0)])
 def test_declared_studies_are_the_committed_runs_exactly(name, runs, new):
     """Every committed run of a study is a planned run with the same settings (a changed setting would make the sweep
     refuse its folder), so the study command reproduces what the shell recipes ran; the only runs left to do are the
-    grid points added since and not run yet (tuned: EWC 10..1e6 with LayerNorm, 12; L2 1e-7 and 1e-8, both variants,
-    8; 2 seeds each; confirm: EWC without LayerNorm at its new tuned best, 1e3, whose three committed runs at the old
-    best, 1e-5, are left over — history, as results.md says)."""
+    grid points added since and not run yet (tuned: L2 1e-7 and 1e-8, both variants, 8: 2 seeds each; confirm: EWC
+    at its new tuned best, 1e3, in both variants, whose committed runs at the old bests — 1e-5 without LayerNorm, 1
+    with — are left over: history, as results.md says)."""
     planned = [r for cfg, grid in configs(name, RESULTS) for r in plan(cfg, list(grid) if grid else None)]
     states = [status(r) for r in planned]
     assert states.count("finished") == runs and states.count("new") == new and len(states) == runs + new
     committed = {folder for folder, _ in run_configs(RESULTS / name)}  # packed (rows.csv + runs.jsonl) or not
-    superseded = {RESULTS / "confirm" / "noln" / "ewc" / f"ewc-s1e-05-seed{seed}" for seed in (0, 1, 2)}
+    superseded = {RESULTS / "confirm" / v / "ewc" / f"ewc-s{s}-seed{seed}" for v, s in (("noln", "1e-05"), ("ln", "1"))
+                  for seed in (0, 1, 2)}
     assert committed - (superseded if name == "confirm" else set()) == {
         Path(r.config.out) for r, s in zip(planned, states) if s == "finished"}
 
