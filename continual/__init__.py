@@ -1,6 +1,6 @@
 """continual — the paper's continual supervised benchmarks, baselines and plasticity diagnostics.
 
-``python -m continual run|sweep|plot|demo``; see docs/continual.md. From Python::
+``python -m continual run|sweep|study|report|plot|demo``; see docs/continual.md. From Python::
 
     rows = continual.run(continual.RunConfig(mitigators=["none", "spectral"], tasks=10, out="runs/x"))
     summary = continual.run_sweep(continual.RunConfig(mitigators=["l2"], seeds=[0, 1], out="runs/sw"),

@@ -3,7 +3,7 @@ ICLR 2025, Section 5.4): ``none`` (SAC + LayerNorm), ``resets``, ``spectral`` (s
 ``l2-init``.
 
     python -m rl train --env cheetah-run --mitigator spectral --steps 100000 --seed 0 --out runs/NAME
-    python -m rl plot runs/A runs/B -o fig.png
+    python -m rl report runs/A runs/B --out runs/report   # the table, report.md/.json, returns.png
 
 From Python: ``rows = rl.run(rl.Config(env="cheetah-run", mitigators=("none", "spectral"), out="runs/x"))``.
 See docs/rl.md.
