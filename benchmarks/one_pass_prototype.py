@@ -13,10 +13,14 @@ thread, only the optimizer step timed (gradients filled once):
   correction's factors are indexed from a flat ``arange`` (``u[i // n]·v[i % n]``) so Inductor keeps one 1-D loop
   (a broadcast ``u[:, None] * v[None, :]`` splits it into a 1-D and a 2-D loop with a full-size buffer between).
   The power iteration (plain order: Wᵀu, then W v, on the pre-step weights) runs before it, as in the product.
+* ``one pass, fused order``: the estimate from the mat-vecs the previous step took on the weights it wrote
+  (:mod:`specopt.kernel`'s fused order: σ̂ = ‖W v‖, the correction with the previous v), W·v taken in the loop that
+  writes W, Wᵀu by one more read of it.
 * ``one pass, no mat-vecs``: the same with u, v and σ̂ kept from the previous step — the floor of the fused write.
 
-Before timing, one eager and one compiled step of the prototype are checked against ``SpectralAdam`` from the same
-state (the largest absolute difference of any parameter is printed; it must be at float32 rounding).
+Before timing, one eager and two compiled steps of the prototype are checked against ``SpectralAdam`` (with
+``fused_spectral=True`` for the fused order) from the same state (the largest absolute difference of any parameter
+is printed; it must be at float32 rounding).
 
     python benchmarks/one_pass_prototype.py [--sets mlp,resnet18] [--rounds 15] [--threads 1] [--tiny]
 """
@@ -44,7 +48,7 @@ OPTIONS = {"realize_opcount_threshold": 4}  # specopt.COMPILE_OPTIONS: scalars c
 class OnePass:
     """The prototype optimizer: its state (Adam's moments and step, a matrix's u and v) and its step."""
 
-    def __init__(self, model: nn.Module, matvecs: bool = True) -> None:
+    def __init__(self, model: nn.Module, matvecs: bool = True, fused_order: bool = False) -> None:
         self.params, self.roles, self.states = [], [], []
         for _, p, role in specopt.named_roles(model):
             self.params.append(p)
@@ -53,8 +57,10 @@ class OnePass:
             if role == "matrix":
                 st["u"], st["vv"] = K.initial_vectors(p.shape[0], p[0].numel(), p.device)
                 st["sigma"] = torch.zeros(())
+                if fused_order:  # the previous step's mat-vecs, s = W v and r = Wᵀ u (specopt.kernel's fused order)
+                    st["s"], st["r"] = torch.zeros(p.shape[0]), torch.zeros(p[0].numel())
             self.states.append(st)
-        self.matvecs = matvecs
+        self.matvecs, self.fused_order = matvecs, fused_order
         self.compiled = torch.compile(self._step, fullgraph=True, options=OPTIONS)
         self.first = True
 
@@ -80,6 +86,21 @@ class OnePass:
                 rows, cols = p.shape[0], p[0].numel()
                 w = p.view(rows, cols)
                 u, vv = st["u"], st["vv"]
+                if self.fused_order and iterations == 1:  # estimate from the mat-vecs the last step took
+                    sigma = st["s"].norm()
+                    u_t, v_t = st["s"] / sigma.clamp_min(1e-30), st["r"] / st["r"].norm().clamp_min(1e-30)
+                    alpha = K.matrix_step(sigma, EXPONENT, LR * STRENGTH)
+                    i = torch.arange(rows * cols, device=p.device)
+                    new = new - ((alpha * u_t)[i // cols] * vv[i % cols]).view(p.shape)  # with v_{t-1}: W v = σ̂ u
+                    st["s"].copy_((new.view(rows, cols) * v_t).sum(1))  # W·v in the loop that writes W
+                    p.copy_(new)
+                    st["r"].copy_((u_t.unsqueeze(0) @ w).squeeze(0))  # Wᵀu: one more read of the written W
+                    st["u"].copy_(u_t)
+                    st["vv"].copy_(v_t)
+                    st["sigma"].copy_(sigma)
+                    st["m"].copy_(m)
+                    st["v"].copy_(v)
+                    continue
                 if matvecs:
                     for _ in range(iterations):  # the plain order: on the pre-step weights
                         t = (u.unsqueeze(0) @ w).squeeze(0)
@@ -100,20 +121,25 @@ class OnePass:
             p.copy_(new)
             st["m"].copy_(m)
             st["v"].copy_(v)
+            if role == "matrix" and self.fused_order:  # the first (plain) step records the fused order's mat-vecs
+                w = p.view(p.shape[0], -1)
+                st["s"].copy_(w @ st["vv"])
+                st["r"].copy_(w.t() @ st["u"])
 
 
-def agreement(build: Callable[[], nn.Module]) -> float:
-    """The largest absolute parameter difference between the prototype and SpectralAdam after an eager and a
-    compiled step from the same weights and gradients."""
+def agreement(build: Callable[[], nn.Module], fused_order: bool = False) -> float:
+    """The largest absolute parameter difference between the prototype and SpectralAdam (``fused_spectral`` for the
+    fused order) after an eager and two compiled steps from the same weights and gradients."""
     torch.manual_seed(0)
     a = build()
     b = copy.deepcopy(a)
     for pa, pb in zip(a.parameters(), b.parameters()):
         pa.grad = torch.randn_like(pa) * 1e-3
         pb.grad = pa.grad.clone()
-    ref = specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(a), lr=LR, betas=BETAS, eps=EPS))
-    proto = OnePass(b)
-    for _ in range(2):
+    ref = specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(a), lr=LR, betas=BETAS, eps=EPS,
+                                                    fused_spectral=fused_order))
+    proto = OnePass(b, fused_order=fused_order)
+    for _ in range(3):
         ref()
         proto.step()
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
@@ -121,7 +147,7 @@ def agreement(build: Callable[[], nn.Module]) -> float:
 
 def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> None:
     runners: list[tuple[str, Callable[[], None]]] = []
-    for label in ("Adam", "SpectralAdam", "one pass", "one pass, no mat-vecs"):
+    for label in ("Adam", "SpectralAdam", "one pass", "one pass, fused order", "one pass, no mat-vecs"):
         torch.manual_seed(0)
         model = build()
         for p in model.parameters():
@@ -131,7 +157,8 @@ def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> 
         elif label == "SpectralAdam":
             runners.append((label, specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(model), lr=LR))))
         else:
-            runners.append((label, OnePass(model, matvecs=label == "one pass").step))
+            runners.append((label, OnePass(model, matvecs=label != "one pass, no mat-vecs",
+                                           fused_order=label == "one pass, fused order").step))
     size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
     first = []
     for _, run in runners:
@@ -167,8 +194,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds\n")
     for name in chosen:
-        print(f"{name}: prototype vs SpectralAdam after an eager and a compiled step, largest |Δθ| = "
-              f"{agreement(sets[name]):.2e}")
+        for fused_order in (False, True):
+            print(f"{name}: prototype vs SpectralAdam{'(fused_spectral=True)' if fused_order else ''} after an eager "
+                  f"and two compiled steps, largest |Δθ| = {agreement(sets[name], fused_order):.2e}")
     print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam |\n|---|---|---|---|---|---|")
     for name in chosen:
         steps = 2 if args.tiny else (20 if name == "mlp" else 3)

@@ -101,8 +101,8 @@ def test_one_pass_prototype_computes_spectraladams_step_and_prints_its_ratio():
     to float32 rounding, and every contender gets a row with its ratio to compiled Adam."""
     out = run("one_pass_prototype.py", "--tiny")
     diffs = [float(x) for x in re.findall(r"largest \|Δθ\| = ([0-9.e+-]+)", out)]
-    assert len(diffs) == 2 and all(d < 1e-6 for d in diffs), out
+    assert len(diffs) == 4 and all(d < 1e-6 for d in diffs), out  # plain and fused order, both sets
     for size in ("mlp", "resnet18"):
-        for name in ("Adam", "SpectralAdam", "one pass", "one pass, no mat-vecs"):
+        for name in ("Adam", "SpectralAdam", "one pass", "one pass, fused order", "one pass, no mat-vecs"):
             assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \|",
                              out), out
