@@ -16,7 +16,15 @@ strength-sac   Adam against the spectral strengths 1, 0.01 and 0.001 on cheetah-
 forms-sac      Adam against the preconditioned pull at λ = 1e-3, 5 seeds per env, and on cheetah-run the output
                layer exempt and the one-sided pull at λ = 1, into results/strength-forms/sac (docs/strength.md,
                "Forms of the pull")
+short-cheetah  SAC + LayerNorm (rl's defaults) at replay ratio 4 for 20k env steps on a CPU (:data:`SHORT`): Adam and
+               spectral λ = 1, seeds 0–1, and spectral λ = 0.1, seed 0, into results/rl/short-cheetah
+               (docs/results.md, "Reinforcement learning")
+rr16-gpu       the paper's setting (SAC + LayerNorm, replay ratio 16, 100k env steps) on a GPU: Adam and spectral
+               λ = 1, 5 seeds, into results/rl/rr16-cheetah-run — what ``scripts/device_rl.sh`` runs in one device
+               call (its committed rows stop at 15k steps: the study resumes them)
 =============  ==================================================================================================
+
+A study is ``(folder, processes)`` on :data:`DROP_IN`, or ``(folder, processes, base)`` on its own base settings.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ DROP_IN: dict[str, Any] = dict(critics=2, layer_norm=False, replay_ratio=1, warm
                                eval_interval=5000, threads=1)
 """SAC as people usually run it (docs/strength.md): the settings the drop-in studies share."""
 ENVS = ("cheetah-run", "walker-walk")
+SHORT: dict[str, Any] = dict(env="cheetah-run", steps=20000, replay_ratio=4, warmup_steps=5000, eval_interval=2500,
+                             eval_episodes=5, checkpoint_interval=5000, threads=1, env_workers=0)
+"""The short CPU comparison's settings (rl's defaults otherwise: SAC + LayerNorm, one critic)."""
 
 STUDIES: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
     "strength-sac": ("strength-sac", [
@@ -57,8 +68,16 @@ STUDIES: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
         ("cheetah-run-one-sided", dict(env="cheetah-run", mitigators=("spectral",), strengths=(1.0,),
                                        spectral_pull="one-sided", seeds=(0, 1, 2, 3, 4))),
     ]),
+    "short-cheetah": ("rl/short-cheetah", [
+        ("none-spectral1", dict(mitigators=("none", "spectral"), spectral_strength=1.0, seeds=(0, 1))),
+        ("spectral0.1", dict(mitigators=("spectral",), spectral_strength=0.1, seeds=(0,))),
+    ], SHORT),
+    "rr16-gpu": ("rl/rr16-cheetah-run", [
+        ("", dict(mitigators=("none", "spectral"), spectral_strength=1.0, seeds=(0, 1, 2, 3, 4))),
+    ], dict(env="cheetah-run", device="cuda", eval_interval=5000)),
 }
-"""Each study: its folder below ``--out`` and its processes (folder, settings beyond :data:`DROP_IN`)."""
+"""Each study: its folder below ``--out``, its processes (folder, settings beyond the base) and, where it is not
+:data:`DROP_IN`, its base settings."""
 
 
 def configs(name: str, out: Path, overrides: Mapping[str, Any] | None = None) -> list[Config]:
@@ -66,10 +85,11 @@ def configs(name: str, out: Path, overrides: Mapping[str, Any] | None = None) ->
     ``overrides`` (a tiny version for a test, another device)."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
-    folder, processes = STUDIES[name]
+    folder, processes, *own = STUDIES[name]
+    base = own[0] if own else DROP_IN
     out_configs = []
     for sub, settings in processes:
-        cfg = Config(**{**DROP_IN, **settings, **(overrides or {}), "out": str(out / folder / sub)})
+        cfg = Config(**{**base, **settings, **(overrides or {}), "out": str(out / folder / sub)})
         cfg.validate()
         out_configs.append(cfg)
     return out_configs
@@ -115,8 +135,11 @@ def run_study(name: str, out: Path, overrides: Mapping[str, Any] | None = None, 
 
 def table(name: str, out: Path, overrides: Mapping[str, Any] | None = None) -> str:
     """The study's table from its finished agents: per env and (form, λ), the last-10% evaluation return (mean ±
-    s.e. over seeds, from 3 seeds on) and its ratio to Adam's."""
-    from .plot import agent_folders, last_fraction_returns
+    s.e. over seeds, from 3 seeds on) and its ratio to Adam's; then the code versions of its agents and how many
+    are still unfinished (``python -m rl report`` shows those at their last evaluation)."""
+    from specopt.experiment import versions_text
+
+    from .plot import agent_folders, last_fraction_returns, read_agent
 
     agents = [a for c in configs(name, out, overrides) for a in agent_folders(Path(c.out))]
     lines = ["| env | form | λ | seeds | return, last 10% of steps | ratio to Adam |", "|---|---|---|---|---|---|"]
@@ -126,6 +149,10 @@ def table(name: str, out: Path, overrides: Mapping[str, Any] | None = None) -> s
             ratio = "1×" if (form, lam) == ("adam", 0.0) else (ratio_pm((mean, se, n), adam) if adam else "–")
             lines.append(f"| {env} | {'Adam' if form == 'adam' else form} | {'' if form == 'adam' else f'{lam:g}'} "
                          f"| {n} | {mean_pm(mean, se, n, 1)} | {ratio} |")
+    agent_data = [read_agent(a) for a in agents]
+    unfinished = sum(1 for cfg, rows in agent_data if not rows or int(rows[-1]["step"]) < cfg["steps"])
+    lines += ["", f"Code versions (commit, from config.json): {versions_text(c for c, _ in agent_data) or 'none yet'}."
+                  f" Unfinished agents left out: {unfinished}."]
     return "\n".join(lines)
 
 

@@ -111,3 +111,21 @@ def test_a_study_runs_its_processes_then_resumes_nothing_and_refuses_other_setti
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "holds a run with other settings (spectral_precondition)" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, processes, agents, state", [("short-cheetah", 2, 5, "finished"),
+                                                             ("rr16-gpu", 1, 10, "partial")])
+def test_declared_short_and_gpu_studies_are_the_committed_runs(name, processes, agents, state):
+    """The short CPU comparison and the GPU call's RR16 run are declared studies: each process's folder holds a run
+    with exactly the declared settings (the short runs finished; the GPU run stopped at 15k of its 100k env steps,
+    so the study would resume it)."""
+    from rl.studies import check_settings, configs
+    from rl.sweep import status
+
+    cfgs = configs(name, Path(__file__).resolve().parents[2] / "results")
+    assert len(cfgs) == processes and sum(len(c.agents) for c in cfgs) == agents
+    for cfg in cfgs:
+        check_settings(cfg)  # every setting but those a resume may change (steps, device, threads, ...): those here
+        saved = json.loads((Path(cfg.out) / "config.json").read_text())
+        assert (cfg.steps, cfg.device, cfg.threads) == (saved["steps"], saved["device"], saved["threads"])
+        assert status(cfg) == state
