@@ -9,12 +9,12 @@ before training runs at full speed) and its ratios to eager Adam and, with ``--c
 
 Contenders: ``Adam`` (``--baseline-impl``'s kernel, ``--impl``'s unless given: ``fused`` is the fused-Adam
 baseline) and ``SpectralAdam`` (``--impl``'s kernel); ``--fused-spectral`` adds ``SpectralAdam(fused_spectral=True)``;
-``--compile [MODE]`` adds each of them compiled by ``specopt.compile_step(opt, mode=MODE)`` (``--plain-compile``:
+``--one-pass`` adds ``SpectralAdam(one_pass=True)``; ``--compile [MODE]`` adds each of them compiled by ``specopt.compile_step(opt, mode=MODE)`` (``--plain-compile``:
 ``torch.compile(opt.step, fullgraph=...)`` instead, without compile_step's options and eager first step).
 ``--tiny`` shrinks the models (for the tests, which rehearse every option on the CPU); ``--sets`` picks tables.
 
     python benchmarks/optimizer_step.py [--threads 1] [--rounds 15] [--device cpu|cuda] [--impl foreach|fused]
-        [--baseline-impl foreach|fused] [--dtype fp32|bf16] [--compile [MODE]] [--plain-compile] [--fused-spectral]
+        [--baseline-impl foreach|fused] [--dtype fp32|bf16] [--compile [MODE]] [--plain-compile] [--fused-spectral] [--one-pass]
         [--clock wall|cpu] [--sets mlp,resnet18,train] [--tiny]
 """
 
@@ -66,6 +66,7 @@ class Settings:
     compile_mode: str | None  # a torch.compile mode, or None: eager contenders only
     plain_compile: bool
     fused_spectral: bool
+    one_pass: bool
     clock: Callable[[], float]
     tiny: bool
 
@@ -86,13 +87,15 @@ def contenders(s: Settings) -> list[tuple[str, Callable[[nn.Module], object]]]:
     def adam(m: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(m.parameters(), lr=1e-3, **{s.baseline_impl: True})
 
-    def spectral(fused_spectral: bool) -> Callable[[nn.Module], torch.optim.Optimizer]:
+    def spectral(fused_spectral: bool, one_pass: bool = False) -> Callable[[nn.Module], torch.optim.Optimizer]:
         return lambda m: specopt.SpectralAdam(specopt.param_groups(m), lr=1e-3, fused_spectral=fused_spectral,
-                                              **{s.impl: True})
+                                              one_pass=one_pass, **{s.impl: True})
 
     eager = [(f"Adam({s.baseline_impl})", adam), (f"SpectralAdam({s.impl})", spectral(False))]
     if s.fused_spectral:
         eager.append((f"SpectralAdam({s.impl}, fused_spectral)", spectral(True)))
+    if s.one_pass:
+        eager.append((f"SpectralAdam({s.impl}, one_pass)", spectral(False, True)))
     if s.compile_mode is None:
         return eager
     how = "torch.compile" if s.plain_compile else "compile_step"
@@ -184,6 +187,7 @@ def main() -> None:
     p.add_argument("--plain-compile", action="store_true",
                    help="with --compile: plain torch.compile(step, fullgraph=...), without compile_step's options")
     p.add_argument("--fused-spectral", action="store_true", help="add SpectralAdam(fused_spectral=True)")
+    p.add_argument("--one-pass", action="store_true", help="add SpectralAdam(one_pass=True)")
     p.add_argument("--sets", default="mlp,resnet18,train", help="tables to run, comma-separated")
     p.add_argument("--tiny", action="store_true", help="tiny models (the tests' rehearsal of every option)")
     args = p.parse_args()
@@ -194,7 +198,7 @@ def main() -> None:
         p.error(f"--sets takes mlp, resnet18 and train, got {args.sets!r}")
     s = Settings(device=torch.device(args.device), dtype=DTYPES[args.dtype], impl=args.impl,
                  baseline_impl=args.baseline_impl or args.impl, compile_mode=args.compile,
-                 plain_compile=args.plain_compile, fused_spectral=args.fused_spectral,
+                 plain_compile=args.plain_compile, fused_spectral=args.fused_spectral, one_pass=args.one_pass,
                  clock=time.process_time if args.clock == "cpu" else time.perf_counter, tiny=args.tiny)
     torch.set_num_threads(args.threads)
     # every torch.optim step shares one code object (Optimizer's step wrapper), and Dynamo keeps at most

@@ -561,6 +561,106 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         torch._foreach_add_(targets, updates)
 
 
+def _one_pass_group(group: dict, has_complex: bool) -> bool:
+    """Whether :func:`one_pass` may take ``group``'s Adam update: plain Adam or AdamW (no amsgrad, differentiable,
+    fused or capturable variant) on real tensors."""
+    return not (has_complex or group["amsgrad"] or group["differentiable"] or group["fused"] or group["capturable"])
+
+
+@torch.no_grad()
+def one_pass(pending: Pending, groups: list[tuple[dict, tuple[list[Tensor], ...], bool]], state: dict) -> None:
+    r"""``SpectralAdam(one_pass=True)``, inside a compiled step (:func:`specopt.compile_step`): Adam's update and
+    the spectral step of each float32 tensor as one out-of-place expression, so that the step reads and writes W
+    once:
+
+    .. math::
+        m \leftarrow \beta_1 m + (1-\beta_1) g,\quad v \leftarrow \beta_2 v + (1-\beta_2) g^2,\quad
+        W \leftarrow W - \frac{\eta}{1-\beta_1^t}\,\frac{m}{\sqrt{v/(1-\beta_2^t)} + \epsilon}
+            - \alpha\,u v^\top
+
+    (a bias: :math:`- f\,b_t`; a scale: :math:`- f(\gamma_t - 1)`; AdamW first scales W by :math:`1 - \eta w`,
+    Adam adds :math:`w W` to g). The same numbers as Adam's step then :func:`apply` (u, v, σ̂ and α of the plain
+    order, from :func:`prepare`), up to float32 rounding; ``u vᵀ`` is indexed from a flat ``arange``
+    (``u[i // n]·v[i % n]``) so that Inductor keeps one loop over W (benchmarks/one_pass_prototype.py,
+    docs/benchmarks.md).
+
+    ``groups``: ``(group, Adam's lists from _init_group, has_complex)``. Every float32 tensor of a group whose Adam
+    this can write (plain Adam or AdamW: no amsgrad, differentiable or fused variant) leaves the lists;
+    its plain matrix, bias or scale step (not the fused order's, not the preconditioned form's) leaves ``pending``.
+    The rest — other groups, bf16/fp16 tensors, qkv blocks, DTensor shards, the fused order, the preconditioned
+    form — keeps the two halves (Adam, then :func:`apply`, which reads the state this writes).
+    """
+    if pending.recheck_grads:  # gradients may change between the halves (not SpectralAdam's step): two halves
+        return
+    def is_eligible(group: dict) -> bool:  # (torch.optim turns capturable on while compiling: the steps are tensors)
+        return not (group["amsgrad"] or group["differentiable"] or group["fused"])
+
+    corrections: dict[Tensor, tuple] = {}  # p → ("matrix", u, v, α, σ̂) or ("vector", x, f); tensor keys, as state
+    kept_matrices = []
+    for entry in pending.matrices:
+        ps, us, vs, sig, strength, k, group, nexts = entry
+        one_sided, precondition = group_form(group)
+        if (not is_eligible(group) or nexts is not None or precondition or ps[0].dtype != torch.float32
+                or not all(p.is_contiguous() for p in ps)):
+            kept_matrices.append(entry)
+            continue
+        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, None), one_sided)
+        for i, p in enumerate(ps):
+            corrections[p] = ("matrix", us[i], vs[i], alpha[i], sig[i])
+    kept_vectors = []
+    for entry in pending.vectors:
+        ps, xs, coef, role, strength, group = entry
+        if (not is_eligible(group) or group_form(group)[1] or ps[0].dtype != torch.float32
+                or any(_is_dtensor(p) for p in ps)):
+            kept_vectors.append(entry)
+            continue
+        fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, None))
+        for i, p in enumerate(ps):
+            corrections[p] = ("vector", xs[i], fraction[i])
+    stored: list[Tensor] = []
+    fresh: list[Tensor] = []
+    for group, (params, grads, exp_avgs, exp_avg_sqs, _, steps), has_complex in groups:
+        if has_complex or not is_eligible(group):
+            continue
+        beta1, beta2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        keep = []
+        for j, (p, g, m, v, t) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
+            if p.dtype != torch.float32 or _is_dtensor(p):
+                keep.append(j)
+                continue
+            t += 1
+            if group["maximize"]:
+                g = -g
+            if wd != 0 and not group["decoupled_weight_decay"]:
+                g = g + wd * p
+            m_new = torch.lerp(m, g, 1 - beta1)
+            v_new = v * beta2 + g * g * (1 - beta2)
+            base = p * (1 - lr * wd) if wd != 0 and group["decoupled_weight_decay"] else p
+            new = base - (lr / (1 - beta1 ** t)) * m_new / (v_new.sqrt() / (1 - beta2 ** t).sqrt() + eps)
+            corr = corrections.get(p)
+            if corr is not None and corr[0] == "matrix":
+                _, u, vv, alpha, sigma = corr
+                i = torch.arange(p.numel(), device=p.device)
+                new = new - ((alpha * u)[i // vv.shape[0]] * vv[i % vv.shape[0]]).view(p.shape)
+                st = state[p]
+                if "spectral_u" in st:  # in place: a compiled step then never recompiles
+                    stored += (st["spectral_u"], st["spectral_v"], st["spectral_sigma"])
+                    fresh += (u, vv, sigma)
+                else:
+                    st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, vv, sigma.clone()
+            elif corr is not None:
+                new = new - corr[2] * corr[1]
+            p.copy_(new)
+            m.copy_(m_new)
+            v.copy_(v_new)
+        for lst in (params, grads, exp_avgs, exp_avg_sqs, steps):
+            lst[:] = [lst[j] for j in keep]
+    if stored:
+        torch._foreach_copy_(stored, fresh)
+    pending.matrices, pending.vectors = kept_matrices, kept_vectors
+
+
 def fill_group_defaults(group: dict, defaults: dict) -> None:
     """Give ``group`` the spectral keys it lacks (:data:`SPECTRAL_KEYS`, and ``role`` unless it has per-parameter
     ``roles``), and validate them (a complex tensor with a role other than ``none``: :func:`complex_error`)."""

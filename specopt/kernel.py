@@ -119,11 +119,12 @@ def power_iteration_foreach(
     decide which tensors keep their previous vectors.
     """
     us_new, vs_new = us, vs
+    mm = torch.compiler.is_compiling() and MATVEC_FORM == "mm"  # extern BLAS calls: W stays out of fused loops
     for _ in range(iterations):
-        ts = [torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
+        ts = [(u.unsqueeze(0) @ w).squeeze(0) if mm else torch.mv(w.t(), u) for w, u in zip(ws, us_new)]
         nvs = norms(ts)
         vs_new = torch._foreach_div(ts, nvs)  # a zero norm gives inf/NaN here, caught by ``ok`` below
-        ss = [torch.mv(w, v) for w, v in zip(ws, vs_new)]
+        ss = [(w @ v.unsqueeze(1)).squeeze(1) if mm else torch.mv(w, v) for w, v in zip(ws, vs_new)]
         sigmas = norms(ss)
         us_new = torch._foreach_div(ss, sigmas)
     sigma, nv = torch.stack(sigmas), torch.stack(nvs)

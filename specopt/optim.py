@@ -160,6 +160,12 @@ class SpectralAdam(Adam):
             :math:`\eta\lambda c(\hat\sigma)\rho` along :math:`u v^\top`, :math:`\rho = \sum_{ij}u_i^2v_j^2/D_{ij}`
             (:func:`specopt.kernel.adam_weight`), biases and scales element by element; λ then reads on the coupled
             scale (the paper's 1e-4). Default False; per group: ``spectral_precondition``.
+        one_pass: inside a compiled step (:func:`compile_step`), write Adam's update and the spectral step of each
+            float32 tensor as one expression (:func:`specopt.functional.one_pass`; the same numbers up to float32
+            rounding), so that the compiled step reads and writes each weight once; an eager step is the usual two
+            halves (out of place, the one expression would be slower there). Plain Adam/AdamW groups only (others,
+            bf16 tensors, qkv blocks, DTensors, the fused order and the preconditioned form keep the two halves).
+            Default False; measured in docs/benchmarks.md.
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     Other keyword arguments are ``torch.optim.Adam``'s (``foreach``, ``maximize``, ``capturable``,
@@ -191,11 +197,15 @@ class SpectralAdam(Adam):
         fused_spectral: bool = False,
         pull: str = "two-sided",
         precondition: bool = False,
+        one_pass: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         strength = resolve_strength(type(self).__name__, strength, spectral_strength)
         spectral = _spectral_defaults(strength, k, power_iterations, init_iterations, fused_spectral, pull,
                                       precondition)
+        if not isinstance(one_pass, bool):
+            raise ValueError(f"one_pass must be True or False, got {one_pass!r}")
+        spectral["one_pass"] = one_pass
         super().__init__(
             params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach,
             maximize=maximize, capturable=capturable, differentiable=differentiable, fused=fused,
@@ -228,6 +238,9 @@ class SpectralAdam(Adam):
                 lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
                 groups.append((group, lists, self._init_group(group, *lists)))
             pending = F.prepare(self.param_groups, self.state, self.defaults)  # ∇R at the pre-step weights
+            if (self.defaults.get("one_pass") and torch.compiler.is_compiling()
+                    and getattr(self, "found_inf", None) is None and getattr(self, "grad_scale", None) is None):
+                F.one_pass(pending, groups, self.state)  # Adam and the spectral step in one pass (what it can)
             for group, lists, has_complex in groups:
                 beta1, beta2 = group["betas"]
                 adam(
@@ -246,6 +259,7 @@ class SpectralAdam(Adam):
         if getattr(self, "_specopt", None) is None:  # unpickled: pickling drops hooks (torch.optim does)
             for key, value in _spectral_defaults(DEFAULT_STRENGTH, 2, 1, DEFAULT_INIT_ITERATIONS).items():
                 self.defaults.setdefault(key, value)
+            self.defaults.setdefault("one_pass", False)
             _SpectralStep(self, self.defaults, step_hooks=False)
 
 
@@ -281,13 +295,14 @@ class SpectralAdamW(SpectralAdam):
         fused_spectral: bool = False,
         pull: str = "two-sided",
         precondition: bool = False,
+        one_pass: bool = False,
         spectral_strength: float | None = None,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True, strength=strength, k=k,
             power_iterations=power_iterations, init_iterations=init_iterations, fused_spectral=fused_spectral,
-            pull=pull, precondition=precondition, spectral_strength=spectral_strength,
+            pull=pull, precondition=precondition, one_pass=one_pass, spectral_strength=spectral_strength,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
