@@ -88,15 +88,16 @@ def label(row: dict[str, str], naming: tuple[str, ...] = ()) -> str:
     :func:`varying` settings) as ``name=value``."""
     ln = " +LN" if row.get("layernorm") == "1" else ""
     options = f" {row['options']}" if row.get("options") else ""
-    settings = "".join(f" {k}={row[k]}" for k in naming)
+    settings = "".join(f" {k}={row.get(k) or '?'}" for k in naming)
     if row["mitigator"] in NO_STRENGTH:
         return f"{row['mitigator']}{options}{settings}{ln}"
     return f"{row['mitigator']} ({float(row['strength']):g}{options}){settings}{ln}"
 
 
 def varying(rows: list[dict[str, str]]) -> tuple[str, ...]:
-    """The :data:`NAMING` settings that take more than one value among ``rows``."""
-    return tuple(k for k in NAMING if len({r.get(k) for r in rows}) > 1)
+    """The :data:`NAMING` settings that take more than one value among the ``rows`` that record them (rows written
+    before a column existed do not make it vary)."""
+    return tuple(k for k in NAMING if len({r[k] for r in rows if r.get(k) not in (None, "")}) > 1)
 
 
 def curves(rows: list[dict[str, str]], metric: str) -> dict[str, Curve]:

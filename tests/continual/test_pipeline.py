@@ -283,6 +283,8 @@ def test_plot_table_names_curves_by_the_settings_that_differ_and_counts_a_seed_r
     assert "| crelu epochs=40 width=334 | 1 | 1 | 0.300 |" in out
     assert "| crelu | 1 | 1 | 0.900 |" in table(rows[:1])
     assert "| crelu | 2 | 1 | 0.700 |" in table([row(0, 1, 0.9), row(0, 1, 0.5)])  # seed 0 twice: mean of both
+    old = {k: v for k, v in row(1, 1, 0.5).items() if k != "epochs"}  # a run from before the column existed
+    assert "| crelu | 2 | 1 | 0.700 |" in table([row(0, 1, 0.9), old])  # does not make epochs vary
     mixed = table([{**row(0, 1, 0.9), "model": "resnet18"}, {**row(0, 1, 0.2), "model": "vit-tiny"}])  # GPU runs
     assert "| crelu model=resnet18 | 1 | 1 | 0.900 |" in mixed and "| crelu model=vit-tiny | 1 | 1 | 0.200 |" in mixed
 
