@@ -561,12 +561,6 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
         torch._foreach_add_(targets, updates)
 
 
-def _one_pass_group(group: dict, has_complex: bool) -> bool:
-    """Whether :func:`one_pass` may take ``group``'s Adam update: plain Adam or AdamW (no amsgrad, differentiable,
-    fused or capturable variant) on real tensors."""
-    return not (has_complex or group["amsgrad"] or group["differentiable"] or group["fused"] or group["capturable"])
-
-
 @torch.no_grad()
 def one_pass(pending: Pending, groups: list[tuple[dict, tuple[list[Tensor], ...], bool]], state: dict) -> None:
     r"""``SpectralAdam(one_pass=True)``, inside a compiled step (:func:`specopt.compile_step`): Adam's update and
@@ -592,6 +586,7 @@ def one_pass(pending: Pending, groups: list[tuple[dict, tuple[list[Tensor], ...]
     """
     if pending.recheck_grads:  # gradients may change between the halves (not SpectralAdam's step): two halves
         return
+
     def is_eligible(group: dict) -> bool:  # (torch.optim turns capturable on while compiling: the steps are tensors)
         return not (group["amsgrad"] or group["differentiable"] or group["fused"])
 
