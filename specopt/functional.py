@@ -437,6 +437,17 @@ def _add(p: Tensor, update: Tensor, st: dict) -> None:
         p.add_(update.to(p.dtype))
 
 
+def _store_vectors(st: dict, u: Tensor, v: Tensor, sigma: Tensor, stored: list[Tensor], fresh: list[Tensor]) -> None:
+    """Keep a matrix's power-iteration state (u, v, σ̂) in its optimizer state ``st``: the first time as new tensors,
+    afterwards in place — ``stored`` and ``fresh`` collect the pairs for one ``_foreach_copy_`` — so the state keeps
+    its tensors and a compiled step never recompiles."""
+    if "spectral_u" in st:
+        stored += (st["spectral_u"], st["spectral_v"], st["spectral_sigma"])
+        fresh += (u, v, sigma)
+    else:
+        st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, sigma.clone()
+
+
 def _keep_on_skip(old: list[Tensor], new: list[Tensor], found_inf: Tensor | None) -> list[Tensor]:
     """``new``, or ``old`` where ``found_inf`` (a step GradScaler skips leaves the power-iteration state alone)."""
     if found_inf is None:
@@ -474,11 +485,7 @@ def apply(pending: Pending, state: dict, found_inf: Tensor | None = None) -> Non
                 continue
             done.append(i)
             st = state[p]
-            if "spectral_u" in st:  # in place: the state keeps its tensors (a compiled step then never recompiles)
-                stored += (st["spectral_u"], st["spectral_v"], st["spectral_sigma"])
-                fresh += (u, v, s)
-            else:
-                st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, v, s.clone()
+            _store_vectors(st, u, v, s, stored, fresh)
             if p.dtype == torch.float32 and p.is_contiguous():  # under no_grad: in place on the leaf
                 p.view(p.shape[0], -1).addr_(u, sv, alpha=a)
             else:
@@ -638,12 +645,7 @@ def one_pass(pending: Pending, groups: list[tuple[dict, tuple[list[Tensor], ...]
                 _, u, vv, alpha, sigma = corr
                 i = torch.arange(p.numel(), device=p.device)
                 new = new - ((alpha * u)[i // vv.shape[0]] * vv[i % vv.shape[0]]).view(p.shape)
-                st = state[p]
-                if "spectral_u" in st:  # in place: a compiled step then never recompiles
-                    stored += (st["spectral_u"], st["spectral_v"], st["spectral_sigma"])
-                    fresh += (u, vv, sigma)
-                else:
-                    st["spectral_u"], st["spectral_v"], st["spectral_sigma"] = u, vv, sigma.clone()
+                _store_vectors(state[p], u, vv, sigma, stored, fresh)
             elif corr is not None:
                 new = new - corr[2] * corr[1]
             p.copy_(new)
