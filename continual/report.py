@@ -233,9 +233,14 @@ def options_table(root: Path, folders: dict[str, str], name: str, default: str |
 def versions(root: Path) -> str:
     """The code versions of the finished runs under ``root`` (:func:`specopt.experiment.versions_text`), as a line
     to print under their table."""
-    names = {run.name for run in finished_runs(root)[0]}
-    configs = [c for folder, c in run_configs(root) if str(folder.relative_to(root)) in names]
-    return f"Code versions (commit, from config.json): {versions_text(configs)}."
+    return f"Code versions (commit, from config.json): {versions_text(run_configs_of(root, finished_runs(root)[0]))}."
+
+
+def run_configs_of(root: Path, runs: list[SweepRun]) -> list[dict]:
+    """The config.json (provenance included) of each of ``runs``, named relative to ``root`` as
+    :func:`finished_runs` names them."""
+    names = {run.name for run in runs}
+    return [c for folder, c in run_configs(root) if str(folder.relative_to(root)) in names]
 
 
 def report(paths: list[Path], out: Path | None = None, metric: str = "train_accuracy", train_test: bool = False,
@@ -262,8 +267,7 @@ def report(paths: list[Path], out: Path | None = None, metric: str = "train_accu
         found, left = finished_runs(p)
         runs += [SweepRun(str(p / r.name), r.mitigator, r.strength, r.seed, r.config) for r in found]
         unfinished += left
-        names = {str(p / r.name) for r in found}
-        configs += [c for folder, c in run_configs(p) if str(folder) in names or not found]
+        configs += run_configs_of(p, found) if found else [c for _, c in run_configs(p)]
     sweep_table = bool(runs) and (metric == "train_accuracy" or train_test)
     if train_test and not runs:
         raise ValueError("--train-test needs sweep runs (one mitigator and one seed per run folder)")
