@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train and evaluate; writes results.csv and config.json")
     add_run_flags(r)
     sw = sub.add_parser("sweep", help="a grid of runs (mitigator × strength × seed) in parallel processes or on "
-                                      "Ray; writes one run folder each, summary.md and sensitivity.png")
+                                      "Ray; writes one run folder each, then its report (report.md, report.json, sensitivity.png)")
     add_run_flags(sw, sweep=True)
     st = sub.add_parser("study", help="a declared study of docs/results.md (continual.studies): its sweeps, resumable, "
                                       "local or on Ray, then its report.md and figures")

@@ -6,6 +6,7 @@ report`` and ``study`` and the documentation's generated tables (scripts/docs_ta
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from .config import RunConfig, SweepRun
 from .plot import check_metric, curves, figure, label, per_seed_table, per_task_table, read_rows, run_results, tables
 
 # ----------------------------------------------------------------------------------------------------------------
-# a sweep's summary.md, summary.json and sensitivity.png
+# a sweep's entries, best strengths and sensitivity.png (written by :func:`report`)
 
 BEST_RULE = ("the strength with the highest mean (over seeds) of the last-5-task mean train accuracy; a tie goes "
              "to the smaller strength")
@@ -60,28 +61,6 @@ def best_strengths(entries: list[dict[str, Any]]) -> dict[str, float]:
     return {m: e["strength"] for m, e in best.items()}
 
 
-def summary_markdown(entries: list[dict[str, Any]], base: RunConfig | None = None) -> str:
-    best = best_strengths(entries)
-    lines = ["# Sweep summary", ""]
-    if base is not None:
-        ln = " + LayerNorm" if base.layernorm else ""
-        lines += [f"{base.dataset}, {base.nonstationarity}, {base.model}{ln}; {base.tasks} tasks × {base.epochs} "
-                  f"epochs, batch size {base.batch_size}, lr {base.lr:g}.", ""]
-    lines += ["Train accuracy at task end: mean (± standard error over seeds, from 3 seeds on) of each run's mean "
-              "over its last 5 tasks, and of its last task. Strength – : the mitigator has none.", "",
-              "| mitigator | strength | seeds | tasks | last-5-task mean | last task | best |",
-              "|---|---|---|---|---|---|---|"]
-    for e in entries:
-        strength = "–" if e["strength"] is None else f"{e['strength']:g}"
-        mark = "best" if e["strength"] is not None and best.get(e["mitigator"]) == e["strength"] else ""
-        lines.append(f"| {e['mitigator']} | {strength} | {e['seeds']} | {e['tasks']} | "
-                     f"{mean_pm(e['last5'], e['last5_se'], e['seeds'], 4)} | "
-                     f"{mean_pm(e['last'], e['last_se'], e['seeds'], 4)} | {mark} |")
-    lines += ["", f"Best strength per mitigator: {BEST_RULE}.", ""]
-    lines += [f"* {m}: {s:g}" for m, s in best.items()] or ["* (no mitigator with a strength in this sweep)"]
-    return "\n".join(lines) + "\n"
-
-
 def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | None = None) -> None:
     """Last-5-task mean train accuracy against strength (log x), one line per mitigator with standard-error bars;
     mitigators without a strength (none, crelu) as horizontal lines."""
@@ -109,25 +88,11 @@ def sensitivity_plot(entries: list[dict[str, Any]], output: Path, title: str | N
     ax.set_xlabel("strength")
     ax.set_ylabel("train accuracy, mean of last 5 tasks")
     if title:
-        ax.set_title(title)
+        ax.set_title("\n".join(textwrap.wrap(title, 72)), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, output)
     plt.close(fig)
-
-
-def summarize(runs: list[SweepRun], out: Path) -> str:
-    entries = aggregate(runs, out)
-    if not entries:
-        raise ValueError(f"no results in {out}")
-    text = summary_markdown(entries, runs[0].config)
-    write_text(out / "summary.md", text)
-    best = best_strengths(entries)  # the machine-readable summary a later study reads (continual.studies)
-    write_text(out / "summary.json", json.dumps({"rule": BEST_RULE, "best": best, "entries": entries}, indent=1) + "\n")
-    c = runs[0].config
-    title = f"{c.dataset}, {c.nonstationarity}, {c.model}{' + LayerNorm' if c.layernorm else ''}"
-    sensitivity_plot(entries, out / "sensitivity.png", title)
-    return text
 
 
 REPORT_ORDER = ["none", "spectral", "spectral-coupled", "l2", "l2-init", "shrink-perturb", "redo", "wasserstein", "ewc",
@@ -244,7 +209,8 @@ def run_configs_of(root: Path, runs: list[SweepRun]) -> list[dict]:
 
 
 def report(paths: list[Path], out: Path | None = None, metric: str = "train_accuracy", train_test: bool = False,
-           per_seed: bool = False, per_task: int | None = None, title: str | None = None) -> tuple[str, str]:
+           per_seed: bool = False, per_task: int | None = None, title: str | None = None,
+           curves_figure: bool = True) -> tuple[str, str]:
     """The report of the runs in ``paths`` (run folders, sweeps, folders of sweeps, packed or not; results.csv files):
     (its text, a note for the reader). The text is the summary table, then the code versions of its runs: for sweep
     runs (one mitigator and one seed each) :func:`table` — each mitigator's best strength in bold — or with
@@ -253,7 +219,9 @@ def report(paths: list[Path], out: Path | None = None, metric: str = "train_accu
 
     With ``out``, writes there (:func:`specopt.curves.write_report`) report.md (the text and the note), report.json
     (the same numbers: the sweep entries and best strengths, every curve, the versions) and the figures:
-    curves.png (``metric`` against task) and, for sweep runs with a strength, sensitivity.png (``title`` above it).
+    curves.png (``metric`` against task; not with ``curves_figure=False``) and, for sweep runs with a strength,
+    sensitivity.png (``title`` above it, and as report.md's heading). A sweep ends with this report of its folder; a
+    study that depends on another reads report.json's ``best`` (:class:`continual.studies.Context`).
     """
     from specopt.curves import write_report
 
@@ -284,10 +252,12 @@ def report(paths: list[Path], out: Path | None = None, metric: str = "train_accu
             "A run still going counts with the tasks it has finished.")
     if out is not None:
         out = Path(out)
-        figure(rows, out / "curves.png", metric)
+        if curves_figure:
+            figure(rows, out / "curves.png", metric)
         if entries and any(e["strength"] is not None for e in entries):
             sensitivity_plot(entries, out / "sensitivity.png", title)
-        write_report(out, f"{text}\n\n{note}\n", dict(
+        heading = f"# {title}\n\n" if title else ""
+        write_report(out, f"{heading}{text}\n\n{note}\n", dict(
             metric=metric, table="train-test" if train_test else "sweep" if sweep_table else "curves",
             rule=BEST_RULE if sweep_table else None, best=best_strengths(entries), entries=entries,
             unfinished=unfinished, versions=made_by,
@@ -296,5 +266,4 @@ def report(paths: list[Path], out: Path | None = None, metric: str = "train_accu
 
 
 __all__ = ["BEST_RULE", "REPORT_ORDER", "aggregate", "best_strengths", "finished_runs", "options_table", "report",
-           "run_scores", "runs_table", "sensitivity_plot", "summarize", "summary_markdown", "table", "train_test_table",
-           "versions"]
+           "run_scores", "runs_table", "sensitivity_plot", "table", "train_test_table", "versions"]

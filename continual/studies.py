@@ -7,8 +7,8 @@ LayerNorm). Every sweep resumes: finished runs are skipped, partial ones continu
 a study again after an interruption, on this machine or on a Ray cluster, finishes it. At the end the study writes
 ``<out>/<study>/report.md`` (every variant's table, :func:`report`) and one sensitivity figure per variant.
 
-A study that depends on another reads the other's machine-readable summary (``summary.json`` of each sweep, written
-by :func:`continual.report.summarize`), never a markdown table:
+A study that depends on another reads the other's machine-readable report (``report.json`` of each sweep, written
+by :func:`continual.report.report` at the sweep's end), never a markdown table:
 
 =========  =====================================================================================================
 study      what it runs
@@ -17,7 +17,7 @@ acceptance every mitigator at its default strength, 3 seeds (0–2) × 30 tasks,
            criteria: :func:`acceptance_criteria`; the committed rows of 2026-11-25/26, results/acceptance, were made
            by the script this declaration replaced, one CSV per mitigator and seed)
 tuned      every mitigator over its grid (:data:`GRIDS`), 2 seeds (0, 1) × 20 tasks, without and with LayerNorm
-confirm    each mitigator at its tuned best (``tuned``'s summary.json), 3 seeds (0–2) × 30 tasks; one at its default
+confirm    each mitigator at its tuned best (``tuned``'s report.json), 3 seeds (0–2) × 30 tasks; one at its default
            strength is left to the acceptance runs (results/acceptance), which ran exactly that
 heldout    the held-out confirmation (issue #29): every mitigator at its tuned best, decoupled spectral also one grid
            step either side, on seeds 3–5 that no tuning run used, 30 tasks, both variants — one code version
@@ -91,10 +91,10 @@ class Context:
     only: tuple[str, ...] = ORDER
 
     def best(self, variant: str, mitigator: str) -> float | None:
-        """The tuned study's best strength of ``mitigator`` (its sweep's summary.json); None without a strength."""
+        """The tuned study's best strength of ``mitigator`` (its sweep's report.json); None without a strength."""
         if mitigator in NO_STRENGTH:
             return None
-        path = self.out / "tuned" / variant / mitigator / "summary.json"
+        path = self.out / "tuned" / variant / mitigator / "report.json"
         if not path.exists():
             raise ValueError(f"{path} is missing: run `python -m continual study tuned` first (this study reads "
                              "the tuned study's best strengths)")
@@ -180,7 +180,7 @@ def confirm_table(out: Path, variant: str) -> str:
 
     lines = []
     for m in ORDER:
-        tuned_path = out / "tuned" / variant / m / "summary.json"
+        tuned_path = out / "tuned" / variant / m / "report.json"
         if not tuned_path.exists():
             continue
         tuned = json.loads(tuned_path.read_text()).get("entries", [])

@@ -6,8 +6,8 @@ Every run is one call of :func:`continual.run` with one mitigator and one seed, 
 experiment in a temporary folder on its worker, seeded with the run folder's files, and returns the folder's files
 as bytes, which the driver writes (atomically) under ``out`` — so results come back from other machines, and a run
 begun on one machine resumes on another. Running the same sweep again skips finished runs and resumes the others
-from their checkpoints. At the end :func:`continual.report.summarize` writes ``summary.md``, ``summary.json`` and
-``sensitivity.png``.
+from their checkpoints. It ends with the report of every finished run in its folder (:func:`continual.report.report`:
+``report.md``, ``report.json`` with each mitigator's best strength, and ``sensitivity.png``).
 :func:`pack` (``python -m continual pack``) folds finished run folders into the sweep's ``rows.csv`` and
 ``runs.jsonl``, the committed form; a packed run counts as finished and reads as its folder did.
 """
@@ -30,7 +30,7 @@ from .config import LOCATION_SETTINGS, RunConfig, SweepRun, changed_settings
 from .data import DataError
 from .mitigators import NO_STRENGTH, strength_or_default
 from .plot import run_results
-from .report import summarize
+from .report import finished_runs, report
 from . import runner
 
 def plan(base: RunConfig, strengths: list[float] | None) -> list[SweepRun]:
@@ -122,7 +122,8 @@ def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: s
 def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | None = None, threads: int = 1,
           backend: str = "local", ray_address: str | None = None, progress: bool = True) -> str:
     """Run the sweep of ``base`` (its mitigators and seeds) × ``strengths`` into ``base.out``; skip finished runs,
-    resume partial ones; write ``summary.md`` and ``sensitivity.png`` there. Returns the summary's text.
+    resume partial ones; end with its report there (:func:`continual.report.report`: report.md, report.json — each
+    mitigator's best strength — and sensitivity.png). Returns the report's text.
 
     ``base`` is finished (the CLI builds it, :func:`continual.cli.config_from`); it is validated here, once, with the
     sweep's own settings, before anything runs."""
@@ -162,16 +163,25 @@ def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers
             _run_local(todo, workers or os.cpu_count() or 1, threads, done)
         else:
             _run_ray(todo, workers, threads, ray_address, done)
-    text = summarize(runs, out)
-    say(f"summary: {out / 'summary.md'}\nfigure: {out / 'sensitivity.png'}", flush=True)
+    if not finished_runs(out)[0]:
+        raise ValueError(f"no results in {out}")
+    text, _ = report([out], out, title=sweep_title(base), curves_figure=False)
+    say(f"report: {out / 'report.md'}\nfigure: {out / 'sensitivity.png'}", flush=True)
     return text
+
+
+def sweep_title(c: RunConfig) -> str:
+    """The heading of a sweep's report: its benchmark and the settings its runs share."""
+    ln = " + LayerNorm" if c.layernorm else ""
+    return (f"{c.dataset}, {c.nonstationarity}, {c.model}{ln}; {c.tasks} tasks × {c.epochs} epochs, batch size "
+            f"{c.batch_size}, lr {c.lr:g}")
 
 
 def pack(root: Path) -> list[str]:
     """Pack every sweep folder at or below ``root`` (:func:`specopt.results.pack_runs`): each finished run folder
     — config.json, results.csv with every task of its mitigators and seeds, checkpoint.pt — becomes lines of the
     sweep's ``rows.csv`` and ``runs.jsonl``, the committed form of results/ (one rows file per sweep instead of a
-    folder per run). Unfinished runs stay as they are, and every reader (the sweep's resume, its summary, ``plot``,
+    folder per run). Unfinished runs stay as they are, and every reader (the sweep's resume, its report, ``plot``,
     the studies' reports) reads packed and unpacked runs alike. Returns the packed runs' paths; a sweep another
     process is writing is refused (its lock)."""
 

@@ -74,11 +74,11 @@ def measure(run: Run, tasks: int) -> list[dict[str, Any]]:
 def report(path: Path, task: int | None = None, tuned: Path | None = None) -> str:
     """The markdown table of a rows file: per mitigator and strength, ρ's median over the steps of the last task
     measured (or of ``task``), and its train accuracy; with ``tuned`` (a tuned study's variant folder,
-    results/studies/tuned/noln) also the tuned study's last-5-task score at that strength (its summary.json)."""
+    results/studies/tuned/noln) also the tuned study's last-5-task score at that strength (its report.json)."""
     import json
 
     scores: dict[tuple[str, float], str] = {}
-    for summary in sorted(Path(tuned).glob("*/summary.json")) if tuned else ():
+    for summary in sorted(Path(tuned).glob("*/report.json")) if tuned else ():
         for e in json.loads(summary.read_text()).get("entries", []):
             if e["strength"] is not None:
                 scores[(e["mitigator"], float(e["strength"]))] = experiment.mean_pm(e["last5"], e["last5_se"],

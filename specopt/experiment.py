@@ -217,20 +217,24 @@ def os_error_line(err: OSError) -> str:
 def folder_kind(path: str | os.PathLike) -> str | None:
     """What made the folder ``path``, judged by its files: ``"rl run"`` (a config.json with ``replay_ratio``),
     ``"continual run"`` (a config.json with ``nonstationarity``), ``"rl sweep"`` / ``"continual sweep"`` (no
-    config.json and a sub-folder holding such a run; a continual sweep also by its summary.md); None for a missing or
-    empty folder or one no run made."""
+    config.json and a sub-folder holding such a run, or a packed sweep: :data:`specopt.results.PACKED_RUNS`); None
+    for a missing or empty folder or one no run made."""
+    from .results import PACKED_RUNS
+
     path = Path(path)
     if not path.is_dir():
         return None
 
-    def kind_of_config(config: Path) -> str | None:
-        try:
-            saved = json.loads(config.read_text())
-        except (OSError, ValueError):
-            return None
+    def kind_of_config_dict(saved: Any) -> str | None:
         if not isinstance(saved, dict):
             return None
         return "rl run" if "replay_ratio" in saved else "continual run" if "nonstationarity" in saved else None
+
+    def kind_of_config(config: Path) -> str | None:
+        try:
+            return kind_of_config_dict(json.loads(config.read_text()))
+        except (OSError, ValueError):
+            return None
 
     if (path / "config.json").is_file():
         return kind_of_config(path / "config.json")
@@ -239,8 +243,13 @@ def folder_kind(path: str | os.PathLike) -> str | None:
             found = kind_of_config(sub / "config.json")
             if found is not None:
                 return found.replace(" run", " sweep")  # a folder of runs: a sweep of their kind
-    if (path / "summary.md").is_file():
-        return "continual sweep"
+    if (path / PACKED_RUNS).is_file():  # a packed sweep: its first run's config says which package made it
+        try:
+            first = json.loads((path / PACKED_RUNS).read_text().splitlines()[0])["config"]
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            return None
+        found = kind_of_config_dict(first)
+        return found.replace(" run", " sweep") if found else None
     return None
 
 

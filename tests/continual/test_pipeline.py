@@ -323,13 +323,13 @@ def test_plot_reads_a_folder_of_run_folders_and_names_mitigators_without_a_stren
         (tmp_path / "sweep" / name).mkdir(parents=True)
         with open(tmp_path / "sweep" / name / "results.csv", "w", newline="") as f:
             csv.writer(f).writerows([fields, [mitigator, 0, 0, 0, 1, acc, "digits", "random-labels", "mlp"]])
-    (tmp_path / "sweep" / "summary.md").write_text("not rows")
+    (tmp_path / "sweep" / "report.md").write_text("not rows")
     assert main(["plot", str(tmp_path / "sweep"), "-o", str(tmp_path / "fig.png")]) == 0
     table = capsys.readouterr().out
     assert "| crelu | 1 | 1 | 0.800 |" in table and "| none | 1 | 1 | 0.200 |" in table
-    assert main(["plot", str(tmp_path / "sweep" / "summary.md"), "-o", str(tmp_path / "fig.png")]) == 2
+    assert main(["plot", str(tmp_path / "sweep" / "report.md"), "-o", str(tmp_path / "fig.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "summary.md is not a run folder" in err, err
+    assert len(err.splitlines()) == 1 and "report.md is not a run folder" in err, err
 
 
 def test_mitigator_options_reach_the_mitigator_the_rows_and_the_resume_guard(tmp_path):

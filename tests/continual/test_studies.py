@@ -1,6 +1,6 @@
 """`python -m continual study`: the studies of docs/results.md as data — declared once, resumable, reported; the
 declarations reproduce the committed runs' settings exactly, and a study that depends on another reads its
-summary.json."""
+report.json."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def test_tuned_study_runs_one_resumable_sweep_per_mitigator_and_variant_then_rep
                 rows = list(csv.DictReader(fh))
             assert [r["task"] for r in rows] == ["1", "2"]
             assert {r["layernorm"] for r in rows} == {"1" if variant == "ln" else "0"}
-            summary = json.loads((folder / "summary.json").read_text())
+            summary = json.loads((folder / "report.json").read_text())
             assert summary["best"] == {mitigator: 0.5} and summary["entries"][0]["seeds"] == 2
     report = (tmp_path / "tuned" / "report.md").read_text()
     assert report.count("| spectral | 0.5 | 2 | 2 | **") == 2 and (tmp_path / "tuned" / "ln.png").exists()
@@ -74,12 +74,12 @@ def test_heldout_study_uses_seeds_no_tuning_run_used_and_the_tuned_best_strength
     plans = {Path(cfg.out).relative_to(RESULTS / "heldout").as_posix(): (cfg, strengths)
              for cfg, strengths in configs("heldout", RESULTS)}
     for variant in ("noln", "ln"):
-        best = json.loads((RESULTS / "tuned" / variant / "spectral" / "summary.json").read_text())["best"]["spectral"]
+        best = json.loads((RESULTS / "tuned" / variant / "spectral" / "report.json").read_text())["best"]["spectral"]
         cfg, strengths = plans[f"{variant}/spectral"]
         assert best == 1.0 and strengths == (0.3, 1, 3)  # the best and one grid step either side
         assert cfg.seeds == list(HELDOUT_SEEDS) and cfg.tasks == 30 and cfg.layernorm == (variant == "ln")
         for mitigator in ("cbp", "l2-init", "spectral-coupled"):
-            tuned = json.loads((RESULTS / "tuned" / variant / mitigator / "summary.json").read_text())["best"]
+            tuned = json.loads((RESULTS / "tuned" / variant / mitigator / "report.json").read_text())["best"]
             assert plans[f"{variant}/{mitigator}"][1] == (tuned[mitigator],)
     assert plans["noln/none"][1] is None and len(plans) == 22
 
@@ -88,7 +88,7 @@ def test_confirm_reads_the_tuned_summary_json_and_refuses_without_it(tmp_path):
     for mitigator, best in (("l2", {"l2": 0.001}), ("none", {})):
         folder = tmp_path / "tuned" / "noln" / mitigator
         folder.mkdir(parents=True)
-        (folder / "summary.json").write_text(json.dumps({"best": best}))
+        (folder / "report.json").write_text(json.dumps({"best": best}))
     done = study("confirm", "--variants", "noln", "--only", "none", "l2", "--seeds", "0", "--out", str(tmp_path),
                  *TINY)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -97,7 +97,7 @@ def test_confirm_reads_the_tuned_summary_json_and_refuses_without_it(tmp_path):
     with open(tmp_path / "confirm" / "noln" / "l2" / "l2-s0.001-seed0" / "results.csv") as fh:
         assert {(r["strength"], r["task"]) for r in csv.DictReader(fh)} == {("0.001", "1"), ("0.001", "2")}
     missing = study("confirm", "--variants", "noln", "--only", "ewc", "--out", str(tmp_path), *TINY)
-    assert missing.returncode == 2 and "summary.json is missing" in missing.stderr
+    assert missing.returncode == 2 and "report.json is missing" in missing.stderr
     assert len(missing.stderr.splitlines()) == 1 and not (tmp_path / "confirm" / "noln" / "ewc").exists()
 
 
@@ -143,10 +143,10 @@ def test_acceptance_study_reports_its_criteria(tmp_path):
 
 def test_long_study_plans_the_papers_50_tasks_on_held_out_seeds_at_the_tuned_bests():
     """Issue #29 item 4: none, both forms of spectral and CReLU (the best baseline without LayerNorm), 50 tasks, the
-    held-out seeds, each at the best strength the tuned study's summary.json names."""
+    held-out seeds, each at the best strength the tuned study's report.json names."""
     runs = [r for cfg, grid in configs("long", RESULTS) for r in plan(cfg, list(grid) if grid else None)]
     assert {r.seed for r in runs} == set(HELDOUT_SEEDS) and len(runs) == 4 * len(HELDOUT_SEEDS)
     assert all(r.config.tasks == 50 and not r.config.layernorm and r.config.epochs == 40 for r in runs)
     for r in runs:
-        best = json.loads((RESULTS / "tuned" / "noln" / r.mitigator / "summary.json").read_text())["best"]
+        best = json.loads((RESULTS / "tuned" / "noln" / r.mitigator / "report.json").read_text())["best"]
         assert r.strength == best.get(r.mitigator)  # None for none and crelu, which have no strength

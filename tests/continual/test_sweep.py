@@ -1,4 +1,4 @@
-"""``python -m continual sweep``: run folders, summary.md, sensitivity.png, skipping and resuming, and the Ray backend
+"""``python -m continual sweep``: run folders, report.md/.json, sensitivity.png, skipping and resuming, and the Ray backend
 against a real local Ray instance."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from continual import learner as learner_mod  # the learners make their tasks (c
 from continual import sweep as sweep_mod
 from continual.cli import config_from, main, parser
 from continual.runner import run_experiment
+from specopt.experiment import folder_kind
 
 TINY = ["--dataset", "digits", "--tasks", "2", "--epochs", "1", "--train-size", "64", "--batch-size", "32",
         "--width", "16", "--no-diagnostics"]
@@ -61,8 +62,9 @@ def test_local_sweep_writes_run_folders_summary_and_figure_and_a_rerun_skips_eve
     assert mine.pop("out") == str(out / "l2-s0.01-seed1") and theirs.pop("out") == str(single)
     assert mine == theirs
 
-    # summary.md: recompute every number from the rows.
-    summary = (out / "summary.md").read_text()
+    # report.md and report.json: recompute every number from the rows.
+    summary = (out / "report.md").read_text()
+    data = json.loads((out / "report.json").read_text())
     best = {}
     for mitigator, strength, label in [("none", None, "–"), ("l2", 1e-4, "0.0001"), ("l2", 1e-2, "0.01")]:
         last5, last = [], []
@@ -76,13 +78,19 @@ def test_local_sweep_writes_run_folders_summary_and_figure_and_a_rerun_skips_eve
             if strength is not None:
                 assert {float(r["strength"]) for r in rows} == {strength}
         (m5, s5), (m1, s1) = mean_se(last5), mean_se(last)
-        line = f"| {mitigator} | {label} | 2 | 2 | {m5:.4f} | {m1:.4f} |"  # 2 seeds: no standard error
-        assert line in summary, (line, summary)
+        (entry,) = [e for e in data["entries"] if e["mitigator"] == mitigator and e["strength"] == strength]
+        assert (entry["seeds"], entry["tasks"]) == (2, 2)
+        assert entry["last5"] == pytest.approx(m5, abs=1e-12) and entry["last"] == pytest.approx(m1, abs=1e-12)
+        assert entry["last5_se"] == pytest.approx(s5, abs=1e-12)
         if strength is not None:
             best[strength] = m5
+        else:  # 2 seeds: the mean alone, no standard error
+            assert f"| {mitigator} | {label} | 2 | 2 | {m5:.3f} | {m1:.3f} |" in summary, summary
     best_strength = max(sorted(best), key=lambda s: best[s])  # highest; a tie goes to the smaller strength
-    assert f"* l2: {best_strength:g}" in summary
+    assert data["best"] == {"l2": best_strength}
+    assert f"| l2 | {best_strength:g} | 2 | 2 | **{best[best_strength]:.3f}** |" in summary, summary
     assert "highest mean (over seeds) of the last-5-task mean train accuracy" in summary
+    assert summary.startswith("# digits, ") and "; 2 tasks × 1 epochs, batch size 32" in summary.splitlines()[0]
 
     # The same command again: nothing reruns, no file of a run is rewritten.
     before = mtimes(out)
@@ -198,7 +206,7 @@ def test_ray_backend_gives_the_rows_of_the_local_backend_and_resumes_across_fold
         config = json.loads((remote / name / "config.json").read_text())
         assert config["out"] == str(remote / name)  # not the worker's temporary folder
         assert not [p for p in (remote / name).iterdir() if p.name.startswith(".")]
-    assert (remote / "summary.md").exists() and (remote / "sensitivity.png").exists()
+    assert (remote / "report.json").exists() and (remote / "sensitivity.png").exists()
 
 
 def test_killing_a_local_sweep_stops_its_workers(tmp_path):
@@ -259,7 +267,7 @@ def test_pack_folds_finished_runs_into_one_rows_file_and_every_reader_reads_them
     assert main(argv) == 0
     folders = {p.name: (json.loads((p / "config.json").read_text()), read_csv(p / "results.csv"))
                for p in out.iterdir() if p.is_dir()}
-    before = (table(out)[0], plot_table(read_rows([out]), "train_accuracy"), (out / "summary.md").read_text())
+    before = (table(out)[0], plot_table(read_rows([out]), "train_accuracy"), (out / "report.md").read_text())
     partial = out / "l2-s0.01-seed1"
     rows = read_csv(partial / "results.csv")
     with open(partial / "results.csv", "w", newline="") as f:  # as if killed after its first task
@@ -270,8 +278,8 @@ def test_pack_folds_finished_runs_into_one_rows_file_and_every_reader_reads_them
 
     assert main(["pack", str(tmp_path / "studies")]) == 0
     assert "3 finished runs packed" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["l2-s0.01-seed1", "rows.csv", "runs.jsonl", "sensitivity.png",
-                                                     "summary.json", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["l2-s0.01-seed1", "report.json", "report.md", "rows.csv",
+                                                     "runs.jsonl", "sensitivity.png"]
     packed = packed_runs(out)
     assert set(packed) == set(folders) - {"l2-s0.01-seed1"}
     for name, (config, rows) in packed.items():
@@ -281,7 +289,15 @@ def test_pack_folds_finished_runs_into_one_rows_file_and_every_reader_reads_them
     assert main([a for a in argv if a != "--no-progress"]) == 0  # again: the packed runs are finished, one resumes
     assert "3 finished, 1 to resume, 0 to start" in capsys.readouterr().out
     assert read_csv(partial / "results.csv") == folders["l2-s0.01-seed1"][1]
-    assert (table(out)[0], plot_table(read_rows([out]), "train_accuracy"), (out / "summary.md").read_text()) == before
+    assert (table(out)[0], plot_table(read_rows([out]), "train_accuracy"), (out / "report.md").read_text()) == before
     assert read_rows([out / "none-seed0"]) == folders["none-seed0"][1]  # a packed run named by its folder
     assert main([*argv[:-1], str(out), "--epochs", "2"]) == 2  # changed settings are refused for packed runs too
     assert "runs.jsonl (" in capsys.readouterr().err
+
+    # A folder holding only a packed sweep is a continual sweep by its runs.jsonl: `run` into it is refused.
+    assert main(["pack", str(out)]) == 0 and "1 finished runs packed" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == []
+    assert folder_kind(out) == "continual sweep"
+    assert main(["run", *TINY, "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "continual sweep" in err and len(err.strip().splitlines()) == 1, err
