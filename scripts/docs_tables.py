@@ -61,6 +61,7 @@ FIXED: dict[str, Callable[[], str]] = {
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
         lambda: _script("strength_tradeoff").report(),
     "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),
+    "python scripts/strength_tradeoff.py (the two named strengths)": lambda: _script("strength_tradeoff").summary_table(),
     "python -m continual study k --report (its table of every k)": _k_table,
 }
 """Blocks whose command is one of these strings, and the function that produces each."""
@@ -159,6 +160,13 @@ def _gradient_rms(argv: list[str]) -> str:
     return _script("gradient_rms").report(ROOT / parser.parse_args(argv).report)
 
 
+def _strength_mapping(argv: list[str]) -> str:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--summary", required=True)
+    m = _script("rl_strength_mapping")
+    return m.summary(m.read_csv(ROOT / parser.parse_args(argv).summary))
+
+
 def _penalty_ratio(argv: list[str]) -> str:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--report", required=True)
@@ -177,6 +185,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[list[str]], str]] = {
     ("python", "-m", "continual", "plot"): _continual_plot,
     ("python", "-m", "rl", "plot"): _rl_plot,
     ("python", "scripts/rl_run_table.py"): _rl_run_table,
+    ("python", "scripts/rl_strength_mapping.py"): _strength_mapping,
 }
 """Blocks whose command starts with one of these: the command's own table, from its arguments (as a user runs it)."""
 

@@ -205,6 +205,45 @@ def bars(rl_rows: dict, plastic: dict, kept: dict, sup: dict) -> list[str]:
     return lines
 
 
+def summary_table() -> str:
+    """strength.md's first table: the two named strengths, what each is for, and its measured benefit and cost, every
+    number from the rows :func:`report` reads (SAC: results/strength-sac, all without LayerNorm; supervised:
+    results/strength-supervised; plasticity: the tuned study's last / first task per seed for the drop-in strength,
+    the 30-task acceptance runs for the continual one)."""
+    rl = sac(ROOT / "results/strength-sac")
+    sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
+    _, kept = continual_tuned(ROOT / "results/studies/tuned")
+    accept = acceptance(ROOT / "results/acceptance")
+    envs = sorted(rl)
+
+    def span(values: list[float]) -> str:
+        return f"{min(values):.2f}–{max(values):.2f}×"
+
+    def cost(s: float) -> str:
+        seeds = sorted({rl[e][s][2] for e in envs if s in rl[e]})
+        sac_part = " / ".join(ratio(rl[e].get(s), rl[e].get(0.0)) for e in envs)
+        points = f"{(sup[s][0] - sup[0.0][0]) * 100:+.1f}".replace("-", "−")
+        return (f"SAC {sac_part} Adam's return ({' / '.join(envs)}, {'/'.join(map(str, seeds))} seeds, no LayerNorm), "
+                f"supervised {points} points")
+
+    def kept_ratios(mitigator: str) -> list[float]:
+        return [last / first for by in accept.values() for first, last in by[mitigator]]
+
+    drop_in, continual = specopt.DEFAULT_STRENGTH, specopt.CONTINUAL_STRENGTH
+    rows = [("`specopt.DEFAULT_STRENGTH` (the default of `SpectralAdam`, `Spectral` and `rl`)", drop_in,
+             "swapping into ordinary training",
+             f"keeps a little of the plasticity Adam loses (last task {span(kept['noln'][drop_in])} the first, Adam "
+             f"{span(kept['noln'][0.0])}; random labels, no LayerNorm, the tuned study's 20 tasks)"),
+            ("`specopt.CONTINUAL_STRENGTH` (the default of `continual`'s `spectral`)", continual,
+             "continual learning over many tasks",
+             f"keeps plasticity: last task {span(kept_ratios('spectral'))} the first on every seed, with and without "
+             f"LayerNorm (Adam: {span(kept_ratios('none'))}; the acceptance runs, 30 tasks)")]
+    lines = ["| name | λ | what it is for | measured benefit | measured cost (against plain Adam) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {name} | {s:g} | {use} | {benefit} | {cost(s)} |" for name, s, use, benefit in rows]
+    return "\n".join(lines)
+
+
 def report() -> str:
     """The strength table, the acceptance runs' last / first ratios, and the forms study's table (markdown): what
     docs/strength.md shows, regenerated from the committed rows (a test compares them)."""

@@ -70,3 +70,37 @@ def test_a_new_empty_block_is_filled_and_leaves_the_next_block_alone():
     filled, changed = module.regenerate(emptied + prose + page[start:end] + "<!-- end generated -->\n", "x.md")
     assert changed == [command]
     assert filled == page + prose + page[start:end] + "<!-- end generated -->\n"
+
+
+def test_the_forms_table_names_options_that_exist():
+    """strength.md's table of the forms of the pull is API, not results: every option it names is one the code takes
+    (SpectralAdam's and param_groups' keyword arguments, continual's and rl's flags, each with its value)."""
+    import inspect
+    import re
+
+    import torch
+
+    import specopt
+    from continual.cli import parser as continual_parser
+    from rl.cli import _parser as rl_parser
+
+    page = (ROOT / "docs" / "strength.md").read_text()
+    table = page[page.index("| form | ask for it |"):].split("\n\n")[0].splitlines()[2:]
+    asked = [cell for line in table for cell in re.findall(r"`([^`]+)`", line.split("|")[2])]
+    assert len(table) == 5 and len(asked) >= 10, asked
+    kwargs = set(inspect.signature(specopt.SpectralAdam).parameters)
+    for option in asked:
+        tokens = option.removeprefix("continual ").removeprefix("rl ").split()
+        if option.startswith("specopt.param_groups("):
+            names = re.findall(r"(\w+)=", option)
+            assert set(names) <= set(inspect.signature(specopt.param_groups).parameters), option
+        elif "=" in option and not option.startswith("-"):
+            assert option.split("=")[0] in kwargs, option
+        elif tokens[0].startswith(("--spectral.", "--no-spectral.")):  # accepted, and it changes the settings
+            parse = continual_parser().parse_args
+            assert vars(parse(["run", "--out", "x", *tokens])) != vars(parse(["run", "--out", "x"])), option
+        elif tokens[0].startswith(("--spectral-", "--no-spectral-")):
+            parse = rl_parser().parse_args
+            assert vars(parse(["train", *tokens])) != vars(parse(["train"])), option
+        else:  # a key of SpectralAdam's parameter groups (one it fills in itself, not only stores)
+            assert option in specopt.SpectralAdam([torch.nn.Parameter(torch.ones(2, 2))]).param_groups[0], option

@@ -419,11 +419,14 @@ def test_strength_mapping_script_reads_adams_second_moments_from_the_checkpoint(
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    out = tmp_path / "mapping.md"
-    done = subprocess.run([sys.executable, "scripts/rl_strength_mapping.py", str(full_run), "--agents", "spectral",
-                           "-o", str(out)], capture_output=True, text=True, cwd=root)
+    from specopt.experiment import read_csv
+
+    out = tmp_path / "mapping.csv"
+    script = [sys.executable, "scripts/rl_strength_mapping.py"]
+    done = subprocess.run([*script, str(full_run), "--agents", "spectral", "-o", str(out)], capture_output=True,
+                          text=True, cwd=root)
     assert done.returncode == 0, done.stderr
-    lines = [x for x in out.read_text().splitlines() if x.startswith("| spectral-s")]
+    lines = [x for x in done.stdout.splitlines() if x.startswith("| spectral-s")]
     assert len(lines) == 4  # 2 spectral agents × (actor, critic)
     ck = checkpoint(full_run)
     state = ck["agent"]["critic_opt"]["state"]
@@ -432,3 +435,17 @@ def test_strength_mapping_script_reads_adams_second_moments_from_the_checkpoint(
     median = float(torch.quantile(rms, 0.5))
     [critic0] = [x for x in lines if x.startswith("| spectral-seed0 |") and "| critic |" in x]
     assert f"{median:.2e}" in critic0 and f"{1e-4 / median:.3g}" in critic0
+    # The rows: the same numbers in full; -o again replaces them (same agent, step, net) rather than adding;
+    # --report prints the table from the rows, --summary the docs' table.
+    rows = read_csv(out)
+    [row] = [r for r in rows if r["agent"] == "spectral-seed0" and r["net"] == "critic"]
+    assert float(row["rms_q50"]) == pytest.approx(median, rel=1e-6)
+    assert float(row["lambda_q50"]) == pytest.approx(1e-4 / median, rel=1e-6)
+    assert subprocess.run([*script, str(full_run), "--agents", "spectral", "-o", str(out)], capture_output=True,
+                          cwd=root).returncode == 0 and read_csv(out) == rows
+    report = subprocess.run([*script, "--report", str(out)], capture_output=True, text=True, cwd=root)
+    assert [x for x in report.stdout.splitlines() if x.startswith("| spectral-s")] == lines
+    summary = subprocess.run([*script, "--summary", str(out)], capture_output=True, text=True, cwd=root).stdout
+    assert f"| critic | 0 / 1 | {median:.1e}".replace("e-0", "e-") in summary, summary
+    bad = subprocess.run([*script, "--summary", str(out), str(full_run)], capture_output=True, text=True, cwd=root)
+    assert bad.returncode == 2 and "give no run folders" in bad.stderr
