@@ -26,6 +26,8 @@ long       the paper's 50 tasks (issue #29): none, spectral (decoupled and coupl
 k          spectral's exponent k ∈ {1, 2, 4, 8} at its default strength, 3 seeds × 30 tasks, no LayerNorm
 shift      the other non-stationarities: none, spectral and the two best tuned baselines (:data:`SHIFT_BASELINES`),
            3 seeds × 20 tasks, train and test accuracy
+crelu-     CReLU against spectral (λ = 1) at 40 and 120 epochs per task, CReLU matched in parameters and not, no
+epochs     LayerNorm (issue #29 item 3): single runs of seeds 0–2 (:attr:`Sweep.one_run`) and a 2-task sweep
 =========  =====================================================================================================
 
 The best strength of a sweep is :data:`continual.report.BEST_RULE`'s, fixed before any confirmation ran.
@@ -75,11 +77,14 @@ HELDOUT_SEEDS = (3, 4, 5)
 
 @dataclass(frozen=True)
 class Sweep:
-    """One sweep of a study: its folder below the study's, the settings beyond :data:`BENCHMARK`, the strengths."""
+    """One sweep of a study: its folder below the study's, the settings beyond :data:`BENCHMARK`, the strengths.
+    ``one_run``: the folder is one ``continual run`` of every seed together (vectorized seeds,
+    :func:`continual.run`), not a sweep of one-seed run folders; its strength is a setting."""
 
     folder: str
     settings: Mapping[str, Any]
     strengths: tuple[float, ...] | None = None
+    one_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,31 @@ def long(ctx: Context) -> list[Sweep]:
     return sweeps
 
 
+CRELU_WIDTH = 334
+"""The ``--width`` at which CReLU's MLP is *not* matched in parameters: ``continual.models.crelu_width`` turns width
+334 into 256 hidden units (512 features after the concatenation, 600,074 parameters against the ReLU MLP's 400,906);
+at the benchmark's width 256 it is matched (200 units, 401,610 parameters). Issue #29 item 3; docs/results.md."""
+
+
+def crelu_epochs(ctx: Context) -> list[Sweep]:
+    """CReLU against spectral (λ = 1) at 40 and 120 epochs per task, without LayerNorm: a 2-task first look (a sweep),
+    then 5 tasks at each epoch count with CReLU matched in parameters (width 256) and unmatched (:data:`CRELU_WIDTH`),
+    and 10 tasks at 120 epochs — each one run of seeds 0–2 (spectral's with vectorized seeds)."""
+    common = dict(nonstationarity="random-labels", seeds=[0, 1, 2], layernorm=False)
+    sweeps = [Sweep("t2-e120", dict(common, tasks=2, epochs=120, mitigators=["crelu", "spectral"], diagnostics=False),
+                    (1.0,))]
+    for tasks, epochs, wide in ((5, 40, True), (5, 120, True), (10, 120, False)):
+        at = dict(common, tasks=tasks, epochs=epochs)
+        folder = f"t{tasks}-e{epochs}"
+        sweeps += [Sweep(f"{folder}/spectral", dict(at, mitigators=["spectral"], strength=1.0, vectorize_seeds=True),
+                         one_run=True),
+                   Sweep(f"{folder}/crelu", dict(at, mitigators=["crelu"]), one_run=True)]
+        if wide:
+            sweeps.append(Sweep(f"{folder}/crelu-w{CRELU_WIDTH}", dict(at, mitigators=["crelu"], width=CRELU_WIDTH),
+                                one_run=True))
+    return sweeps
+
+
 def k_ablation(ctx: Context) -> list[Sweep]:
     return [Sweep(f"k{k}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
                                 layernorm=False, options={"spectral": {"k": k}})) for k in (1, 2, 4, 8)]
@@ -286,15 +316,18 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False,
           options=("k", {"k1": "1", "k2": "2", "k4": "4", "k8": "8"}, "2")),
     Study("shift", shift, variants=False, train_test=True, tables=SHIFTS),
+    Study("crelu-epochs", crelu_epochs, variants=False, tables=("t2-e120", "t5-e40", "t5-e120", "t10-e120"),
+          figures=False),
 )}
 
 
 def configs(name: str, out: Path, overrides: Mapping[str, Any] | None = None, variants: tuple[str, ...] = VARIANTS,
-            only: tuple[str, ...] = ORDER, strengths: tuple[float, ...] | None = None
+            only: tuple[str, ...] = ORDER, strengths: tuple[float, ...] | None = None, one_run: bool = False
             ) -> list[tuple[RunConfig, tuple[float, ...] | None]]:
     """Every sweep of study ``name`` as (its finished base config, its strengths): :data:`BENCHMARK`, then the
     sweep's settings, then ``overrides`` (what the command line set: e.g. a tiny dataset for a test); ``strengths``
-    replaces the grid of every sweep that has one."""
+    replaces the grid of every sweep that has one. With ``one_run``, the study's single runs instead
+    (:attr:`Sweep.one_run`; strengths None)."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; valid: {', '.join(STUDIES)}")
     bad = [v for v in variants if v not in VARIANTS] + [m for m in only if m not in ORDER]
@@ -305,6 +338,8 @@ def configs(name: str, out: Path, overrides: Mapping[str, Any] | None = None, va
     out_study = out / name
     result = []
     for sweep in STUDIES[name].sweeps(ctx):
+        if sweep.one_run != one_run:
+            continue
         settings = {**BENCHMARK, **sweep.settings, **(overrides or {}), "out": str(out_study / sweep.folder)}
         cfg = RunConfig(**settings)
         cfg.validate()
@@ -318,11 +353,20 @@ def run_study(name: str, out: Path, overrides: Mapping[str, Any] | None = None, 
               strengths: tuple[float, ...] | None = None) -> str:
     """Run (or finish) every sweep of study ``name`` under ``out``, then write and return its report. Every sweep's
     settings are checked before the first runs."""
-    from .sweep import sweep
+    from dataclasses import asdict
 
+    from specopt.runs import call
+
+    from .sweep import EXECUTE, sweep
+
+    runs = [cfg for cfg, _ in configs(name, out, overrides, variants, only, one_run=True)]
     for cfg, grid in configs(name, out, overrides, variants, only, strengths):
         sweep(cfg, strengths=list(grid) if grid else None, workers=workers, threads=threads,
               backend=backend, ray_address=ray_address, progress=progress)
+    for cfg in runs:  # in turn, in this process: each resumes from its checkpoint; a finished one trains nothing
+        rows = call(EXECUTE, asdict(cfg), threads)
+        if progress:
+            print(f"run {cfg.out}: {rows} rows", flush=True)
     return report(name, out)
 
 
@@ -331,8 +375,10 @@ def report(name: str, out: Path) -> str:
     written to ``<out>/<name>/report.md`` and ``<out>/<name>/<folder>.png``."""
     from specopt.experiment import write_text
 
-    from .report import finished_runs, table, versions
-    from .report import BEST_RULE, sensitivity_plot
+    from specopt.results import run_configs
+
+    from .report import BEST_RULE, finished_runs, sensitivity_plot, table, versions
+    from .report import report as report_of
 
     study = STUDIES[name]
     root = out / name
@@ -346,6 +392,9 @@ def report(name: str, out: Path) -> str:
         where = root / folder
         runs, unfinished = finished_runs(where) if where.is_dir() else ([], 0)
         if not runs:
+            if where.is_dir() and any(run_configs(where)):  # single runs (Sweep.one_run): accuracy per task
+                text, _ = report_of([where])
+                parts += [f"## {folder}", "", text, ""]
             continue
         text, entries = table(where, study.train_test)
         parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}. {versions(where)}",

@@ -150,3 +150,39 @@ def test_long_study_plans_the_papers_50_tasks_on_held_out_seeds_at_the_tuned_bes
     for r in runs:
         best = json.loads((RESULTS / "tuned" / "noln" / r.mitigator / "report.json").read_text())["best"]
         assert r.strength == best.get(r.mitigator)  # None for none and crelu, which have no strength
+
+
+def test_crelu_epochs_study_declares_the_committed_runs_and_its_single_runs_resume(tmp_path):
+    """Issue #29 item 3 as a study: its 2-task sweep plans exactly the committed sweep's runs, and each of its single
+    runs (every seed in one `continual run` folder) has the committed run's settings (as `run --resume` compares
+    them: only --out and --data-dir may differ) and all its rows."""
+    from dataclasses import asdict
+
+    from continual.config import changed_settings
+    from continual.sweep import _comparable
+
+    planned = [r for cfg, grid in configs("crelu-epochs", RESULTS) for r in plan(cfg, list(grid) if grid else None)]
+    assert [status(r) for r in planned] == ["finished"] * 6
+    singles = [cfg for cfg, _ in configs("crelu-epochs", RESULTS, one_run=True)]
+    committed = {folder for folder, _ in run_configs(RESULTS / "crelu-epochs")} - {Path(r.config.out) for r in planned}
+    assert {Path(c.out) for c in singles} == committed and len(singles) == 8
+    for cfg in singles:
+        saved = json.loads((Path(cfg.out) / "config.json").read_text())
+        assert changed_settings(saved, _comparable(asdict(cfg))) == [], cfg.out
+        with open(Path(cfg.out) / "results.csv") as fh:
+            assert len(list(csv.DictReader(fh))) == cfg.tasks * len(cfg.seeds)
+
+    # A tiny version (the study's widths kept): the sweep and every single run, then the report; again, nothing is
+    # retrained.
+    tiny = [a for a in TINY if a not in ("--width", "16")]
+    done = study("crelu-epochs", "--out", str(tmp_path), "--seeds", "0", "1", *tiny)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = tmp_path / "crelu-epochs" / "t5-e40" / "crelu-w334"
+    with open(single / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["seed"], r["task"], r["width"]) for r in rows} == {(s, t, "334") for s in "01" for t in "12"}
+    report = (tmp_path / "crelu-epochs" / "report.md").read_text()
+    assert all(f"## {f}" in report for f in ("t2-e120", "t5-e40", "t5-e120", "t10-e120")), report
+    before = single.joinpath("results.csv").stat().st_mtime_ns
+    again = study("crelu-epochs", "--out", str(tmp_path), "--seeds", "0", "1", *tiny)
+    assert again.returncode == 0 and single.joinpath("results.csv").stat().st_mtime_ns == before, again.stderr[-2000:]
