@@ -26,6 +26,10 @@ long       the paper's 50 tasks (issue #29): none, spectral (decoupled and coupl
 k          spectral's exponent k ∈ {1, 2, 4, 8} at its default strength, 3 seeds × 30 tasks, no LayerNorm
 shift      the other non-stationarities: none, spectral and the two best tuned baselines (:data:`SHIFT_BASELINES`),
            3 seeds × 20 tasks, train and test accuracy
+supervised Adam against spectral λ ∈ {0.001, 0.01, 1} on the supervised single task (:data:`SUPERVISED`), 3 seeds
+           (docs/strength.md, the drop-in cost)
+forms      the named forms of the pull (:data:`FORMS`): plasticity (30 tasks, 3 seeds) and the supervised single
+           task; the SAC half is ``python -m rl study forms-sac`` into the same folder (docs/strength.md)
 crelu-     CReLU against spectral (λ = 1) at 40 and 120 epochs per task, CReLU matched in parameters and not, no
 epochs     LayerNorm (issue #29 item 3): single runs of seeds 0–2 (:attr:`Sweep.one_run`) and a 2-task sweep
 =========  =====================================================================================================
@@ -269,6 +273,46 @@ def crelu_epochs(ctx: Context) -> list[Sweep]:
     return sweeps
 
 
+SUPERVISED: dict[str, Any] = dict(nonstationarity="pixel-permutation", tasks=1, epochs=20, train_size=60000,
+                                  seeds=[0, 1, 2], layernorm=False, diagnostics=False)
+"""The supervised single task of docs/strength.md: one task of a pixel-permutation stream is ordinary training on
+permuted pixels, all 60,000 training images, 20 epochs; test accuracy."""
+
+
+def supervised(ctx: Context) -> list[Sweep]:
+    """Adam against the spectral strengths 0.001, 0.01 and 1 on the supervised single task (the drop-in cost)."""
+    return [Sweep("fashion-mnist-mlp", dict(SUPERVISED, mitigators=["none", "spectral"]), (0.001, 0.01, 1.0))]
+
+
+FORMS: tuple[tuple[str, float, dict[str, Any]], ...] = (
+    ("no-heads", 1.0, {"heads": False}), ("one-sided", 1.0, {"pull": "one-sided"}),
+    ("precondition", 1e-3, {"precondition": True}))
+"""The named forms of the pull the forms study measured on continual's side: (name, λ, spectral options)."""
+
+
+def forms(ctx: Context) -> list[Sweep]:
+    """The forms study's continual half (docs/strength.md, "Forms of the pull"; its SAC half is ``python -m rl study
+    forms-sac``, into ``sac/`` beside): plasticity on the random-label benchmark (30 tasks, seeds 0–2 in one
+    vectorized run) and the supervised single task (a sweep, Adam beside it for the preconditioned form), each form
+    at its λ; the preconditioned form also at λ = 1e-4 (plasticity) and 1e-4, 3e-4 (supervised, "-weaker") and, at
+    1e-3, with LayerNorm."""
+    plastic = dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
+                   vectorize_seeds=True)
+    sweeps = []
+    for name, strength, spectral in FORMS:
+        options = {"spectral": spectral}
+        for variant, lam in (("noln", strength), *((("noln", 1e-4), ("ln", 1e-3)) if name == "precondition" else ())):
+            sweeps.append(Sweep(f"plasticity/{variant}/{name}-{lam:.0e}".replace("e+00", "").replace("e-0", "e-"),
+                                dict(plastic, strength=lam, options=options, **_ln(variant)), one_run=True))
+        adam = ["none"] if name == "precondition" else []
+        sweeps.append(Sweep(f"supervised/fashion-mnist-mlp-{name}",
+                            dict(SUPERVISED, mitigators=[*adam, "spectral"], options=options), (strength,)))
+    sweeps.append(Sweep("supervised/fashion-mnist-mlp-precondition-weaker",
+                        dict(SUPERVISED, mitigators=["spectral"], options={"spectral": {"precondition": True}}),
+                        (1e-4, 3e-4)))
+    return sweeps
+
+
 def k_ablation(ctx: Context) -> list[Sweep]:
     return [Sweep(f"k{k}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
                                 layernorm=False, options={"spectral": {"k": k}})) for k in (1, 2, 4, 8)]
@@ -316,6 +360,11 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     Study("k", k_ablation, variants=False, tables=("k1", "k2", "k4", "k8"), figures=False,
           options=("k", {"k1": "1", "k2": "2", "k4": "4", "k8": "8"}, "2")),
     Study("shift", shift, variants=False, train_test=True, tables=SHIFTS),
+    Study("supervised", supervised, variants=False, train_test=True, tables=("fashion-mnist-mlp",), figures=False),
+    Study("forms", forms, variants=False, train_test=True, figures=False, tables=(
+        "supervised/fashion-mnist-mlp-no-heads", "supervised/fashion-mnist-mlp-one-sided",
+        "supervised/fashion-mnist-mlp-precondition", "supervised/fashion-mnist-mlp-precondition-weaker",
+        "plasticity/noln", "plasticity/ln")),
     Study("crelu-epochs", crelu_epochs, variants=False, tables=("t2-e120", "t5-e40", "t5-e120", "t10-e120"),
           figures=False),
 )}

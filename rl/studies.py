@@ -14,7 +14,7 @@ study          what it runs (SAC as people run it: twin critics, no LayerNorm, r
 strength-sac   Adam against the spectral strengths 1, 0.01 and 0.001 on cheetah-run and walker-walk, 5 seeds
                (3 for λ = 1), into results/strength-sac (the trade-off table of docs/strength.md)
 forms-sac      Adam against the preconditioned pull at λ = 1e-3, 5 seeds per env, and on cheetah-run the output
-               layer exempt and the one-sided pull at λ = 1, into results/strength-forms/sac (docs/strength.md,
+               layer exempt and the one-sided pull at λ = 1, into results/studies/forms/sac (docs/strength.md,
                "Forms of the pull")
 short-cheetah  SAC + LayerNorm (rl's defaults) at replay ratio 4 for 20k env steps on a CPU (:data:`SHORT`): Adam and
                spectral λ = 1, seeds 0–1, and spectral λ = 0.1, seed 0, into results/rl/short-cheetah
@@ -60,7 +60,7 @@ STUDIES: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
         *((f"{env}-0.001", dict(env=env, mitigators=("spectral",), strengths=(0.001,), seeds=(0, 1, 2, 3, 4)))
           for env in ENVS),
     ]),
-    "forms-sac": ("strength-forms/sac", [
+    "forms-sac": ("studies/forms/sac", [
         *((f"{env}-precondition", dict(env=env, mitigators=("none", "spectral"), strengths=(1e-3,),
                                        spectral_precondition=True, seeds=(0, 1, 2, 3, 4))) for env in ENVS),
         ("cheetah-run-no-heads", dict(env="cheetah-run", mitigators=("spectral",), strengths=(1.0,),

@@ -6,7 +6,7 @@ benefit (the Fashion-MNIST random-label benchmark) for every spectral strength m
 Rows read:
   results/strength-sac/<run>/<agent>/results.csv           python -m rl train ... --strengths ... (docs/strength.md);
                                                            runs of one env (config.json's env) pool their seeds
-  results/strength-supervised/fashion-mnist-mlp/ (a packed sweep: rows.csv)
+  results/studies/supervised/fashion-mnist-mlp/ (a packed sweep: rows.csv)
   results/studies/tuned/{noln,ln}/spectral/ (packed)       the tuned-baselines study (2 seeds × 20 tasks)
   results/acceptance/{noln,ln}/{none,spectral}*.csv        Adam and λ = 1 (3 seeds × 30 tasks)
 
@@ -95,7 +95,7 @@ def ratio(a: tuple[float, float, int] | None, b: tuple[float, float, int] | None
     return "–" if a is None or b is None else ratio_pm(a, b)
 
 
-FORMS = ROOT / "results/strength-forms"
+FORMS = ROOT / "results/studies/forms"
 
 
 def form_of(cfg: dict) -> str:
@@ -107,7 +107,7 @@ def form_of(cfg: dict) -> str:
 
 
 def forms() -> tuple[dict, dict, dict, dict]:
-    """The forms study's rows (results/strength-forms): ({(form, λ): {env: (mean, s.e., seeds)}} of SAC with Adam
+    """The forms study's rows (results/studies/forms): ({(form, λ): {env: (mean, s.e., seeds)}} of SAC with Adam
     under ("adam", 0.0), {(form, λ): {variant: (mean, s.e., seeds)}} of the last-5-task train accuracy,
     {(form, λ): {variant: [last / first task per seed]}}, {(form, λ): (mean, s.e., seeds)} of the supervised test
     accuracy) — every run of one code version (config.json's provenance)."""
@@ -208,10 +208,10 @@ def bars(rl_rows: dict, plastic: dict, kept: dict, sup: dict) -> list[str]:
 def summary_table() -> str:
     """strength.md's first table: the two named strengths, what each is for, and its measured benefit and cost, every
     number from the rows :func:`report` reads (SAC: results/strength-sac, all without LayerNorm; supervised:
-    results/strength-supervised; plasticity: the tuned study's last / first task per seed for the drop-in strength,
+    results/studies/supervised; plasticity: the tuned study's last / first task per seed for the drop-in strength,
     the 30-task acceptance runs for the continual one)."""
     rl = sac(ROOT / "results/strength-sac")
-    sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
+    sup = supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp")
     _, kept = continual_tuned(ROOT / "results/studies/tuned")
     accept = acceptance(ROOT / "results/acceptance")
     envs = sorted(rl)
@@ -248,7 +248,7 @@ def report() -> str:
     """The strength table, the acceptance runs' last / first ratios, and the forms study's table (markdown): what
     docs/strength.md shows, regenerated from the committed rows (a test compares them)."""
     rl = sac(ROOT / "results/strength-sac")
-    sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
+    sup = supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp")
     tuned, kept = continual_tuned(ROOT / "results/studies/tuned")
     accept = acceptance(ROOT / "results/acceptance")
     strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
@@ -278,10 +278,10 @@ def main() -> None:
     p.add_argument("--figure", type=Path, default=ROOT / "docs/figures/strength_tradeoff.png")
     args = p.parse_args()
     print(report())
-    print("\nForms of the pull (results/strength-forms):\n")
+    print("\nForms of the pull (results/studies/forms):\n")
     print(forms_table())
     rl = sac(ROOT / "results/strength-sac")
-    sup = supervised(ROOT / "results/strength-supervised/fashion-mnist-mlp")
+    sup = supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp")
     tuned, _ = continual_tuned(ROOT / "results/studies/tuned")
     strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
     envs = sorted(rl)
@@ -307,7 +307,7 @@ def main() -> None:
         pts = [(xi, tuned[variant][s][0]) for xi, s in zip(x, strengths) if s in tuned[variant]]
         axes[2].plot(*zip(*pts), "o-", label={"noln": "no LayerNorm", "ln": "LayerNorm"}[variant] + " (tuned, 20 tasks)")
     axes[2].set_title("plasticity: last-5-task train accuracy")
-    # every other form of the pull (the forms study, results/strength-forms), beside the paper's form
+    # every other form of the pull (the forms study, results/studies/forms), beside the paper's form
     rl_forms, plastic, _, sup_forms = forms()
     adam_rl = rl_forms.get(("adam", 0.0), {})
     markers = {"precondition": "s", "no-heads": "^", "one-sided": "v"}

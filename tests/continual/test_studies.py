@@ -152,26 +152,31 @@ def test_long_study_plans_the_papers_50_tasks_on_held_out_seeds_at_the_tuned_bes
         assert r.strength == best.get(r.mitigator)  # None for none and crelu, which have no strength
 
 
-def test_crelu_epochs_study_declares_the_committed_runs_and_its_single_runs_resume(tmp_path):
-    """Issue #29 item 3 as a study: its 2-task sweep plans exactly the committed sweep's runs, and each of its single
-    runs (every seed in one `continual run` folder) has the committed run's settings (as `run --resume` compares
-    them: only --out and --data-dir may differ) and all its rows."""
+@pytest.mark.parametrize("name, sweep_runs, single_runs", [("crelu-epochs", 6, 8), ("supervised", 12, 0),
+                                                       ("forms", 18, 5)])
+def test_studies_with_single_runs_declare_the_committed_runs(name, sweep_runs, single_runs):
+    """Issue #29 item 3 and docs/strength.md's studies as declared studies: their sweeps plan exactly the committed
+    sweeps' runs, and each of their single runs (every seed in one `continual run` folder) has the committed run's
+    settings (as `run --resume` compares them: only --out and --data-dir may differ) and all its rows."""
     from dataclasses import asdict
 
     from continual.config import changed_settings
     from continual.sweep import _comparable
 
-    planned = [r for cfg, grid in configs("crelu-epochs", RESULTS) for r in plan(cfg, list(grid) if grid else None)]
-    assert [status(r) for r in planned] == ["finished"] * 6
-    singles = [cfg for cfg, _ in configs("crelu-epochs", RESULTS, one_run=True)]
-    committed = {folder for folder, _ in run_configs(RESULTS / "crelu-epochs")} - {Path(r.config.out) for r in planned}
-    assert {Path(c.out) for c in singles} == committed and len(singles) == 8
+    planned = [r for cfg, grid in configs(name, RESULTS) for r in plan(cfg, list(grid) if grid else None)]
+    assert [status(r) for r in planned] == ["finished"] * sweep_runs
+    singles = [cfg for cfg, _ in configs(name, RESULTS, one_run=True)]
+    committed = {folder for folder, c in run_configs(RESULTS / name) if "nonstationarity" in c}  # not forms' SAC runs
+    assert {Path(c.out) for c in singles} == committed - {Path(r.config.out) for r in planned}
+    assert len(singles) == single_runs
     for cfg in singles:
         saved = json.loads((Path(cfg.out) / "config.json").read_text())
         assert changed_settings(saved, _comparable(asdict(cfg))) == [], cfg.out
         with open(Path(cfg.out) / "results.csv") as fh:
             assert len(list(csv.DictReader(fh))) == cfg.tasks * len(cfg.seeds)
 
+
+def test_crelu_epochs_study_runs_its_sweep_and_single_runs_and_resumes(tmp_path):
     # A tiny version (the study's widths kept): the sweep and every single run, then the report; again, nothing is
     # retrained.
     tiny = [a for a in TINY if a not in ("--width", "16")]
