@@ -30,6 +30,8 @@ supervised Adam against spectral λ ∈ {0.001, 0.01, 1} on the supervised singl
            (docs/strength.md, the drop-in cost)
 forms      the named forms of the pull (:data:`FORMS`): plasticity (30 tasks, 3 seeds) and the supervised single
            task; the SAC half is ``python -m rl study forms-sac`` into the same folder (docs/strength.md)
+device-    the first GPU call's continual runs: ResNet-18 and ViT-Tiny, random labels and class-incremental, Adam
+check      and spectral, on ``cuda`` (:func:`device_check`; ``--device cpu`` to try it without one)
 crelu-     CReLU against spectral (λ = 1) at 40 and 120 epochs per task, CReLU matched in parameters and not, no
 epochs     LayerNorm (issue #29 item 3): single runs of seeds 0–2 (:attr:`Sweep.one_run`) and a 2-task sweep
 =========  =====================================================================================================
@@ -313,6 +315,20 @@ def forms(ctx: Context) -> list[Sweep]:
     return sweeps
 
 
+DEVICE_CHECK_MODELS = ("resnet18", "vit-tiny")
+
+
+def device_check(ctx: Context) -> list[Sweep]:
+    """The first GPU call's continual runs (``scripts/device_check.sh``, 2026-11-26; docs/results.md "GPU"):
+    ResNet-18 and ViT-Tiny on real Fashion-MNIST, random labels and class-incremental, Adam and spectral at
+    continual's default strength, 30 tasks × 8 epochs, batch 250, seed 0, on ``cuda`` — one run each (the
+    committed ones ran all eight at once under a time budget and hold their first 2–5 tasks)."""
+    return [Sweep(f"{model}-{ns}-{m}", dict(model=model, nonstationarity=ns, mitigators=[m], tasks=30, epochs=8,
+                                            batch_size=250, seeds=[0], device="cuda"), one_run=True)
+            for model in DEVICE_CHECK_MODELS for ns in ("random-labels", "class-incremental")
+            for m in ("none", "spectral")]
+
+
 def k_ablation(ctx: Context) -> list[Sweep]:
     return [Sweep(f"k{k}", dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
                                 layernorm=False, options={"spectral": {"k": k}})) for k in (1, 2, 4, 8)]
@@ -365,6 +381,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
         "supervised/fashion-mnist-mlp-no-heads", "supervised/fashion-mnist-mlp-one-sided",
         "supervised/fashion-mnist-mlp-precondition", "supervised/fashion-mnist-mlp-precondition-weaker",
         "plasticity/noln", "plasticity/ln")),
+    Study("device-check", device_check, variants=False, tables=("",), figures=False),
     Study("crelu-epochs", crelu_epochs, variants=False, tables=("t2-e120", "t5-e40", "t5-e120", "t10-e120"),
           figures=False),
 )}
@@ -443,7 +460,7 @@ def report(name: str, out: Path) -> str:
         if not runs:
             if where.is_dir() and any(run_configs(where)):  # single runs (Sweep.one_run): accuracy per task
                 text, _ = report_of([where])
-                parts += [f"## {folder}", "", text, ""]
+                parts += [f"## {folder or name}", "", text, ""]
             continue
         text, entries = table(where, study.train_test)
         parts += [f"## {folder or name}", "", text, "", f"Unfinished runs left out: {unfinished}. {versions(where)}",

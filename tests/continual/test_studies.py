@@ -153,11 +153,12 @@ def test_long_study_plans_the_papers_50_tasks_on_held_out_seeds_at_the_tuned_bes
 
 
 @pytest.mark.parametrize("name, sweep_runs, single_runs", [("crelu-epochs", 6, 8), ("supervised", 12, 0),
-                                                       ("forms", 18, 5)])
+                                                       ("forms", 18, 5), ("device-check", 0, 8)])
 def test_studies_with_single_runs_declare_the_committed_runs(name, sweep_runs, single_runs):
-    """Issue #29 item 3 and docs/strength.md's studies as declared studies: their sweeps plan exactly the committed
-    sweeps' runs, and each of their single runs (every seed in one `continual run` folder) has the committed run's
-    settings (as `run --resume` compares them: only --out and --data-dir may differ) and all its rows."""
+    """Issue #29 item 3, docs/strength.md's studies and the GPU call's runs as declared studies: their sweeps plan
+    exactly the committed sweeps' runs, and each of their single runs (every seed in one `continual run` folder) has
+    the committed run's settings (as `run --resume` compares them: only --out and --data-dir may differ) and all its
+    rows (device-check's: the tasks its time budget allowed, 2–5)."""
     from dataclasses import asdict
 
     from continual.config import changed_settings
@@ -173,7 +174,8 @@ def test_studies_with_single_runs_declare_the_committed_runs(name, sweep_runs, s
         saved = json.loads((Path(cfg.out) / "config.json").read_text())
         assert changed_settings(saved, _comparable(asdict(cfg))) == [], cfg.out
         with open(Path(cfg.out) / "results.csv") as fh:
-            assert len(list(csv.DictReader(fh))) == cfg.tasks * len(cfg.seeds)
+            rows = len(list(csv.DictReader(fh)))
+        assert rows == cfg.tasks * len(cfg.seeds) or (name == "device-check" and 2 <= rows <= 5), (cfg.out, rows)
 
 
 def test_crelu_epochs_study_runs_its_sweep_and_single_runs_and_resumes(tmp_path):
