@@ -205,15 +205,20 @@ def bars(rl_rows: dict, plastic: dict, kept: dict, sup: dict) -> list[str]:
     return lines
 
 
+def committed() -> tuple[dict, dict, dict, dict, dict]:
+    """The rows every table here reads: (SAC :func:`sac`, supervised :func:`supervised`, the tuned study's
+    last-5-task means and last / first ratios :func:`continual_tuned`, the acceptance runs :func:`acceptance`)."""
+    tuned, kept = continual_tuned(ROOT / "results/studies/tuned")
+    return (sac(ROOT / "results/strength-sac"), supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp"),
+            tuned, kept, acceptance(ROOT / "results/acceptance"))
+
+
 def summary_table() -> str:
     """strength.md's first table: the two named strengths, what each is for, and its measured benefit and cost, every
     number from the rows :func:`report` reads (SAC: results/strength-sac, all without LayerNorm; supervised:
     results/studies/supervised; plasticity: the tuned study's last / first task per seed for the drop-in strength,
     the 30-task acceptance runs for the continual one)."""
-    rl = sac(ROOT / "results/strength-sac")
-    sup = supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp")
-    _, kept = continual_tuned(ROOT / "results/studies/tuned")
-    accept = acceptance(ROOT / "results/acceptance")
+    rl, sup, _, kept, accept = committed()
     envs = sorted(rl)
 
     def span(values: list[float]) -> str:
@@ -247,10 +252,7 @@ def summary_table() -> str:
 def report() -> str:
     """The strength table, the acceptance runs' last / first ratios, and the forms study's table (markdown): what
     docs/strength.md shows, regenerated from the committed rows (a test compares them)."""
-    rl = sac(ROOT / "results/strength-sac")
-    sup = supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp")
-    tuned, kept = continual_tuned(ROOT / "results/studies/tuned")
-    accept = acceptance(ROOT / "results/acceptance")
+    rl, sup, tuned, kept, accept = committed()
     strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
     envs = sorted(rl)
     head = ["strength λ"] + [f"SAC {e}: return, last 10% (seeds)" for e in envs] + [f"SAC {e} / Adam" for e in envs]
@@ -280,9 +282,7 @@ def main() -> None:
     print(report())
     print("\nForms of the pull (results/studies/forms):\n")
     print(forms_table())
-    rl = sac(ROOT / "results/strength-sac")
-    sup = supervised(ROOT / "results/studies/supervised/fashion-mnist-mlp")
-    tuned, _ = continual_tuned(ROOT / "results/studies/tuned")
+    rl, sup, tuned, _, _ = committed()
     strengths = sorted({s for d in rl.values() for s in d} | set(sup) | {s for d in tuned.values() for s in d})
     envs = sorted(rl)
 
