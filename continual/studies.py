@@ -85,7 +85,8 @@ HELDOUT_SEEDS = (3, 4, 5)
 class Sweep:
     """One sweep of a study: its folder below the study's, the settings beyond :data:`BENCHMARK`, the strengths.
     ``one_run``: the folder is one ``continual run`` of every seed together (vectorized seeds,
-    :func:`continual.run`), not a sweep of one-seed run folders; its strength is a setting."""
+    :func:`continual.run`), not a sweep of one-seed run folders; its strength is a setting. A study runs its single
+    runs after its sweeps, on the same engine (:func:`continual.sweep.run_whole`: local processes or Ray)."""
 
     folder: str
     settings: Mapping[str, Any]
@@ -419,20 +420,14 @@ def run_study(name: str, out: Path, overrides: Mapping[str, Any] | None = None, 
               strengths: tuple[float, ...] | None = None) -> str:
     """Run (or finish) every sweep of study ``name`` under ``out``, then write and return its report. Every sweep's
     settings are checked before the first runs."""
-    from dataclasses import asdict
-
-    from specopt.runs import call
-
-    from .sweep import EXECUTE, sweep
+    from .sweep import run_whole, sweep
 
     runs = [cfg for cfg, _ in configs(name, out, overrides, variants, only, one_run=True)]
     for cfg, grid in configs(name, out, overrides, variants, only, strengths):
         sweep(cfg, strengths=list(grid) if grid else None, workers=workers, threads=threads,
               backend=backend, ray_address=ray_address, progress=progress)
-    for cfg in runs:  # in turn, in this process: each resumes from its checkpoint; a finished one trains nothing
-        rows = call(EXECUTE, asdict(cfg), threads)
-        if progress:
-            print(f"run {cfg.out}: {rows} rows", flush=True)
+    if runs:
+        run_whole(runs, workers=workers, threads=threads, backend=backend, ray_address=ray_address, progress=progress)
     return report(name, out)
 
 

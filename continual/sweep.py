@@ -107,16 +107,32 @@ def _job(run: SweepRun) -> engine.Job:
     return engine.Job(run.name, asdict(run.config), EXECUTE, RUN_ROWS)
 
 
-def _run_local(todo: list[SweepRun], workers: int, threads: int, done: Callable[[SweepRun], None]) -> None:
-    by_name = {run.name: run for run in todo}
-    engine.run_local([_job(run) for run in todo], workers, threads, lambda job: done(by_name[job.name]))
+def _dispatch(jobs: list[engine.Job], backend: str, workers: int | None, threads: int, address: str | None,
+              done: Callable[[engine.Job], None]) -> None:
+    """``jobs`` on local processes (``workers``, default one per core) or Ray tasks, ``done(job)`` as each ends."""
+    if backend == "local":
+        engine.run_local(jobs, workers or os.cpu_count() or 1, threads, done)
+    else:
+        engine.run_ray(jobs, workers, threads, address, done, body=run_in_temp_folder, refused=(ValueError, DataError),
+                       retries=RAY_RETRIES)
 
 
-def _run_ray(todo: list[SweepRun], workers: int | None, threads: int, address: str | None,
-             done: Callable[[SweepRun], None]) -> None:
-    by_name = {run.name: run for run in todo}
-    engine.run_ray([_job(run) for run in todo], workers, threads, address, lambda job: done(by_name[job.name]),
-                 body=run_in_temp_folder, refused=(ValueError, DataError), retries=RAY_RETRIES)
+def run_whole(configs: list[RunConfig], workers: int | None = None, threads: int = 1, backend: str = "local",
+              ray_address: str | None = None, progress: bool = True) -> None:
+    """Run or resume whole runs — each one ``continual run`` folder of all its seeds (a study's single runs,
+    :attr:`continual.studies.Sweep.one_run`) — on the sweep's engine: local processes or Ray tasks. Each run
+    resumes from its checkpoint (a finished one trains nothing) and refuses changed settings, as ``run --resume``."""
+    if backend == "ray":
+        engine.import_ray()
+    say = print if progress else (lambda *a, **k: None)
+    t0 = time.time()
+
+    def done(job: engine.Job) -> None:
+        rows = run_results(Path(job.config["out"]))
+        say(f"run {job.name}: {len(rows)} rows ({time.time() - t0:.0f} s)", flush=True)
+
+    _dispatch([engine.Job(cfg.out, asdict(cfg), EXECUTE, RUN_ROWS) for cfg in configs], backend, workers, threads,
+              ray_address, done)
 
 
 def sweep(base: RunConfig, strengths: list[float] | None = None, workers: int | None = None, threads: int = 1,
@@ -159,10 +175,8 @@ def _sweep_in(out: Path, base: RunConfig, strengths: list[float] | None, workers
             f"({time.time() - t0:.0f} s)", flush=True)
 
     if todo:
-        if backend == "local":
-            _run_local(todo, workers or os.cpu_count() or 1, threads, done)
-        else:
-            _run_ray(todo, workers, threads, ray_address, done)
+        by_name = {run.name: run for run in todo}
+        _dispatch([_job(run) for run in todo], backend, workers, threads, ray_address, lambda j: done(by_name[j.name]))
     if not finished_runs(out)[0]:
         raise ValueError(f"no results in {out}")
     text, _ = report([out], out, title=sweep_title(base), curves_figure=False)

@@ -191,5 +191,5 @@ def test_crelu_epochs_study_runs_its_sweep_and_single_runs_and_resumes(tmp_path)
     report = (tmp_path / "crelu-epochs" / "report.md").read_text()
     assert all(f"## {f}" in report for f in ("t2-e120", "t5-e40", "t5-e120", "t10-e120")), report
     before = single.joinpath("results.csv").stat().st_mtime_ns
-    again = study("crelu-epochs", "--out", str(tmp_path), "--seeds", "0", "1", *tiny)
+    again = study("crelu-epochs", "--out", str(tmp_path), "--seeds", "0", "1", *tiny, "--workers", "2")  # processes
     assert again.returncode == 0 and single.joinpath("results.csv").stat().st_mtime_ns == before, again.stderr[-2000:]
