@@ -159,7 +159,12 @@ def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> 
         else:
             runners.append((label, OnePass(model, matvecs=label != "one pass, no mat-vecs",
                                            fused_order=label == "one pass, fused order").step))
-    size = f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M"
+    time_runners(name, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", runners, steps, rounds)
+
+
+def time_runners(name: str, size: str, runners: list[tuple[str, Callable[[], None]]], steps: int, rounds: int) -> None:
+    """Time ``runners`` (label, step) alternating in rounds; one row each: median ms, the first three steps' wall
+    time, the ratio to the first runner (compiled Adam)."""
     first = []
     for _, run in runners:
         t0 = time.perf_counter()
@@ -178,8 +183,9 @@ def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> 
         print(f"| {name} | {size} | {label} | {med * 1e3:.3f} | {f:.2f} | {med / medians[0]:.2f}× |", flush=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(prog: str, doc: str) -> tuple[argparse.Namespace, dict[str, Callable[[], nn.Module]], list[str]]:
+    """(the command line of a one-pass benchmark, its parameter sets by name, the chosen ones); sets the threads."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     p.add_argument("--sets", default="mlp,resnet18", help="parameter sets, comma-separated: mlp, resnet18")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
@@ -190,8 +196,13 @@ def main() -> None:
     chosen = [s.strip() for s in args.sets.split(",") if s.strip()]
     bad = [s for s in chosen if s not in sets]
     if bad or not chosen:
-        raise SystemExit(f"one_pass_prototype: unknown set {bad[0] if bad else '(none)'!r}; valid: mlp, resnet18")
+        raise SystemExit(f"{prog}: unknown set {bad[0] if bad else '(none)'!r}; valid: mlp, resnet18")
     torch.set_num_threads(args.threads)
+    return args, sets, chosen
+
+
+def main() -> None:
+    args, sets, chosen = arguments("one_pass_prototype", __doc__)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds\n")
     for name in chosen:
         for fused_order in (False, True):

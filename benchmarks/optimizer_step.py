@@ -9,7 +9,8 @@ before training runs at full speed) and its ratios to eager Adam and, with ``--c
 
 Contenders: ``Adam`` (``--baseline-impl``'s kernel, ``--impl``'s unless given: ``fused`` is the fused-Adam
 baseline) and ``SpectralAdam`` (``--impl``'s kernel); ``--fused-spectral`` adds ``SpectralAdam(fused_spectral=True)``;
-``--one-pass`` adds ``SpectralAdam(one_pass=True)``; ``--compile [MODE]`` adds each of them compiled by ``specopt.compile_step(opt, mode=MODE)`` (``--plain-compile``:
+``--one-pass`` adds ``SpectralAdam(one_pass=True)`` (with ``--fused-spectral`` also both: eagerly on a CPU, the C++
+loop of :mod:`specopt.native`); ``--compile [MODE]`` adds each of them compiled by ``specopt.compile_step(opt, mode=MODE)`` (``--plain-compile``:
 ``torch.compile(opt.step, fullgraph=...)`` instead, without compile_step's options and eager first step).
 ``--tiny`` shrinks the models (for the tests, which rehearse every option on the CPU); ``--sets`` picks tables.
 
@@ -96,6 +97,8 @@ def contenders(s: Settings) -> list[tuple[str, Callable[[nn.Module], object]]]:
         eager.append((f"SpectralAdam({s.impl}, fused_spectral)", spectral(True)))
     if s.one_pass:
         eager.append((f"SpectralAdam({s.impl}, one_pass)", spectral(False, True)))
+    if s.one_pass and s.fused_spectral:  # eager on a CPU: specopt.native's loop, the steady state in one call
+        eager.append((f"SpectralAdam({s.impl}, one_pass, fused_spectral)", spectral(True, True)))
     if s.compile_mode is None:
         return eager
     how = "torch.compile" if s.plain_compile else "compile_step"

@@ -658,6 +658,101 @@ def one_pass(pending: Pending, groups: list[tuple[dict, tuple[list[Tensor], ...]
     pending.matrices, pending.vectors = kept_matrices, kept_vectors
 
 
+def native_pass(pending: Pending, groups: list[tuple[dict, tuple[list[Tensor], ...], bool]], state: dict) -> None:
+    r"""``SpectralAdam(one_pass=True)``'s eager step on a CPU (:mod:`specopt.native`): Adam's update and the spectral
+    step of every float32 CPU tensor of a plain Adam/AdamW group in one C++ loop per tensor — the step of
+    :func:`one_pass`, with u, v, σ̂ and α from :func:`prepare` — and, in the fused order, the next step's mat-vecs
+    (``spectral_wv`` = W v_t, ``spectral_wtu`` = Wᵀ u_t) accumulated while W is written instead of read again.
+    What it takes leaves Adam's lists and ``pending``; the rest (other tensors, qkv blocks, DTensors, the
+    preconditioned form, bf16) keeps the two halves, as does everything where the loop cannot be built."""
+    from . import native
+
+    if pending.recheck_grads or native.extension() is None:
+        return
+
+    def is_eligible(group: dict) -> bool:
+        return not (group["amsgrad"] or group["differentiable"] or group["fused"] or group["capturable"])
+
+    def ready(p: Tensor) -> bool:  # the loop can read and write it, its gradient and its moments
+        st = state.get(p) or {}
+        return not _is_dtensor(p) and native.usable(p, p.grad, st.get("exp_avg"), st.get("exp_avg_sq"))
+
+    matrices: dict[Tensor, tuple] = {}  # p → (u, v, α, σ̂, next v or None); tensor keys, as state
+    kept_matrices = []
+    for entry in pending.matrices:
+        ps, us, vs, sig, strength, k, group, nexts = entry
+        one_sided, precondition = group_form(group)
+        if not is_eligible(group) or precondition or not all(ready(p) for p in ps):
+            kept_matrices.append(entry)
+            continue
+        alpha = matrix_step(sig, k, _lr_strength(group["lr"], strength, None), one_sided).tolist()
+        for i, p in enumerate(ps):
+            matrices[p] = (us[i], vs[i], alpha[i], sig[i], None if nexts is None else nexts[i])
+    vectors: dict[Tensor, tuple[Tensor, float]] = {}
+    kept_vectors = []
+    for entry in pending.vectors:
+        ps, xs, coef, role, strength, group = entry
+        if not is_eligible(group) or group_form(group)[1] or not all(ready(p) for p in ps):
+            kept_vectors.append(entry)
+            continue
+        fraction = vector_fraction(coef, _lr_strength(group["lr"], strength, None)).tolist()
+        for i, p in enumerate(ps):
+            vectors[p] = (xs[i].contiguous(), fraction[i])
+    stored: list[Tensor] = []
+    fresh: list[Tensor] = []
+    recorded: list[Tensor] = []
+    for group, (params, grads, exp_avgs, exp_avg_sqs, _, steps), has_complex in groups:
+        if has_complex or not is_eligible(group):
+            continue
+        take = [j for j, p in enumerate(params) if p in matrices or p in vectors]
+        if not take:
+            continue
+        ps, kinds, us, vs, alphas, nexts, wvs, wtus, xs, fractions = [], [], [], [], [], [], [], [], [], []
+        for j in take:
+            p = params[j]
+            ps.append(p)
+            if p in matrices:
+                u, v, alpha, sigma, nxt = matrices[p]
+                st = state[p]
+                kinds.append(1)
+                us.append(u.contiguous())
+                vs.append(v.contiguous())
+                alphas.append(alpha)
+                _store_vectors(st, u, v if nxt is None else nxt, sigma, stored, fresh)
+                if nxt is None:
+                    nexts.append(u.new_empty(0))
+                    wvs.append(u.new_empty(0))
+                    wtus.append(u.new_empty(0))
+                else:
+                    nexts.append(nxt.contiguous())
+                    if "spectral_wv" not in st:
+                        st["spectral_wv"], st["spectral_wtu"] = u.new_empty(u.shape), v.new_empty(v.shape)
+                    wvs.append(st["spectral_wv"])
+                    wtus.append(st["spectral_wtu"])
+                    recorded.append(p)
+            else:
+                x, f = vectors[p]
+                kinds.append(2)
+                xs.append(x)
+                fractions.append(f)
+        chosen = [steps[j] for j in take]
+        torch._foreach_add_(chosen, 1)
+        native.extension().step(
+            ps, [params[j].grad for j in take], [exp_avgs[j] for j in take], [exp_avg_sqs[j] for j in take],
+            [float(t) for t in chosen], kinds, us, vs, alphas, nexts, wvs, wtus, xs, fractions,
+            float(group["betas"][0]), float(group["betas"][1]), float(group["lr"]), float(group["eps"]),
+            float(group["weight_decay"]), bool(group["decoupled_weight_decay"]), bool(group["maximize"]))
+        kept = set(take)
+        for lst in (params, grads, exp_avgs, exp_avg_sqs, steps):
+            lst[:] = [x for j, x in enumerate(lst) if j not in kept]
+    if stored:
+        torch._foreach_copy_(stored, fresh)
+    if recorded:
+        for p in recorded:
+            _WRITTEN[p] = p._version
+    pending.matrices, pending.vectors = kept_matrices, kept_vectors
+
+
 def fill_group_defaults(group: dict, defaults: dict) -> None:
     """Give ``group`` the spectral keys it lacks (:data:`SPECTRAL_KEYS`, and ``role`` unless it has per-parameter
     ``roles``), and validate them (a complex tensor with a role other than ``none``: :func:`complex_error`)."""

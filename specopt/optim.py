@@ -160,12 +160,14 @@ class SpectralAdam(Adam):
             :math:`\eta\lambda c(\hat\sigma)\rho` along :math:`u v^\top`, :math:`\rho = \sum_{ij}u_i^2v_j^2/D_{ij}`
             (:func:`specopt.kernel.adam_weight`), biases and scales element by element; λ then reads on the coupled
             scale (the paper's 1e-4). Default False; per group: ``spectral_precondition``.
-        one_pass: inside a compiled step (:func:`compile_step`), write Adam's update and the spectral step of each
-            float32 tensor as one expression (:func:`specopt.functional.one_pass`; the same numbers up to float32
-            rounding), so that the compiled step reads and writes each weight once; an eager step is the usual two
-            halves (out of place, the one expression would be slower there). Plain Adam/AdamW groups only (others,
-            bf16 tensors, qkv blocks, DTensors, the fused order and the preconditioned form keep the two halves).
-            Default False; measured in docs/benchmarks.md.
+        one_pass: write Adam's update and the spectral step of each float32 tensor in one pass over it (the same
+            numbers up to float32 rounding): eagerly on a CPU, one C++ loop per tensor (:mod:`specopt.native`;
+            with ``fused_spectral=True`` it also takes the next step's mat-vecs while writing W, and the steady
+            state is one call per group — the fastest step on a CPU); inside a compiled step
+            (:func:`compile_step`), one Inductor expression (:func:`specopt.functional.one_pass`). Plain Adam/AdamW
+            groups only (others, bf16 tensors, qkv blocks, DTensors and the preconditioned form keep the two
+            halves, as does an eager step where the loop cannot be built). Default False; measured in
+            docs/benchmarks.md.
         spectral_strength: deprecated alias of ``strength`` (a ``FutureWarning``).
 
     Other keyword arguments are ``torch.optim.Adam``'s (``foreach``, ``maximize``, ``capturable``,
@@ -229,6 +231,14 @@ class SpectralAdam(Adam):
         ``torch.compile(opt.step, fullgraph=True)`` captures the Adam and spectral updates in one graph.
         """
         loss = None
+        eager_one_pass = (self.defaults.get("one_pass") and not torch.compiler.is_compiling()
+                          and getattr(self, "found_inf", None) is None and getattr(self, "grad_scale", None) is None)
+        if eager_one_pass and closure is None:  # the steady state: one C++ call per group (specopt.native)
+            steady = getattr(self, "_steady", None)
+            if steady is not None and steady.valid(self):
+                with torch.no_grad():
+                    steady.step()
+                return None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -238,9 +248,11 @@ class SpectralAdam(Adam):
                 lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
                 groups.append((group, lists, self._init_group(group, *lists)))
             pending = F.prepare(self.param_groups, self.state, self.defaults)  # ∇R at the pre-step weights
-            if (self.defaults.get("one_pass") and torch.compiler.is_compiling()
-                    and getattr(self, "found_inf", None) is None and getattr(self, "grad_scale", None) is None):
-                F.one_pass(pending, groups, self.state)  # Adam and the spectral step in one pass (what it can)
+            if eager_one_pass:  # on a CPU: one C++ loop per tensor (what it can; specopt.native)
+                F.native_pass(pending, groups, self.state)
+            elif (self.defaults.get("one_pass") and torch.compiler.is_compiling()
+                  and getattr(self, "found_inf", None) is None and getattr(self, "grad_scale", None) is None):
+                F.one_pass(pending, groups, self.state)  # one Inductor expression per tensor (what it can)
             for group, lists, has_complex in groups:
                 beta1, beta2 = group["betas"]
                 adam(
@@ -252,6 +264,10 @@ class SpectralAdam(Adam):
                     decoupled_weight_decay=group["decoupled_weight_decay"],
                 )
             F.apply(pending, self.state, getattr(self, "found_inf", None))
+        if eager_one_pass and closure is None:
+            from . import native
+
+            self._steady = native.plan(self, F._WRITTEN) if native.extension() is not None else None
         return loss
 
     def __setstate__(self, state: dict[str, Any]) -> None:

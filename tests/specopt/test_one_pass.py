@@ -1,7 +1,8 @@
 """SpectralAdam(one_pass=True): in a compiled step, Adam's update and the spectral step written as one expression
 per tensor (specopt.functional.one_pass) take the step of the two halves (Adam, then the spectral step) up to float32
-rounding; whatever it cannot write keeps the two halves exactly; σ1 still goes to 1 (torch.linalg); an eager step is
-the two halves. Each test starts Dynamo afresh (compile_step compiles torch.optim's one step code object, which
+rounding; whatever it cannot write keeps the two halves exactly; σ1 still goes to 1 (torch.linalg); an eager step on a
+CPU is one C++ loop per tensor (specopt.native) with the same numbers, and the two halves where it cannot be built.
+Each test starts Dynamo afresh (compile_step compiles torch.optim's one step code object, which
 keeps at most 8 graphs)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 import specopt
+from specopt import native
 
 
 @pytest.fixture(autouse=True)
@@ -136,8 +138,86 @@ def test_one_pass_must_be_a_bool():
         specopt.SpectralAdam(model().parameters(), one_pass="yes")
 
 
-def test_an_eager_step_is_the_two_halves():
+class Counting:
+    """The compiled extension, counting the calls of each of its functions."""
+
+    def __init__(self, ext):
+        self.ext, self.calls = ext, {"step": 0, "steady": 0}
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls[name] += 1
+            return getattr(self.ext, name)(*args)
+        return call
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    ext = native.extension()
+    assert ext is not None, "the C++ loop could not be built on this machine"
+    counting = Counting(ext)
+    monkeypatch.setattr(native, "_EXTENSION", counting)
+    return counting.calls
+
+
+@pytest.mark.parametrize("fused_spectral", [False, True])
+@pytest.mark.parametrize("cls, kwargs", SETTINGS)
+def test_an_eager_step_on_a_cpu_is_one_cpp_loop_with_the_two_halves_numbers(counted, cls, kwargs, fused_spectral):
+    """specopt.native: every tensor of the model in one C++ loop per tensor (the fused order: after its first step,
+    one call per group that also takes the estimate), the same parameters and state as the two halves to float32
+    rounding, and each weight's version bumped as an in-place op bumps it."""
     a, b = model(), model()
-    run(a, specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0), 3)
-    run(b, specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, one_pass=True), 3)
+    oa = cls(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=fused_spectral, **kwargs)
+    ob = cls(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=fused_spectral, one_pass=True, **kwargs)
+    run(a, oa, 4)
+    versions = [p._version for p in b.parameters()]
+    run(b, ob, 4)
+    assert [p._version for p in b.parameters()] == [v + 4 for v in versions]
+    assert counted == ({"step": 1, "steady": 3} if fused_spectral else {"step": 4, "steady": 0})
+    assert largest_difference(a, b) < 1e-6
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        sa, sb = oa.state[pa], ob.state[pb]
+        assert sa.keys() == sb.keys() and float(sa["step"]) == float(sb["step"]) == 4
+        for key in sa:
+            assert torch.allclose(sa[key], sb[key], rtol=1e-4, atol=1e-5), key
+
+
+def test_the_steady_state_gives_way_to_an_edited_weight_a_reloaded_state_and_a_new_group(counted):
+    """A weight changed in place between steps (its version), a state replaced by load_state_dict, a missing
+    gradient, a new group: each sends the step back to the general path (the fused order then re-estimates from the
+    edited weight), and the numbers stay the two halves'."""
+    a, b = model(), model()
+    oa = specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=True)
+    ob = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True, one_pass=True)
+    run(a, oa, 2, seed=1)
+    run(b, ob, 2, seed=1)
+    with torch.no_grad():
+        a[2].weight.mul_(3.0)
+        b[2].weight.mul_(3.0)
+    run(a, oa, 2, seed=2)
+    run(b, ob, 2, seed=2)
+    assert counted == {"step": 2, "steady": 2}  # steps 1 and 3 general, 2 and 4 steady
+    oa.load_state_dict(oa.state_dict())
+    ob.load_state_dict(ob.state_dict())
+    run(a, oa, 2, seed=3)
+    run(b, ob, 2, seed=3)
+    assert counted == {"step": 3, "steady": 3}
+    b[5].bias.grad = None
+    a[5].bias.grad = None
+    oa.step()
+    ob.step()  # a parameter without a gradient: the general path, which leaves it alone
+    assert counted == {"step": 4, "steady": 3}
+    assert largest_difference(a, b) < 1e-6
+
+
+def test_without_the_cpp_loop_an_eager_step_is_the_two_halves(monkeypatch):
+    """Where the loop cannot be built (no compiler), SpectralAdam(one_pass=True) warns once and steps as without
+    it, bit for bit."""
+    monkeypatch.setattr(native, "_EXTENSION", None)
+    monkeypatch.setattr(native, "SOURCE", "this is not C++")
+    a, b = model(), model()
+    run(a, specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=True), 3)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        run(b, specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True,
+                                    one_pass=True), 3)
     assert largest_difference(a, b) == 0.0
