@@ -60,6 +60,9 @@ class RunConfig:
             raise ValueError(f"--train-size must be >= 1, got {self.train_size}")
         if not self.mitigators or not self.seeds:
             raise ValueError("give at least one --mitigator and one --seed")
+        if self.vectorize_seeds and "spectral" in self.mitigators and self.options.spectral.fused_order:
+            raise ValueError("--spectral.fused-order is not available with --vectorize-seeds (StackedSpectralAdam has "
+                             "no fused order); run the seeds without --vectorize-seeds")
         experiment.check_device(self.device)  # an empty --out: experiment.claim_folder, before anything is written
 
 

@@ -30,6 +30,8 @@ supervised Adam against spectral λ ∈ {0.001, 0.01, 1} on the supervised singl
            (docs/strength.md, the drop-in cost)
 forms      the named forms of the pull (:data:`FORMS`): plasticity (30 tasks, 3 seeds) and the supervised single
            task; the SAC half is ``python -m rl study forms-sac`` into the same folder (docs/strength.md)
+fused-     spectral λ = 1 with the power iteration's plain and fused order (issue #31), 3 seeds × 30 tasks, no
+order      LayerNorm
 device-    the first GPU call's continual runs: ResNet-18 and ViT-Tiny, random labels and class-incremental, Adam
 check      and spectral, on ``cuda`` (:func:`device_check`; ``--device cpu`` to try it without one)
 crelu-     CReLU against spectral (λ = 1) at 40 and 120 epochs per task, CReLU matched in parameters and not, no
@@ -316,6 +318,16 @@ def forms(ctx: Context) -> list[Sweep]:
     return sweeps
 
 
+def fused_order(ctx: Context) -> list[Sweep]:
+    """Issue #31's check of the fused order: decoupled spectral at ``continual``'s default λ = 1 with the plain order
+    and with the fused order in one pass (``--spectral.fused-order``), the acceptance benchmark's setting without
+    LayerNorm (seeds 0–2, 30 tasks), one commit, side by side."""
+    common = dict(nonstationarity="random-labels", tasks=30, seeds=[0, 1, 2], mitigators=["spectral"],
+                  layernorm=False)
+    return [Sweep("plain", common, (1.0,)),
+            Sweep("fused", dict(common, options={"spectral": {"fused_order": True}}), (1.0,))]
+
+
 DEVICE_CHECK_MODELS = ("resnet18", "vit-tiny")
 
 
@@ -382,6 +394,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
         "supervised/fashion-mnist-mlp-no-heads", "supervised/fashion-mnist-mlp-one-sided",
         "supervised/fashion-mnist-mlp-precondition", "supervised/fashion-mnist-mlp-precondition-weaker",
         "plasticity/noln", "plasticity/ln")),
+    Study("fused-order", fused_order, variants=False, tables=("plain", "fused"), figures=False),
     Study("device-check", device_check, variants=False, tables=("",), figures=False),
     Study("crelu-epochs", crelu_epochs, variants=False, tables=("t2-e120", "t5-e40", "t5-e120", "t10-e120"),
           figures=False),

@@ -271,8 +271,15 @@ def extension():
     global _EXTENSION
     if _EXTENSION is None:
         try:
-            from torch.utils.cpp_extension import load_inline
+            import logging
 
+            quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns of CUDA on every CPU machine
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                from torch.utils.cpp_extension import load_inline
+            finally:
+                quiet.setLevel(level)
             _EXTENSION = load_inline(f"specopt_one_pass_{_machine()}", cpp_sources=SOURCE,
                                      functions=["step", "steady"], verbose=False, extra_cflags=FLAGS)
         except Exception as err:  # no compiler, no ninja, a read-only cache: the two halves still work

@@ -62,6 +62,7 @@ class SpectralStepOptions:
     pull: str = "two-sided"  # two-sided (the paper's R) or one-sided (only σ1 > 1 and scales > 1 are pulled)
     precondition: bool = False  # the step divided by Adam's sqrt(v̂)+eps, as the coupled form; λ on its scale
     heads: bool = True  # the output layer is pulled too (--no-spectral.heads leaves the logits layer alone)
+    fused_order: bool = False  # the power iteration's fused order, in one pass (docs/specopt.md); no vectorized seeds
 
     def __post_init__(self) -> None:
         _check(0 < self.k < math.inf, "spectral: k must be a finite number > 0", self.k)

@@ -177,20 +177,24 @@ class SpectralDecoupled(Mitigator):
     Default λ = ``specopt.CONTINUAL_STRENGTH`` (decoupled, per unit learning rate). Its power-iteration vectors live
     in the optimizer's state. Options (:class:`~continual.mitigators.options.SpectralStepOptions`): ``pull``
     (``one-sided``: :math:`R^+`), ``precondition`` (the step divided by Adam's √v̂ + ε) and ``heads`` (False: the
-    output layer is left alone): the forms compared in docs/strength.md."""
+    output layer is left alone): the forms compared in docs/strength.md; ``fused_order`` (the power iteration's
+    fused order in one pass, docs/specopt.md: the same regularizer, its estimate taken on the weights just written)."""
 
     name = "spectral"
 
     def __init__(self, model: nn.Module, lr: float, strength: float, *, k: float = SpectralStepOptions.k,
                  pull: str = SpectralStepOptions.pull, precondition: bool = SpectralStepOptions.precondition,
-                 heads: bool = SpectralStepOptions.heads, seed: int | None = None) -> None:
+                 heads: bool = SpectralStepOptions.heads, fused_order: bool = SpectralStepOptions.fused_order,
+                 seed: int | None = None) -> None:
         self.k, self.pull, self.precondition, self.heads = k, pull, precondition, heads
+        self.fused_order = fused_order
         super().__init__(model, lr, strength, seed=seed)
 
     def build_optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         groups = specopt.param_groups(model, head=None if self.heads else 0.0)
         return specopt.SpectralAdam(groups, lr=lr, strength=self.strength, k=self.k, pull=self.pull,
-                                    precondition=self.precondition)
+                                    precondition=self.precondition, fused_spectral=self.fused_order,
+                                    one_pass=self.fused_order)
 
 
 class SpectralCoupled(Mitigator):

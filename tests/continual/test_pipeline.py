@@ -343,7 +343,8 @@ def test_mitigator_options_reach_the_mitigator_the_rows_and_the_resume_guard(tmp
     assert {r["mitigator"]: r["options"] for r in rows} == {"spectral": "k=4", "none": ""}
     assert all(r["epochs"] == "1" and r["width"] == "256" and r["train_size"] == "1497" for r in rows)
     options = json.loads((out / "config.json").read_text())["options"]  # every option of every mitigator
-    assert options["spectral"] == {"k": 4, "pull": "two-sided", "precondition": False, "heads": True}
+    assert options["spectral"] == {"k": 4, "pull": "two-sided", "precondition": False, "heads": True,
+                                   "fused_order": False}
     assert options["spectral_coupled"] == {"k": 2}
     assert options["redo"] == {"frequency": 1000} and options["l2_init"] == {"decoupled": False}
     from continual.runner import Run
@@ -355,6 +356,29 @@ def test_mitigator_options_reach_the_mitigator_the_rows_and_the_resume_guard(tmp
     assert main(argv[:-2] + ["--spectral.k", "8", "--resume", "--out", str(out)]) == 2  # the guard sees it
     assert main(argv[:-2] + ["--redo.frequency", "5", "--resume", "--out", str(out)]) == 2  # any mitigator's option
     assert main(argv[:-2] + ["--resume", "--out", str(out)]) == 0
+
+
+def test_the_fused_order_reaches_spectraladam_and_is_refused_with_vectorized_seeds(tmp_path, capsys):
+    """--spectral.fused-order: SpectralAdam(fused_spectral=True, one_pass=True), in the rows' options; with
+    --vectorize-seeds (StackedSpectralAdam, no fused order) a one-line error before anything is written."""
+    from continual.cli import main
+    from continual.data import load_dataset
+    from continual.runner import Run
+
+    cfg = RunConfig(dataset="digits", tasks=1, epochs=1, mitigators=["spectral"],
+                    options={"spectral": {"fused_order": True}})
+    opt = Run(cfg, load_dataset("digits"), "spectral", 0).mit.optimizer
+    assert opt.defaults["fused_spectral"] and opt.defaults["one_pass"]
+    argv = ["run", "--dataset", "digits", "--tasks", "1", "--epochs", "1", "--train-size", "64", "--width", "16",
+            "--mitigator", "spectral", "--spectral.fused-order", "--no-diagnostics", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "results.csv")))
+    assert {r["options"] for r in rows} == {"fused_order=True"}
+    capsys.readouterr()
+    assert main([*argv, "--seeds", "0", "1", "--vectorize-seeds", "--out", str(tmp_path / "vec")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--spectral.fused-order is not available with --vectorize-seeds" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "vec").exists()
 
 
 def test_bad_mitigator_options_are_one_line_errors(tmp_path, capsys):
