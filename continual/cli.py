@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from specopt.experiment import add_config_flags, given_fields, os_error_line
+from specopt.experiment import add_config_flags, given_fields, os_error_line, stdout_closed
 
 from .config import RunConfig
 from .data import DATASETS, DataError
@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(err).strip("'\"")
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        return stdout_closed()
     except OSError as err:  # a read-only or full --out, a folder removed under a run: the file and the reason
         print(f"error: {os_error_line(err)}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from specopt.experiment import add_config_flags, given_fields, os_error_line
+from specopt.experiment import add_config_flags, given_fields, os_error_line, stdout_closed
 
 from .config import MITIGATORS, PAPER7_ENVS, Config
 from .studies import STUDIES
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"python -m rl {command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        return stdout_closed()
     except OSError as e:  # a read-only or full --out, a folder removed under a run: the file and the reason
         print(f"python -m rl {command}: error: {os_error_line(e)}", file=sys.stderr)
         return 2

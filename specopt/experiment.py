@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 __all__ = ["CHECKPOINT_TYPES", "PROVENANCE", "add_config_flags", "add_version", "append_csv", "atomic_write",
            "changed_settings", "check_device", "CheckpointError", "claim_folder", "code_version",
            "convert_checkpoint", "field_docs", "folder_kind", "FolderLock", "given_fields", "load_checkpoint",
-           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "progress_bar", "read_csv", "versions_text",
+           "log_scalars", "max_row_difference", "mean_se", "os_error_line", "stdout_closed", "progress_bar", "read_csv", "versions_text",
            "save_checkpoint", "save_figure", "saved_provenance", "tensorboard_writer", "write_csv", "write_json",
            "write_text"]
 
@@ -204,6 +205,14 @@ def check_device(device: str) -> None:
         torch.device(device)
     except (RuntimeError, ValueError):
         raise ValueError(f"--device {device!r} is not a torch device: use cpu, cuda, cuda:1, mps, ...") from None
+
+
+def stdout_closed() -> int:
+    """The exit status of a command whose reader went away (``... | head``): no message, and stdout pointed at
+    /dev/null so that the interpreter's last flush does not raise again (the recipe of Python's signal docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 def os_error_line(err: OSError) -> str:

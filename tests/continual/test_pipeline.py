@@ -526,3 +526,20 @@ def test_report_writes_the_sweep_table_its_json_and_figures_with_the_code_versio
     assert "| mitigator | seeds | train: first |" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("package, folder", [("continual", "results/studies/heldout/noln"),
+                                             ("rl", "results/rl/short-cheetah")])
+def test_a_reader_that_goes_away_is_no_error(package, folder):
+    """`python -m continual report ... | head`: the reader closes the pipe; the command stops without an error
+    message or a traceback (exit status 1, as Python's own on a broken pipe)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", package, "report", folder], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=root)
+    proc.stdout.close()  # before the command writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == "", err
