@@ -153,7 +153,8 @@ def test_long_study_plans_the_papers_50_tasks_on_held_out_seeds_at_the_tuned_bes
 
 
 @pytest.mark.parametrize("name, sweep_runs, single_runs", [("crelu-epochs", 6, 8), ("supervised", 12, 0),
-                                                       ("forms", 18, 5), ("device-check", 0, 8)])
+                                                       ("forms", 18, 5), ("device-check", 0, 8),
+                                                       ("fused-order", 6, 0)])
 def test_studies_with_single_runs_declare_the_committed_runs(name, sweep_runs, single_runs):
     """Issue #29 item 3, docs/strength.md's studies and the GPU call's runs as declared studies: their sweeps plan
     exactly the committed sweeps' runs, and each of their single runs (every seed in one `continual run` folder) has
