@@ -248,8 +248,10 @@ class SpectralAdam(Adam):
                 lists: tuple[list[Tensor], ...] = ([], [], [], [], [], [])
                 groups.append((group, lists, self._init_group(group, *lists)))
             pending = F.prepare(self.param_groups, self.state, self.defaults)  # ∇R at the pre-step weights
+            whole = False  # whether the loop took every regularized tensor (then a steady state may exist)
             if eager_one_pass:  # on a CPU: one C++ loop per tensor (what it can; specopt.native)
                 F.native_pass(pending, groups, self.state)
+                whole = not (pending.matrices or pending.vectors or pending.blocked or pending.fused)
             elif (self.defaults.get("one_pass") and torch.compiler.is_compiling()
                   and getattr(self, "found_inf", None) is None and getattr(self, "grad_scale", None) is None):
                 F.one_pass(pending, groups, self.state)  # one Inductor expression per tensor (what it can)
@@ -267,7 +269,7 @@ class SpectralAdam(Adam):
         if eager_one_pass and closure is None:
             from . import native
 
-            self._steady = native.plan(self, F._WRITTEN) if native.extension() is not None else None
+            self._steady = native.plan(self, F._WRITTEN) if whole and native.extension() is not None else None
         return loss
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -221,3 +221,37 @@ def test_without_the_cpp_loop_an_eager_step_is_the_two_halves(monkeypatch):
         run(b, specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True,
                                     one_pass=True), 3)
     assert largest_difference(a, b) == 0.0
+
+
+def _gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16))
+
+
+def _resnet18() -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=5)
+
+
+@pytest.mark.parametrize("build, steady", [(_resnet18, True), (_gpt2, False)])
+def test_the_cpp_loop_on_third_party_models_takes_the_two_halves_step(build, steady):
+    """torchvision's ResNet-18 (convolutions, BatchNorm scales and biases: every tensor in the loop, the steady
+    state) and HF GPT-2 from a config (its fused c_attn keeps the two halves, the rest is in the loop): from the same
+    weights and gradients, three eager steps of SpectralAdam(one_pass=True, fused_spectral=True) equal the two
+    halves' to float32 rounding."""
+    torch.manual_seed(0)
+    a = build()
+    b = copy.deepcopy(a)
+    oa = specopt.SpectralAdam(specopt.param_groups(a), lr=1e-3, strength=1.0, fused_spectral=True)
+    ob = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-3, strength=1.0, fused_spectral=True, one_pass=True)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for pa, pb in zip(a.parameters(), b.parameters()):
+            pa.grad = torch.randn(pa.shape, generator=gen) * 1e-2
+            pb.grad = pa.grad.clone()
+        oa.step()
+        ob.step()
+    assert largest_difference(a, b) < 1e-6
+    assert (ob._steady is not None) == steady
