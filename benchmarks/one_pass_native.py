@@ -34,7 +34,8 @@ from torch import nn
 import specopt
 from specopt import native
 
-from one_pass_prototype import arguments, time_runners  # noqa: E402  (benchmarks/ is the script's folder)
+from one_pass_prototype import (  # noqa: E402  (benchmarks/ is the script's folder)
+    arguments, compiled_adam, races, time_runners, with_gradients)
 
 LR = 1e-3
 
@@ -83,12 +84,9 @@ def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> 
     runners: list[tuple[str, Callable[[], None]]] = []
     for label in ("Adam", "SpectralAdam(one_pass=True)", "SpectralAdam(fused_spectral=True)", "product, eager",
                   "the loop alone"):
-        torch.manual_seed(0)
-        model = build()
-        for p in model.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
+        model = with_gradients(build)
         if label == "Adam":
-            runners.append((label, specopt.compile_step(torch.optim.Adam(model.parameters(), lr=LR, foreach=True))))
+            runners.append((label, compiled_adam(model)))
         elif label == "SpectralAdam(one_pass=True)":
             runners.append((label, specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(model), lr=LR,
                                                                              one_pass=True))))
@@ -111,11 +109,7 @@ def main() -> None:
     for name in chosen:
         print(f"{name}: eager one pass vs the two halves (fused order), four steps from the same state, largest "
               f"|Δθ| = {agreement(sets[name]):.2e}")
-    print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam |")
-    print("|---|---|---|---|---|---|")
-    for name in chosen:
-        steps = 2 if args.tiny else (20 if name == "mlp" else 3)
-        race(name, sets[name], steps, 2 if args.tiny else args.rounds)
+    races(race, args, sets, chosen)
 
 
 if __name__ == "__main__":

@@ -148,18 +148,29 @@ def agreement(build: Callable[[], nn.Module], fused_order: bool = False) -> floa
 def race(name: str, build: Callable[[], nn.Module], steps: int, rounds: int) -> None:
     runners: list[tuple[str, Callable[[], None]]] = []
     for label in ("Adam", "SpectralAdam", "one pass", "one pass, fused order", "one pass, no mat-vecs"):
-        torch.manual_seed(0)
-        model = build()
-        for p in model.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
+        model = with_gradients(build)
         if label == "Adam":
-            runners.append((label, specopt.compile_step(torch.optim.Adam(model.parameters(), lr=LR, foreach=True))))
+            runners.append((label, compiled_adam(model)))
         elif label == "SpectralAdam":
             runners.append((label, specopt.compile_step(specopt.SpectralAdam(specopt.param_groups(model), lr=LR))))
         else:
             runners.append((label, OnePass(model, matvecs=label != "one pass, no mat-vecs",
                                            fused_order=label == "one pass, fused order").step))
     time_runners(name, f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", runners, steps, rounds)
+
+
+def with_gradients(build: Callable[[], nn.Module]) -> nn.Module:
+    """A contender's own copy of the parameter set (the same initial weights for all), its gradients filled once."""
+    torch.manual_seed(0)
+    model = build()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    return model
+
+
+def compiled_adam(model: nn.Module) -> Callable[[], None]:
+    """The baseline: ``torch.optim.Adam`` (foreach) compiled by ``specopt.compile_step``."""
+    return specopt.compile_step(torch.optim.Adam(model.parameters(), lr=LR, foreach=True))
 
 
 def time_runners(name: str, size: str, runners: list[tuple[str, Callable[[], None]]], steps: int, rounds: int) -> None:
@@ -208,7 +219,15 @@ def main() -> None:
         for fused_order in (False, True):
             print(f"{name}: prototype vs SpectralAdam{'(fused_spectral=True)' if fused_order else ''} after an eager "
                   f"and two compiled steps, largest |Δθ| = {agreement(sets[name], fused_order):.2e}")
-    print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam |\n|---|---|---|---|---|---|")
+    races(race, args, sets, chosen)
+
+
+def races(race: Callable, args: argparse.Namespace, sets: dict[str, Callable[[], nn.Module]],
+          chosen: list[str]) -> None:
+    """The timing table of a one-pass benchmark: its header, then ``race`` of every chosen set (fewer steps and
+    rounds with ``--tiny``)."""
+    print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam |")
+    print("|---|---|---|---|---|---|")
     for name in chosen:
         steps = 2 if args.tiny else (20 if name == "mlp" else 3)
         race(name, sets[name], steps, 2 if args.tiny else args.rounds)
