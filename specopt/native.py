@@ -14,7 +14,8 @@ A bias or a scale takes Adam's update and its pull :math:`-f x` (x from :func:`s
 the same way. Adam's L2 term, AdamW's decay and ``maximize`` are honoured; the rest keeps the two halves.
 
 The loop is compiled once per machine by ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and ninja, as
-``torch.compile`` on a CPU needs; ``-O3 -march=native``, cached in torch's extension folder). Where it cannot be
+``torch.compile`` on a CPU needs; ``-O3 -march=native``, 512-bit vectors on AMD CPUs with AVX-512: :func:`flags`;
+cached in torch's extension folder per CPU kind). Where it cannot be
 built, :func:`extension` warns once and the step keeps its two halves.
 """
 
@@ -248,6 +249,29 @@ void steady(std::vector<torch::Tensor> ps, std::vector<torch::Tensor> gs, std::v
 
 _EXTENSION: object = None  # the loaded module; False once it could not be built
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]  # no errno from sqrt: the loops vectorize
+# On AMD CPUs with AVX-512 (Zen 4 on): 512-bit vectors in every loop and its remainder (measured side by side on this
+# project's VM, ResNet-18's set: the product's step 3-6% faster, docs/benchmarks.md). Not on Intel, whose older
+# AVX-512 chips lower their clock for 512-bit work (GCC's own default there is 256).
+WIDE = ["-mprefer-vector-width=512"]
+
+
+def _cpuinfo() -> str:
+    """This CPU's vendor and instruction-set lines ("" where /proc/cpuinfo cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "".join(line for line in f if line.startswith(("vendor_id", "flags", "Features")))[:4096]
+    except OSError:
+        return ""
+
+
+def flags(cpuinfo: str | None = None) -> list[str]:
+    """The compiler flags of the loop on this CPU (``cpuinfo``: /proc/cpuinfo's text; read here when None)."""
+    import platform
+
+    info = _cpuinfo() if cpuinfo is None else cpuinfo
+    amd512 = ("AuthenticAMD" in info and " avx512f" in info
+              and platform.machine().lower() in ("x86_64", "amd64"))
+    return FLAGS + (WIDE if amd512 else [])
 
 
 def _machine() -> str:
@@ -256,13 +280,10 @@ def _machine() -> str:
     import hashlib
     import platform
 
-    flags = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags += next((line for line in f if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        flags += platform.processor()
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+    info = _cpuinfo()
+    kind = platform.machine() + (next((line for line in info.splitlines() if line.startswith(("flags", "Features"))),
+                                      "") if info else platform.processor())
+    return hashlib.sha1(kind.encode()).hexdigest()[:10]
 
 
 def extension():
@@ -281,7 +302,7 @@ def extension():
             finally:
                 quiet.setLevel(level)
             _EXTENSION = load_inline(f"specopt_one_pass_{_machine()}", cpp_sources=SOURCE,
-                                     functions=["step", "steady"], verbose=False, extra_cflags=FLAGS)
+                                     functions=["step", "steady"], verbose=False, extra_cflags=flags())
         except Exception as err:  # no compiler, no ninja, a read-only cache: the two halves still work
             _EXTENSION = False
             reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -400,4 +421,4 @@ def plan(optimizer, written: dict) -> SteadyPlan | None:
     return SteadyPlan(groups, written)
 
 
-__all__ = ["FLAGS", "SOURCE", "STEADY_ROLES", "SteadyPlan", "extension", "plan", "usable"]
+__all__ = ["FLAGS", "SOURCE", "WIDE", "STEADY_ROLES", "SteadyPlan", "extension", "flags", "plan", "usable"]

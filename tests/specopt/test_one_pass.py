@@ -223,6 +223,25 @@ def test_without_the_cpp_loop_an_eager_step_is_the_two_halves(monkeypatch):
     assert largest_difference(a, b) == 0.0
 
 
+ZEN4 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
+SKYLAKE_X = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
+ZEN3 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma\n"
+
+
+@pytest.mark.parametrize("cpuinfo, machine, wide", [
+    (ZEN4, "x86_64", True), (SKYLAKE_X, "x86_64", False), (ZEN3, "x86_64", False), ("", "aarch64", False),
+    (ZEN4.replace("flags", "Features"), "aarch64", False)])
+def test_the_loop_asks_for_512_bit_vectors_only_on_amd_cpus_with_avx512(monkeypatch, cpuinfo, machine, wide):
+    """GCC on Intel keeps 256-bit vectors (older AVX-512 chips lower their clock); an ARM compiler does not know the
+    x86 flag at all (its build would fail and the step would lose the loop)."""
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    got = native.flags(cpuinfo)
+    assert got[:len(native.FLAGS)] == native.FLAGS
+    assert ("-mprefer-vector-width=512" in got) is wide
+
+
 def _gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
