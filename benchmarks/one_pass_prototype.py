@@ -39,7 +39,7 @@ from torch import nn
 import specopt
 from specopt import kernel as K
 
-from optimizer_step import mlp, resnet18, tiny_convnet  # noqa: E402  (benchmarks/ is the script's folder)
+from optimizer_step import mlp, paired_ratio, resnet18, tiny_convnet  # noqa: E402  (benchmarks/ is the script's folder)
 
 LR, BETAS, EPS, STRENGTH, EXPONENT = 1e-3, (0.9, 0.999), 1e-8, specopt.DEFAULT_STRENGTH, 2
 OPTIONS = {"realize_opcount_threshold": 4}  # specopt.COMPILE_OPTIONS: scalars computed once, not per element
@@ -175,7 +175,7 @@ def compiled_adam(model: nn.Module) -> Callable[[], None]:
 
 def time_runners(name: str, size: str, runners: list[tuple[str, Callable[[], None]]], steps: int, rounds: int) -> None:
     """Time ``runners`` (label, step) alternating in rounds; one row each: median ms, the first three steps' wall
-    time, the ratio to the first runner (compiled Adam)."""
+    time, the ratio to the first runner (compiled Adam): of the medians, and per round (mean ± s.e.)."""
     first = []
     for _, run in runners:
         t0 = time.perf_counter()
@@ -190,8 +190,9 @@ def time_runners(name: str, size: str, runners: list[tuple[str, Callable[[], Non
                 run()
             t.append((time.perf_counter() - t0) / steps)
     medians = [statistics.median(t) for t in times]
-    for (label, _), med, f in zip(runners, medians, first):
-        print(f"| {name} | {size} | {label} | {med * 1e3:.3f} | {f:.2f} | {med / medians[0]:.2f}× |", flush=True)
+    for (label, _), t, med, f in zip(runners, times, medians, first):
+        print(f"| {name} | {size} | {label} | {med * 1e3:.3f} | {f:.2f} | {med / medians[0]:.2f}× | "
+              f"{paired_ratio(t, times[0])} |", flush=True)
 
 
 def arguments(prog: str, doc: str) -> tuple[argparse.Namespace, dict[str, Callable[[], nn.Module]], list[str]]:
@@ -226,8 +227,9 @@ def races(race: Callable, args: argparse.Namespace, sets: dict[str, Callable[[],
           chosen: list[str]) -> None:
     """The timing table of a one-pass benchmark: its header, then ``race`` of every chosen set (fewer steps and
     rounds with ``--tiny``)."""
-    print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam |")
-    print("|---|---|---|---|---|---|")
+    print("\n| set | parameters | step | ms (median) | first 3 steps (s) | vs compiled Adam (medians) | per round "
+          "(mean ± s.e.) |")
+    print("|---|---|---|---|---|---|---|")
     for name in chosen:
         steps = 2 if args.tiny else (20 if name == "mlp" else 3)
         race(name, sets[name], steps, 2 if args.tiny else args.rounds)

@@ -117,8 +117,18 @@ def time_steps(opt, steps: int, s: Settings) -> float:
     return (s.clock() - t0) / steps
 
 
+def paired_ratio(times: list[float], base: list[float]) -> str:
+    """The ratio of two contenders' times round by round (each round times both, one after the other): mean ±
+    standard error over the rounds, the error of the ratio that the medians' quotient alone does not give."""
+    ratios = [t / b for t, b in zip(times, base)]
+    if len(ratios) < 3:
+        return f"{statistics.mean(ratios):.2f}×"
+    return f"{statistics.mean(ratios):.2f} ± {statistics.stdev(ratios) / len(ratios) ** 0.5:.2f}×"
+
+
 def race(name: str, size: str, runners: list[tuple[str, object]], steps: int, rounds: int, s: Settings) -> None:
-    """Time ``runners`` in alternating rounds; print one row each (median ms, first 3 steps s, ratios)."""
+    """Time ``runners`` in alternating rounds; print one row each (median ms, first 3 steps s, ratios: of the
+    medians, and per round, mean ± s.e.)."""
     first = [3 * time_steps(r, 3, s) for _, r in runners]  # state init, compilation, the first iterations
     times: list[list[float]] = [[] for _ in runners]
     for _ in range(rounds):
@@ -126,10 +136,12 @@ def race(name: str, size: str, runners: list[tuple[str, object]], steps: int, ro
             t.append(time_steps(r, steps, s))
     medians = [statistics.median(t) for t in times]
     names = [n for n, _ in runners]
-    compiled_adam = next((m for n, m in zip(names, medians) if n.endswith(") " + names[0])), None)  # compiled Adam
-    for n, m, f in zip(names, medians, first):
-        vs_compiled = f"{m / compiled_adam:.2f}×" if compiled_adam else "–"
-        print(f"| {name} | {size} | {n} | {m * 1e3:.3f} | {f:.2f} | {vs_compiled} | {m / medians[0]:.2f}× |")
+    baseline = next((k for k, n in enumerate(names) if n.endswith(") " + names[0])), None)  # compiled Adam
+    for n, t, m, f in zip(names, times, medians, first):
+        vs_compiled = (f"{m / medians[baseline]:.2f}× ({paired_ratio(t, times[baseline])})"
+                       if baseline is not None else "–")
+        print(f"| {name} | {size} | {n} | {m * 1e3:.3f} | {f:.2f} | {vs_compiled} | {m / medians[0]:.2f}× "
+              f"({paired_ratio(t, times[0])}) |")
 
 
 def models(build: Callable[[], nn.Module], s: Settings) -> list[tuple[str, nn.Module, Callable]]:
@@ -210,7 +222,7 @@ def main() -> None:
     name = s.device.type if s.device.type != "cuda" else torch.cuda.get_device_name(s.device)
     print(f"torch {torch.__version__}, {name}, {args.threads} threads, {args.clock} clock, {args.dtype}, "
           f"median of {args.rounds} rounds{', tiny models' if s.tiny else ''}")
-    print("| parameters of | size | optimizer step | ms | first 3 steps s | ÷ compiled Adam | ÷ eager Adam |")
+    print("| parameters of | size | optimizer step | ms | first 3 steps s | ÷ compiled Adam (medians; per round, mean ± s.e.) | ÷ eager Adam (the same) |")
     print("|---|---|---|---|---|---|---|")
     width, inputs = (16, 32) if s.tiny else (256, 784)
     if "mlp" in sets:

@@ -39,7 +39,8 @@ def test_continual_throughput_benchmark_prints_the_ratio_to_the_bare_loop():
     assert re.search(r"runner none \| [0-9.]+ \| [0-9.]+", out), out
 
 
-ROW = r"\| {set} \| [^|]+ \| {name} \| [0-9.]+ \| [0-9.]+ \| {compiled} \| {eager} \|"
+PAIRED = r"(?: \([0-9.]+(?: ± [0-9.]+)?×\))?"  # the per-round ratio beside the medians' (mean ± s.e.)
+ROW = r"\| {set} \| [^|]+ \| {name} \| [0-9.]+ \| [0-9.]+ \| {compiled}" + PAIRED + r" \| {eager}" + PAIRED + r" \|"
 NUMBER = r"[0-9]+\.[0-9]+×"
 
 
@@ -104,7 +105,8 @@ def test_one_pass_prototype_computes_spectraladams_step_and_prints_its_ratio():
     assert len(diffs) == 4 and all(d < 1e-6 for d in diffs), out  # plain and fused order, both sets
     for size in ("mlp", "resnet18"):
         for name in ("Adam", "SpectralAdam", "one pass", "one pass, fused order", "one pass, no mat-vecs"):
-            assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \|",
+            assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \| "
+                             rf"[0-9.]+(?: ± [0-9.]+)?× \|",
                              out), out
 
 
@@ -118,5 +120,6 @@ def test_one_pass_native_computes_the_fused_orders_step_and_prints_its_ratio():
     for size in ("mlp", "resnet18"):
         for name in ("Adam", "SpectralAdam(one_pass=True)", "SpectralAdam(fused_spectral=True)", "product, eager",
                      "the loop alone"):
-            assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \|",
+            assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \| "
+                             rf"[0-9.]+(?: ± [0-9.]+)?× \|",
                              out), out
