@@ -123,3 +123,17 @@ def test_one_pass_native_computes_the_fused_orders_step_and_prints_its_ratio():
             assert re.search(rf"\| {size} \| [0-9.]+M \| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ \| {NUMBER} \| "
                              rf"[0-9.]+(?: ± [0-9.]+)?× \|",
                              out), out
+
+
+def test_one_pass_loop_parts_times_every_part_of_the_loop():
+    """benchmarks/one_pass_loop_parts.py (issue #31): at a tiny size, every loop gets a row with its ratio to Adam's
+    flat loop (per round, mean ± s.e.), built with the product's flags; a bad shape is one line."""
+    out = run("one_pass_loop_parts.py", "--tiny")
+    assert "-march=native" in out, out
+    for name in ("Adam, flat", "pair: Adam", "pair: + rank one", "pair: + rank one + s", "pair: + rank one + r",
+                 "pair: all (the product's loop)", "four rows: all", "pair, chunks + prefetch: all"):
+        assert re.search(rf"\| {re.escape(name)} \| [0-9.]+ \| [0-9.]+ ± [0-9.]+× \|", out), out
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "one_pass_loop_parts.py"), "--shape", "5x3"],
+                         capture_output=True, text=True, env=ENV)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "one_pass_loop_parts: --shape must be ROWSxCOLS with rows a positive multiple of 4, got '5x3'"], bad.stderr
