@@ -80,7 +80,7 @@ class Compiled:
             self.step = torch.compile(opt.step, fullgraph=isinstance(opt, specopt.SpectralAdam),
                                       mode=None if mode == "default" else mode)
         else:
-            self.step = specopt.compile_step(opt, mode=mode)
+            self.step = specopt.compile_step(opt, mode=mode, native=False)  # compiled, even where the C++ loop holds
 
 
 def contenders(s: Settings) -> list[tuple[str, Callable[[nn.Module], object]]]:

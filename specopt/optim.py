@@ -471,7 +471,7 @@ vector of 16 floats. With ``realize_opcount_threshold=4`` such values are comput
 
 
 def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_step: bool = True,
-                 **compile_kwargs: Any) -> Callable[..., Any]:
+                 native: bool = True, **compile_kwargs: Any) -> Callable[..., Any]:
     """``torch.compile`` of the optimizer's step with the options that make the spectral step fast: the documented
     fast path. Use the returned function in place of ``optimizer.step``::
 
@@ -497,7 +497,16 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_s
     (docs/benchmarks.md). ``eager_first_step=False`` compiles the first step too. All ``torch.optim`` steps share
     one code object, on which Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` (8) graphs: compiling
     more than four optimizers' steps in one process needs a larger limit.
+
+    With ``native`` (the default), a step that :class:`SpectralAdam`\ ``(one_pass=True, fused_spectral=True)`` can
+    take as its C++ steady state (:mod:`specopt.native`: on a CPU, every tensor in the loop) runs eagerly: that
+    loop is faster than anything Inductor makes of the step (docs/benchmarks.md: 0.8–0.9× of compiled Adam on the
+    MLP set against 1.4–1.5× compiled, 1.2–1.4× on ResNet-18's against 1.8–1.9×), and nothing is compiled while it
+    holds. Where it does not (a GPU, bf16, qkv blocks, after a step the loop could not take whole) the compiled
+    step runs. ``native=False`` compiles every step after the first.
     """
+    if not isinstance(native, bool):
+        raise ValueError(f"native must be True or False, got {native!r}")
     compile_kwargs.setdefault("fullgraph", isinstance(optimizer, SpectralAdam))
     options = compile_kwargs.pop("options", None) or {}
     if compile_kwargs.get("backend", "inductor") == "inductor":
@@ -515,12 +524,18 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_s
     called = [optimizer] + ([optimizer.optimizer] if isinstance(optimizer, Spectral) else [])
     eager_calls = [type(optimizer).step] if eager_first_step else []
     fused = bool(optimizer.defaults.get("fused_spectral", False))
+    steady = native and fused and isinstance(optimizer, SpectralAdam) and bool(optimizer.defaults.get("one_pass"))
 
     @functools.wraps(type(optimizer).step)
     def step(closure: Callable[[], float] | None = None) -> float | None:
         for opt in called:  # what an LR scheduler's wrapper of opt.step records (torch/optim/lr_scheduler.py)
             opt._opt_called = True  # type: ignore[attr-defined]
-        run = eager_calls.pop() if eager_calls else compiled
+        if eager_calls:
+            run = eager_calls.pop()
+        elif steady and closure is None and getattr(optimizer, "_steady", None) is not None:
+            run = type(optimizer).step  # specopt.native's steady state: one C++ call per group
+        else:
+            run = compiled
         if fused:  # host-side, outside the graph: the fused order's check for weights changed in place
             F.forget_stale_matvecs(optimizer.param_groups, optimizer.state)
         loss = run(optimizer) if closure is None else run(optimizer, closure)

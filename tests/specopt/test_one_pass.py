@@ -30,8 +30,9 @@ def model() -> nn.Module:
                          nn.Linear(16, 5))
 
 
-def run(net: nn.Module, opt: torch.optim.Optimizer, steps: int, compiled: bool = False, seed: int = 1) -> None:
-    step = specopt.compile_step(opt) if compiled else opt.step
+def run(net: nn.Module, opt: torch.optim.Optimizer, steps: int, compiled: bool = False, seed: int = 1,
+        native: bool = True) -> None:
+    step = specopt.compile_step(opt, native=native) if compiled else opt.step
     gen = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         for p in net.parameters():
@@ -109,13 +110,43 @@ def test_what_one_pass_cannot_write_keeps_the_two_halves(case):
         return
     if case == "fused order":  # the spectral half keeps the fused order; only Adam's half is one pass
         run(a, oa, 3)
-        run(b, ob, 3, compiled=True)
+        run(b, ob, 3, compiled=True, native=False)  # (with native, compile_step would keep the C++ loop)
         assert largest_difference(a, b) < 1e-6
         return
     run(a, oa, 3, compiled=True)
     torch._dynamo.reset()
     run(b, ob, 3, compiled=True)
     assert largest_difference(a, b) == 0.0
+
+
+def graphs() -> int:
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.parametrize("kwargs, native_loop", [(dict(), True), (dict(native=False), False),
+                                                 (dict(amsgrad=True), False)])
+def test_compile_step_keeps_the_cpp_loop_while_it_takes_the_whole_step(kwargs, native_loop):
+    """compile_step(SpectralAdam(one_pass=True, fused_spectral=True)) on a CPU compiles nothing while the C++ steady
+    state takes every step (it is faster than the compiled step); native=False, or a group the loop cannot take
+    (amsgrad), compiles; the numbers are the two halves' either way."""
+    native_arg = {k: v for k, v in kwargs.items() if k == "native"}
+    adam_args = {k: v for k, v in kwargs.items() if k != "native"}
+    a, b = model(), model()
+    oa = specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=True, **adam_args)
+    ob = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True, one_pass=True,
+                              **adam_args)
+    run(a, oa, 4)
+    before = graphs()
+    run(b, ob, 4, compiled=True, **native_arg)
+    assert (graphs() == before) is native_loop, graphs() - before
+    if not native_arg:  # (with native=False the first, eager step still leaves a plan: unused)
+        assert (getattr(ob, "_steady", None) is not None) is native_loop
+    assert largest_difference(a, b) < 1e-6
+
+
+def test_compile_steps_native_must_be_a_bool():
+    with pytest.raises(ValueError, match="native must be True or False, got 'yes'"):
+        specopt.compile_step(specopt.SpectralAdam(model().parameters(), one_pass=True), native="yes")
 
 
 def test_one_pass_pulls_sigma_to_one():
