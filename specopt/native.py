@@ -44,6 +44,26 @@ static inline float adam(float p, float g, float& m, float& v, float fb1, float 
   return (General ? keep * p : p) - step_size * m / (std::sqrt(v) * inv_c2 + eps);
 }
 
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD omp_get_thread_num()
+#else
+#define THREAD 0
+#endif
+
+// A tensor of fewer elements stays on one thread (a parallel region costs a few microseconds); a flat tensor is
+// shared out in blocks of BLOCK elements.
+static constexpr int64_t PARALLEL_MIN = 1 << 16;
+static constexpr int64_t BLOCK = 1 << 12;
+
+static inline int team(int64_t size, int threads) {
+#ifdef _OPENMP
+  return size >= PARALLEL_MIN && threads > 1 ? threads : 1;
+#else
+  return 1;
+#endif
+}
+
 // One group's tensors. kinds: 0 Adam alone, 1 matrix (u, v, alpha; with record, s = W'·next and r = W'ᵀ·u into
 // wv, wtu), 2 vector (x, f). steps: each tensor's Adam step count (already incremented).
 template <bool General>
@@ -58,18 +78,22 @@ static void step_impl(const std::vector<torch::Tensor>& ps, const std::vector<to
   const float fb1 = 1.0f - (float)b1, fb2 = 1.0f - (float)b2, beta2 = (float)b2, feps = (float)eps;
   const float l2 = decoupled ? 0.0f : (float)weight_decay, keep = decoupled ? (float)(1.0 - lr * weight_decay) : 1.0f;
   const float sign = maximize ? -1.0f : 1.0f;
+  const int threads = at::get_num_threads();  // torch's intra-op threads (torch.set_num_threads)
   int64_t a = 0, b = 0;
   for (size_t q = 0; q < ps.size(); ++q) {
     float* P = ps[q].data_ptr<float>(); const float* G = gs[q].data_ptr<float>();
     float* M = ms[q].data_ptr<float>(); float* V = vs[q].data_ptr<float>();
     const float step_size = (float)(lr / (1.0 - std::pow(b1, steps[q])));
     const float inv_c2 = (float)(1.0 / std::sqrt(1.0 - std::pow(b2, steps[q])));
+    const int64_t size = ps[q].numel();
+    const int nt = team(size, threads);
     if (kinds[q] == 1) {
       const float* U = us[a].data_ptr<float>(); const float* Vr = vvs[a].data_ptr<float>();
       const float alpha = (float)alphas[a];
       const int64_t rows = us[a].numel(), cols = vvs[a].numel();
       const bool record = nexts[a].numel() > 0;
       if (!record) {
+        #pragma omp parallel for num_threads(nt) schedule(static) if(nt > 1)
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t o = i * cols;
           const float au = alpha * U[i];
@@ -87,29 +111,40 @@ static void step_impl(const std::vector<torch::Tensor>& ps, const std::vector<to
       const float* N = nexts[a].data_ptr<float>();
       float* S = wvs[a].data_ptr<float>(); float* R = wtus[a].data_ptr<float>();
       for (int64_t j = 0; j < cols; ++j) R[j] = 0.0f;
-      int64_t i = 0;
-      for (; i + 2 <= rows; i += 2) {  // two rows at a time: r's partial sums read and written once per pair
-        const int64_t o0 = i * cols, o1 = o0 + cols;
-        const float u0 = U[i], u1 = U[i + 1], a0 = alpha * u0, a1 = alpha * u1;
-        float s0 = 0.0f, s1 = 0.0f;
-        #pragma omp simd reduction(+:s0, s1)
-        for (int64_t j = 0; j < cols; ++j) {
-          float m0 = M[o0 + j], v0 = V[o0 + j], m1 = M[o1 + j], v1 = V[o1 + j];
-          const float w0 = adam<General>(P[o0 + j], G[o0 + j], m0, v0, fb1, beta2, fb2, step_size, inv_c2, feps, l2,
-                                keep, sign) - a0 * Vr[j];
-          const float w1 = adam<General>(P[o1 + j], G[o1 + j], m1, v1, fb1, beta2, fb2, step_size, inv_c2, feps, l2,
-                                keep, sign) - a1 * Vr[j];
-          M[o0 + j] = m0; V[o0 + j] = v0; P[o0 + j] = w0;
-          M[o1 + j] = m1; V[o1 + j] = v1; P[o1 + j] = w1;
-          s0 += w0 * N[j];
-          s1 += w1 * N[j];
-          R[j] += w0 * u0 + w1 * u1;
+      // Several threads: each takes a contiguous share of the row pairs and sums its own r, added up after.
+      std::vector<float> partial(nt > 1 ? (size_t)nt * cols : 0, 0.0f);
+      #pragma omp parallel num_threads(nt) if(nt > 1)
+      {
+        float* Rt = nt > 1 ? partial.data() + (size_t)THREAD * cols : R;
+        #pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < rows / 2; ++pair) {  // two rows at a time: r read and written once per pair
+          const int64_t i = 2 * pair, o0 = i * cols, o1 = o0 + cols;
+          const float u0 = U[i], u1 = U[i + 1], a0 = alpha * u0, a1 = alpha * u1;
+          float s0 = 0.0f, s1 = 0.0f;
+          #pragma omp simd reduction(+:s0, s1)
+          for (int64_t j = 0; j < cols; ++j) {
+            float m0 = M[o0 + j], v0 = V[o0 + j], m1 = M[o1 + j], v1 = V[o1 + j];
+            const float w0 = adam<General>(P[o0 + j], G[o0 + j], m0, v0, fb1, beta2, fb2, step_size, inv_c2, feps,
+                                           l2, keep, sign) - a0 * Vr[j];
+            const float w1 = adam<General>(P[o1 + j], G[o1 + j], m1, v1, fb1, beta2, fb2, step_size, inv_c2, feps,
+                                           l2, keep, sign) - a1 * Vr[j];
+            M[o0 + j] = m0; V[o0 + j] = v0; P[o0 + j] = w0;
+            M[o1 + j] = m1; V[o1 + j] = v1; P[o1 + j] = w1;
+            s0 += w0 * N[j];
+            s1 += w1 * N[j];
+            Rt[j] += w0 * u0 + w1 * u1;
+          }
+          S[i] = s0;
+          S[i + 1] = s1;
         }
-        S[i] = s0;
-        S[i + 1] = s1;
       }
-      for (; i < rows; ++i) {
-        const int64_t o = i * cols;
+      for (int t = 0; nt > 1 && t < nt; ++t) {
+        const float* Rt = partial.data() + (size_t)t * cols;
+        #pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) R[j] += Rt[j];
+      }
+      if (rows % 2) {  // the last row of an odd count
+        const int64_t i = rows - 1, o = i * cols;
         const float ui = U[i], au = alpha * ui;
         float s = 0.0f;
         #pragma omp simd reduction(+:s)
@@ -126,25 +161,29 @@ static void step_impl(const std::vector<torch::Tensor>& ps, const std::vector<to
       ++a;
       continue;
     }
-    const int64_t size = ps[q].numel();
-    if (kinds[q] == 0) {  // Adam alone
-      #pragma omp simd
-      for (int64_t j = 0; j < size; ++j) {
-        float m = M[j], v = V[j];
-        P[j] = adam<General>(P[j], G[j], m, v, fb1, beta2, fb2, step_size, inv_c2, feps, l2, keep, sign);
-        M[j] = m; V[j] = v;
+    const float* X = kinds[q] == 0 ? nullptr : xs[b].data_ptr<float>();
+    const float f = kinds[q] == 0 ? 0.0f : (float)fractions[b];
+    const int64_t blocks = (size + BLOCK - 1) / BLOCK;
+    #pragma omp parallel for num_threads(nt) schedule(static) if(nt > 1)
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t lo = block * BLOCK, hi = std::min(size, lo + BLOCK);
+      if (X == nullptr) {  // Adam alone
+        #pragma omp simd
+        for (int64_t j = lo; j < hi; ++j) {
+          float m = M[j], v = V[j];
+          P[j] = adam<General>(P[j], G[j], m, v, fb1, beta2, fb2, step_size, inv_c2, feps, l2, keep, sign);
+          M[j] = m; V[j] = v;
+        }
+      } else {  // a bias or a scale: Adam and its pull −f·x
+        #pragma omp simd
+        for (int64_t j = lo; j < hi; ++j) {
+          float m = M[j], v = V[j];
+          P[j] = adam<General>(P[j], G[j], m, v, fb1, beta2, fb2, step_size, inv_c2, feps, l2, keep, sign) - f * X[j];
+          M[j] = m; V[j] = v;
+        }
       }
-      continue;
     }
-    const float* X = xs[b].data_ptr<float>();
-    const float f = (float)fractions[b];
-    #pragma omp simd
-    for (int64_t j = 0; j < size; ++j) {
-      float m = M[j], v = V[j];
-      P[j] = adam<General>(P[j], G[j], m, v, fb1, beta2, fb2, step_size, inv_c2, feps, l2, keep, sign) - f * X[j];
-      M[j] = m; V[j] = v;
-    }
-    ++b;
+    if (kinds[q] != 0) ++b;
   }
 }
 
@@ -253,6 +292,9 @@ FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]  # no errno
 # project's VM, ResNet-18's set: the product's step 3-6% faster, docs/benchmarks.md). Not on Intel, whose older
 # AVX-512 chips lower their clock for 512-bit work (GCC's own default there is 256).
 WIDE = ["-mprefer-vector-width=512"]
+OPENMP = ["-fopenmp"]
+"""The loop's threads: each large tensor shared out over ``torch.get_num_threads()`` threads (``at::get_num_threads``;
+tensors under 65,536 elements stay on one; a matrix's column sums r per thread, added up after)."""
 
 
 def _cpuinfo() -> str:
@@ -301,8 +343,13 @@ def extension():
                 from torch.utils.cpp_extension import load_inline
             finally:
                 quiet.setLevel(level)
-            _EXTENSION = load_inline(f"specopt_one_pass_{_machine()}", cpp_sources=SOURCE,
-                                     functions=["step", "steady"], verbose=False, extra_cflags=flags())
+            name = f"specopt_one_pass_{_machine()}"
+            try:  # with OpenMP, as Inductor's CPU kernels are built: the loop takes torch's intra-op threads
+                _EXTENSION = load_inline(name, cpp_sources=SOURCE, functions=["step", "steady"], verbose=False,
+                                         extra_cflags=flags() + OPENMP, extra_ldflags=OPENMP)
+            except Exception:  # a compiler without OpenMP (Apple's clang): the same loop on one thread
+                _EXTENSION = load_inline(f"{name}_serial", cpp_sources=SOURCE, functions=["step", "steady"],
+                                         verbose=False, extra_cflags=flags())
         except Exception as err:  # no compiler, no ninja, a read-only cache: the two halves still work
             _EXTENSION = False
             reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -421,4 +468,4 @@ def plan(optimizer, written: dict) -> SteadyPlan | None:
     return SteadyPlan(groups, written)
 
 
-__all__ = ["FLAGS", "SOURCE", "WIDE", "STEADY_ROLES", "SteadyPlan", "extension", "flags", "plan", "usable"]
+__all__ = ["FLAGS", "OPENMP", "SOURCE", "WIDE", "STEADY_ROLES", "SteadyPlan", "extension", "flags", "plan", "usable"]

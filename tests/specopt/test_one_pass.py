@@ -254,6 +254,52 @@ def test_without_the_cpp_loop_an_eager_step_is_the_two_halves(monkeypatch):
     assert largest_difference(a, b) == 0.0
 
 
+def wide_model() -> nn.Module:
+    """Tensors above the loop's one-thread size (65,536 elements), odd row counts (the last row alone)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(700, 513), nn.ReLU(), nn.Linear(513, 301), nn.LayerNorm(301), nn.Linear(301, 10))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_loop_shares_large_tensors_over_torchs_threads_with_the_two_halves_numbers(threads):
+    """With torch.set_num_threads(n) each large tensor is split over n threads (a matrix's column sums per thread,
+    added up after): parameters and the stored mat-vecs equal the two halves' to float32 rounding."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = wide_model(), wide_model()
+        oa = specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=True)
+        ob = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True,
+                                  one_pass=True)
+        run(a, oa, 5)
+        run(b, ob, 5)
+    finally:
+        torch.set_num_threads(before)
+    assert ob._steady is not None  # the last steps were the steady state
+    assert largest_difference(a, b) < 1e-6
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        for key in ("spectral_wv", "spectral_wtu"):
+            if key in oa.state[pa]:
+                assert torch.allclose(oa.state[pa][key], ob.state[pb][key], rtol=1e-5, atol=1e-5), key
+
+
+def test_without_openmp_the_loop_is_built_for_one_thread(monkeypatch):
+    """A compiler without OpenMP (Apple's clang): the build falls back to the same loop on one thread, quietly."""
+    monkeypatch.setattr(native, "_EXTENSION", None)
+    monkeypatch.setattr(native, "OPENMP", ["-fno-such-openmp-flag"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ext = native.extension()
+    assert ext is not None and ext.__name__.endswith("_serial")
+    a, b = wide_model(), wide_model()
+    run(a, specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=True), 3)
+    ob = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True, one_pass=True)
+    run(b, ob, 3)
+    assert ob._steady is not None and largest_difference(a, b) < 1e-6
+
+
 ZEN4 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
 SKYLAKE_X = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
 ZEN3 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma\n"
