@@ -137,3 +137,23 @@ def test_one_pass_loop_parts_times_every_part_of_the_loop():
                          capture_output=True, text=True, env=ENV)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
         "one_pass_loop_parts: --shape must be ROWSxCOLS with rows a positive multiple of 4, got '5x3'"], bad.stderr
+
+
+def test_device_step_script_rehearses_issue_31s_gpu_call_on_the_cpu(tmp_path):
+    """scripts/device_step.sh (issue #31 item 4, the prepared GPU call) at tiny size on the CPU: env.txt, and for fp32
+    and bf16 the benchmark's table with fused Adam as the baseline and every contender eager and compiled."""
+    out = tmp_path / "out"
+    env = dict(ENV, OUT=str(out), DEVICE="cpu", ROUNDS="2", STEP_EXTRA="--tiny --sets mlp",
+               TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    done = subprocess.run(["bash", "scripts/device_step.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "step_bf16.md", "step_fp32.md"]
+    assert "torch" in (out / "env.txt").read_text()
+    for dtype in ("fp32", "bf16"):
+        table = (out / f"step_{dtype}.md").read_text()
+        assert f"--dtype {dtype} --baseline-impl fused --compile --one-pass" in table and f", {dtype}," in table
+        for name in ("Adam(fused)", "SpectralAdam(foreach)", "SpectralAdam(foreach, one_pass)",
+                     "compile_step(default) Adam(fused)", "compile_step(default) SpectralAdam(foreach, one_pass)"):
+            assert re.search(ROW.format(set=re.escape("MLP 4×16"), name=re.escape(name), compiled=NUMBER,
+                                        eager=NUMBER), table), (name, table)
