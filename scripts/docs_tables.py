@@ -46,6 +46,12 @@ def _confirm_table(variant: str) -> str:
     return confirm_table(ROOT / "results/studies", variant)
 
 
+def _heldout_table(variant: str) -> str:
+    from continual.studies import heldout_table
+
+    return heldout_table(ROOT / "results/studies", variant)
+
+
 def _acceptance_criteria() -> str:
     from continual.plot import read_rows
     from continual.studies import acceptance_criteria
@@ -58,6 +64,8 @@ FIXED: dict[str, Callable[[], str]] = {
     "continual.studies.acceptance_criteria of results/acceptance/{noln,ln}/*.csv": _acceptance_criteria,
     "python -m continual study confirm --report (its noln overview)": lambda: _confirm_table("noln"),
     "python -m continual study confirm --report (its ln overview)": lambda: _confirm_table("ln"),
+    "python -m continual study heldout --report (its noln overview)": lambda: _heldout_table("noln"),
+    "python -m continual study heldout --report (its ln overview)": lambda: _heldout_table("ln"),
     "python scripts/strength_tradeoff.py (from the committed rows; tests/test_docs.py checks it)":
         lambda: _script("strength_tradeoff").report(),
     "python scripts/strength_tradeoff.py (forms table)": lambda: _script("strength_tradeoff").forms_table(),

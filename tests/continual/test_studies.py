@@ -194,3 +194,30 @@ def test_crelu_epochs_study_runs_its_sweep_and_single_runs_and_resumes(tmp_path)
     before = single.joinpath("results.csv").stat().st_mtime_ns
     again = study("crelu-epochs", "--out", str(tmp_path), "--seeds", "0", "1", *tiny, "--workers", "2")  # processes
     assert again.returncode == 0 and single.joinpath("results.csv").stat().st_mtime_ns == before, again.stderr[-2000:]
+
+
+def test_heldout_overview_sets_each_tuned_score_beside_the_heldout_seeds_over_the_same_tasks():
+    """`study heldout --report`'s overview (results.md's "held out against tuned" tables), against a computation
+    from the committed packed rows alone: spectral λ = 1 without LayerNorm, the mean over seeds 0–1 (tuned) and 3–5
+    (held out) of each run's mean train accuracy over tasks 16–20."""
+    from continual.studies import heldout_table
+    from specopt.experiment import mean_se
+
+    def window_means(folder: Path, strength: float) -> dict[str, float]:
+        per: dict[str, list[float]] = {}
+        with open(folder / "rows.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if float(r["strength"]) == strength and 16 <= int(r["task"]) <= 20:  # ("1.0" or "1")
+                    per.setdefault(r["seed"], []).append(float(r["train_accuracy"]))
+        assert all(len(v) == 5 for v in per.values())
+        return {seed: sum(v) / 5 for seed, v in per.items()}
+
+    tuned = window_means(RESULTS / "tuned" / "noln" / "spectral", 1.0)
+    held = window_means(RESULTS / "heldout" / "noln" / "spectral", 1.0)
+    assert sorted(tuned) == ["0", "1"] and sorted(held) == ["3", "4", "5"]
+    t = sum(tuned.values()) / 2
+    h, se = mean_se(list(held.values()))
+    table = heldout_table(RESULTS, "noln")
+    assert (f"| spectral | 1 (tuned best) | {t:.3f} (2 seeds) | {h:.3f} ± {se:.3f} (3 seeds) | {h - t:+.3f} ± "
+            f"{se:.3f} |") in table, table
+    assert table.splitlines()[0].startswith("| mitigator | strength | tuning runs, tasks 16–20 |")
