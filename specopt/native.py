@@ -328,14 +328,25 @@ def _machine() -> str:
     return hashlib.sha1(kind.encode()).hexdigest()[:10]
 
 
+BUILD_NOTE_AFTER = 3.0
+"""Seconds after which a build still running says so (once, on the ``specopt`` logger: a first step that takes half
+a minute should not look hung; loading a cached build takes a fraction of a second and says nothing)."""
+
+
 def extension():
     """The compiled loop (built on first use, then loaded from torch's extension cache), or None where it cannot be
     built here (one warning saying why; the step then keeps its two halves)."""
     global _EXTENSION
     if _EXTENSION is None:
-        try:
-            import logging
+        import logging
+        import threading
 
+        note = threading.Timer(BUILD_NOTE_AFTER, logging.getLogger("specopt").warning,
+                               ("specopt: building SpectralAdam(one_pass=True)'s CPU loop (once per machine and "
+                                "torch version, about 30 s)",))
+        note.daemon = True
+        note.start()
+        try:
             quiet = logging.getLogger("torch.utils.cpp_extension")  # its import warns of CUDA on every CPU machine
             level = quiet.level
             quiet.setLevel(logging.ERROR)
@@ -356,6 +367,8 @@ def extension():
             warnings.warn(f"specopt: SpectralAdam(one_pass=True)'s CPU loop could not be built "
                           f"({type(err).__name__}: {reason}); its eager steps take the two halves",
                           RuntimeWarning, stacklevel=3)
+        finally:
+            note.cancel()
     return _EXTENSION or None
 
 
@@ -468,4 +481,4 @@ def plan(optimizer, written: dict) -> SteadyPlan | None:
     return SteadyPlan(groups, written)
 
 
-__all__ = ["FLAGS", "OPENMP", "SOURCE", "WIDE", "STEADY_ROLES", "SteadyPlan", "extension", "flags", "plan", "usable"]
+__all__ = ["BUILD_NOTE_AFTER", "FLAGS", "OPENMP", "SOURCE", "WIDE", "STEADY_ROLES", "SteadyPlan", "extension", "flags", "plan", "usable"]

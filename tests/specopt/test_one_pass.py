@@ -300,6 +300,32 @@ def test_without_openmp_the_loop_is_built_for_one_thread(monkeypatch):
     assert ob._steady is not None and largest_difference(a, b) < 1e-6
 
 
+def test_a_build_that_takes_a_while_says_so_once(monkeypatch, caplog):
+    """A first step that builds the loop (about 30 s) logs one line on the "specopt" logger after BUILD_NOTE_AFTER
+    seconds; one that finishes sooner (a cached build) says nothing."""
+    import logging
+    import time
+
+    from torch.utils import cpp_extension
+
+    real = cpp_extension.load_inline
+
+    def slow(*args, **kwargs):  # the build as a cold cache makes it: slower than the note's delay
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cpp_extension, "load_inline", slow)
+    for delay, says in ((0.1, True), (30.0, False)):
+        monkeypatch.setattr(native, "_EXTENSION", None)
+        monkeypatch.setattr(native, "BUILD_NOTE_AFTER", delay)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="specopt"):
+            assert native.extension() is not None
+        notes = [r.getMessage() for r in caplog.records if r.name == "specopt"]
+        assert notes == (["specopt: building SpectralAdam(one_pass=True)'s CPU loop (once per machine and torch "
+                          "version, about 30 s)"] if says else []), notes
+
+
 ZEN4 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
 SKYLAKE_X = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
 ZEN3 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma\n"
