@@ -292,7 +292,7 @@ def test_without_openmp_the_loop_is_built_for_one_thread(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         ext = native.extension()
-    assert ext is not None and ext.__name__.endswith("_serial")
+    assert ext is not None and "_serial" in ext.__name__  # (torch appends _v1, _v2 to a rebuilt name)
     a, b = wide_model(), wide_model()
     run(a, specopt.SpectralAdam(specopt.param_groups(a), lr=1e-2, strength=1.0, fused_spectral=True), 3)
     ob = specopt.SpectralAdam(specopt.param_groups(b), lr=1e-2, strength=1.0, fused_spectral=True, one_pass=True)
