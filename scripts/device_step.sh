@@ -11,7 +11,7 @@
 # Rehearse on the CPU:   tests/benchmarks/test_smoke.py runs it at tiny size (DEVICE=cpu STEP_EXTRA=--tiny)
 #
 # Environment: OUT (default runs/device-step), DEVICE (cuda), ROUNDS (10), STEP_TIMEOUT (seconds per dtype, 250),
-# STEP_EXTRA (flags appended to both calls).
+# DTYPES ("fp32 bf16"), STEP_EXTRA (flags appended to every call).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,7 @@ OUT=${OUT:-runs/device-step}
 DEVICE=${DEVICE:-cuda}
 ROUNDS=${ROUNDS:-10}
 STEP_TIMEOUT=${STEP_TIMEOUT:-250}
+DTYPES=${DTYPES:-fp32 bf16}
 STEP_EXTRA=${STEP_EXTRA:-}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -34,7 +35,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/specopt-inductor}
 cat "$OUT/env.txt"
 
 status=0
-for dtype in fp32 bf16; do
+for dtype in $DTYPES; do
   args=(--device "$DEVICE" --threads 4 --rounds "$ROUNDS" --dtype "$dtype" --baseline-impl fused --compile --one-pass
         --sets mlp,resnet18)
   # shellcheck disable=SC2206  # STEP_EXTRA is a list of flags

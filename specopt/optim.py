@@ -498,7 +498,7 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_s
     one code object, on which Dynamo keeps at most ``torch._dynamo.config.recompile_limit`` (8) graphs: compiling
     more than four optimizers' steps in one process needs a larger limit.
 
-    With ``native`` (the default), a step that :class:`SpectralAdam`\ ``(one_pass=True, fused_spectral=True)`` can
+    With ``native`` (the default), a step that ``SpectralAdam(one_pass=True, fused_spectral=True)`` can
     take as its C++ steady state (:mod:`specopt.native`: on a CPU, every tensor in the loop) runs eagerly: that
     loop is faster than anything Inductor makes of the step (docs/benchmarks.md: 0.8–0.9× of compiled Adam on the
     MLP set against 1.4–1.5× compiled, 1.2–1.4× on ResNet-18's against 1.8–1.9×), and nothing is compiled while it
