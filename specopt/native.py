@@ -357,7 +357,8 @@ def extension():
             name = f"specopt_one_pass_{_machine()}"
             try:  # with OpenMP, as Inductor's CPU kernels are built: the loop takes torch's intra-op threads
                 _EXTENSION = load_inline(name, cpp_sources=SOURCE, functions=["step", "steady"], verbose=False,
-                                         extra_cflags=flags() + OPENMP, extra_ldflags=OPENMP)
+                                         extra_cflags=flags() + OPENMP, extra_ldflags=list(OPENMP))  # (a copy:
+                # torch appends its libraries to extra_ldflags in place, and a changed OPENMP would rebuild)
             except Exception:  # a compiler without OpenMP (Apple's clang): the same loop on one thread
                 _EXTENSION = load_inline(f"{name}_serial", cpp_sources=SOURCE, functions=["step", "steady"],
                                          verbose=False, extra_cflags=flags())

@@ -332,6 +332,16 @@ def test_a_build_that_takes_a_while_says_so_once(monkeypatch, caplog):
                           "version, about 30 s)"] if says else []), notes
 
 
+def test_loading_the_loop_again_leaves_its_flags_alone(monkeypatch):
+    """torch's builder appends its libraries to the extra_ldflags list it is handed: handed OPENMP itself, a second
+    load in one process built with changed flags (a rebuild, and a build folder every later process rebuilt)."""
+    openmp, wide, flags = list(native.OPENMP), list(native.WIDE), list(native.FLAGS)
+    for _ in range(2):
+        monkeypatch.setattr(native, "_EXTENSION", None)
+        assert native.extension() is not None
+    assert (native.OPENMP, native.WIDE, native.FLAGS) == (openmp, wide, flags) == (["-fopenmp"], wide, flags)
+
+
 ZEN4 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
 SKYLAKE_X = "vendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 fma avx512f avx512vl\n"
 ZEN3 = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma\n"
