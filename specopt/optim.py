@@ -499,11 +499,12 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_s
     more than four optimizers' steps in one process needs a larger limit.
 
     With ``native`` (the default), a step that ``SpectralAdam(one_pass=True, fused_spectral=True)`` can
-    take as its C++ steady state (:mod:`specopt.native`: on a CPU, every tensor in the loop) runs eagerly: that
-    loop is faster than anything Inductor makes of the step (docs/benchmarks.md: 0.8–0.9× of compiled Adam on the
-    MLP set against 1.4–1.5× compiled, 1.2–1.4× on ResNet-18's against 1.8–1.9×), and nothing is compiled while it
-    holds. Where it does not (a GPU, bf16, qkv blocks, after a step the loop could not take whole) the compiled
-    step runs. ``native=False`` compiles every step after the first.
+    take as its C++ steady state (:mod:`specopt.native`: on a CPU, every tensor in the loop; the state is planned by
+    the eager first step) runs eagerly: that loop is faster than anything Inductor makes of the step
+    (docs/benchmarks.md: 0.8–0.9× of compiled Adam on the MLP set against 1.3–1.5× compiled, 1.2–1.4× on
+    ResNet-18's against 1.7–1.9×), and nothing is compiled while it holds. Where it does not (a GPU, bf16, qkv
+    blocks, after a step the loop could not take whole) the compiled step runs. ``native=False`` compiles every step
+    after the first (so does ``eager_first_step=False``: no eager step plans the steady state).
     """
     if not isinstance(native, bool):
         raise ValueError(f"native must be True or False, got {native!r}")
