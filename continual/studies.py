@@ -255,8 +255,9 @@ def heldout_table(out: Path, variant: str) -> str:
         where, tuned_path = out / "heldout" / variant / m, out / "tuned" / variant / m / "report.json"
         if not where.is_dir() or not tuned_path.exists():
             continue
-        tuned = {e["strength"]: e for e in json.loads(tuned_path.read_text()).get("entries", [])}
-        best = json.loads(tuned_path.read_text()).get("best", {}).get(m)
+        summary = json.loads(tuned_path.read_text())
+        tuned = {e["strength"]: e for e in summary.get("entries", [])}
+        best = summary.get("best", {}).get(m)
         scores: dict[float | None, list[float]] = {}
         for run in finished_runs(where)[0]:
             t = tuned.get(run.strength)
