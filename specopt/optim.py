@@ -537,10 +537,11 @@ def compile_step(optimizer: Optimizer, *, mode: str | None = None, eager_first_s
             run = type(optimizer).step  # specopt.native's steady state: one C++ call per group
         else:
             run = compiled
-        if fused:  # host-side, outside the graph: the fused order's check for weights changed in place
+        host = fused and run is compiled  # (an eager step makes the fused order's checks itself: F.prepare)
+        if host:  # host-side, outside the graph: the fused order's check for weights changed in place
             F.forget_stale_matvecs(optimizer.param_groups, optimizer.state)
         loss = run(optimizer) if closure is None else run(optimizer, closure)
-        if fused:
+        if host:
             F.record_matvecs(optimizer.param_groups, optimizer.state)
         return loss
 
